@@ -1,0 +1,3 @@
+"""Distributed batch asset factory: SKU catalogs through a chain of image models on Ray Data."""
+
+__version__ = "0.1.0"

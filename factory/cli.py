@@ -1,0 +1,161 @@
+"""The ``factory`` command line.
+
+Exit codes: 0 every row became an asset; 1 the run committed but some rows failed or were
+rejected; 2 a bad job spec or bad usage; 3 a manifest that cannot be read at all; 4 the run
+could not finish (a model that does not load, storage, Ray); nothing was committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from factory import settings
+
+EXIT_OK, EXIT_PARTIAL, EXIT_SPEC, EXIT_MANIFEST, EXIT_RUN = 0, 1, 2, 3, 4
+
+
+@click.group()
+def main() -> None:
+    """Distributed batch asset factory: SKU catalogs through chains of image models on Ray."""
+    logging.basicConfig(level=settings.log_level(), format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("job_path", type=click.Path(dir_okay=False))
+def validate(job_path: str) -> None:
+    """Parse and check JOB_PATH; start nothing."""
+    job = _load(job_path)
+    click.echo(f"{job_path}: ok — job '{job.name}', run id {job.run_id}, "
+               f"{len(job.stages)} stages: {' → '.join(p.card.name for p in job.stages)}")
+
+
+@main.command()
+@click.argument("job_path", type=click.Path(dir_okay=False))
+@click.option("--output", "output_uri", help="Override the spec's output URI.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N manifest rows.")
+@click.option("--run-id", help="Override the run id (default: from the spec, or derived).")
+@click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
+def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
+        address: str | None) -> None:
+    """Run the job in JOB_PATH and commit its run."""
+    job = _load(job_path, output_uri=output_uri, run_id=run_id)
+    sys.exit(_execute(job, limit=limit, address=address))
+
+
+@main.command()
+@click.option("--output", "output_uri", default="demo-out", show_default=True)
+@click.option("--rows", type=click.IntRange(min=1), default=200, show_default=True)
+def demo(output_uri: str, rows: int) -> None:
+    """Build the tiny models and a demo catalog, then run the demo job on a local Ray."""
+    from factory.demo import prepare_demo
+
+    job_path = prepare_demo(rows=rows)
+    job = _load(str(job_path), output_uri=output_uri)
+    code = _execute(job, limit=None, address=None)
+    # The demo catalog holds three bad rows on purpose: a committed run is a successful demo.
+    sys.exit(EXIT_OK if code == EXIT_PARTIAL else code)
+
+
+@main.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Every registered model card."""
+    from stages.registry import CARDS
+
+    for card in CARDS:
+        r = card.resources
+        click.echo(f"{card.name:28} {card.source or '-':36} gpus={r.num_gpus:<4g} "
+                   f"batch={r.batch_size:<3} cost={card.cost_weight:<5g} {card.description}")
+
+
+@models.command("make-tiny")
+@click.argument("out_dir", type=click.Path(file_okay=False), default=None, required=False)
+def models_make_tiny(out_dir: str | None) -> None:
+    """Build tiny random-weight models of the real architectures into OUT_DIR.
+
+    Default OUT_DIR: the models directory (FACTORY_MODELS_DIR, else build/models), where
+    ``tiny:NAME`` sources resolve.
+    """
+    from factory.tiny_models import make_all
+
+    target = Path(out_dir) if out_dir else settings.models_dir()
+    for name, path in make_all(target).items():
+        click.echo(f"{name}: {path}")
+
+
+def _load(job_path: str, **overrides):
+    from factory.spec import SpecError, load_job
+
+    try:
+        job = load_job(job_path).with_overrides(**overrides)
+    except SpecError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_SPEC)
+    for warning in job.warnings:
+        click.echo(f"warning: {job_path}: {warning}", err=True)
+    return job
+
+
+def _execute(job, *, limit: int | None, address: str | None) -> int:
+    from factory.manifest import ManifestError
+    from factory.pipeline import init_ray, logical_cpus_needed, run_job
+
+    click.echo(f"run {job.run_id}: {' → '.join(p.name for p in job.stages)} "
+               f"→ {job.output.uri}", err=True)
+    progress = _Progress()
+    try:
+        init_ray(address, logical_cpus=logical_cpus_needed(job))
+        result = run_job(job, limit=limit, on_progress=progress)
+    except ManifestError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_MANIFEST
+    except Exception as exc:  # noqa: BLE001 - reported with its cause; nothing was committed
+        click.echo(f"error: run {job.run_id} did not finish and was not committed: "
+                   f"{_root_cause(exc)}", err=True)
+        return EXIT_RUN
+    c = result.counts
+    click.echo(
+        f"\nrun {result.run_id}: {result.manifest_rows} rows → {c.assets} assets "
+        f"({c.written} written, {c.assets - c.written} already there), {c.failed} failed, "
+        f"{c.rejected} rejected in {result.wall_s:.1f} s ({result.assets_per_s:.2f} assets/s)\n"
+        f"  assets:  {result.output_uri.rstrip('/')}/assets/\n"
+        f"  lineage: {result.lineage_path}\n"
+        f"  rejects: {result.rejects_path}")
+    if c.failures_by_stage:
+        click.echo("  failures by stage: " + ", ".join(
+            f"{k}={v}" for k, v in sorted(c.failures_by_stage.items())))
+    return EXIT_OK if c.failed == 0 and c.rejected == 0 else EXIT_PARTIAL
+
+
+class _Progress:
+    """One line on stderr every few seconds: rows accounted for, rate."""
+
+    def __init__(self, every_s: float = 3.0) -> None:
+        self.started = self.last = time.perf_counter()
+        self.every_s = every_s
+
+    def __call__(self, counts, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s and counts.total < total:
+            return
+        self.last = now
+        rate = counts.assets / max(now - self.started, 1e-9)
+        click.echo(f"  {counts.total}/{total} rows: {counts.assets} assets, {counts.failed} "
+                   f"failed, {counts.rejected} rejected ({rate:.2f} assets/s)", err=True)
+
+
+def _root_cause(exc: BaseException) -> str:
+    text = str(exc)
+    for line in reversed(text.splitlines()):
+        if "failed to load" in line:
+            return line.strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

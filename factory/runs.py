@@ -1,0 +1,149 @@
+"""A run's tables: ``runs/<run id>/rejects.parquet`` then ``lineage.parquet``, the commit.
+
+The driver streams sink rows in as they arrive (never the whole run in memory). Rejections go
+to the rejects table; assets and failures to the lineage table. Both become visible only when
+the run finishes: rejects first, lineage last, so a run is committed exactly when its lineage
+table exists. The run summary rides in the lineage file's footer metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from factory.sink import params_hash
+from factory.storage import Store
+from stages.base import STATUS_FAILED, STATUS_OK, STATUS_REJECTED, StagePlan
+
+LINEAGE = "lineage.parquet"
+REJECTS = "rejects.parquet"
+SUMMARY_KEY = b"factory.summary"
+
+REJECT_SCHEMA = pa.schema([("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
+                           ("field", pa.string()), ("reason", pa.string())])
+
+
+def lineage_schema(plans: tuple[StagePlan, ...]) -> pa.Schema:
+    """Columns of the lineage table for this chain."""
+    fields = [("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
+              ("variant", pa.string()), ("seed", pa.int64()), ("prompt", pa.string()),
+              ("status", pa.string()), ("error", pa.string()), ("failed_stage", pa.string()),
+              ("output_key", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()),
+              ("written", pa.bool_())]
+    for plan in plans:
+        fields += [(f"{plan.name}_model", pa.string()), (f"{plan.name}_revision", pa.string()),
+                   (f"{plan.name}_params_hash", pa.string()), (f"ms_{plan.name}", pa.float64())]
+        fields += [(name, pa.type_for_alias(kind)) for name, kind in plan.card.metrics]
+    return pa.schema(fields)
+
+
+@dataclass
+class Counts:
+    """Running totals while the run streams."""
+
+    assets: int = 0
+    written: int = 0
+    failed: int = 0
+    rejected: int = 0
+    failures_by_stage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.assets + self.failed + self.rejected
+
+
+class RunRecorder:
+    """Streams sink rows into the run's tables; ``commit`` publishes them."""
+
+    def __init__(self, store: Store, run_id: str, plans: tuple[StagePlan, ...]) -> None:
+        self.store, self.run_id, self.plans = store, run_id, plans
+        self.schema = lineage_schema(plans)
+        self.counts = Counts()
+        self._constants = {}
+        for plan in plans:
+            self._constants[f"{plan.name}_model"] = plan.card.name
+            self._constants[f"{plan.name}_revision"] = plan.revision
+            self._constants[f"{plan.name}_params_hash"] = params_hash(plan)
+        self._stack = ExitStack()
+        prefix = f"runs/{run_id}"
+        self._rejects_stack = ExitStack()
+        rejects_stream = self._rejects_stack.enter_context(store.open_output(f"{prefix}/{REJECTS}"))
+        lineage_stream = self._stack.enter_context(store.open_output(f"{prefix}/{LINEAGE}"))
+        self._rejects = pq.ParquetWriter(rejects_stream, REJECT_SCHEMA)
+        self._lineage = pq.ParquetWriter(lineage_stream, self.schema)
+
+    def add(self, batch: pa.Table) -> None:
+        """Record one batch of sink rows."""
+        rows = batch.to_pydict()
+        n = batch.num_rows
+        status = rows["status"]
+        rejected = [i for i in range(n) if status[i] == STATUS_REJECTED]
+        kept = [i for i in range(n) if status[i] != STATUS_REJECTED]
+        if rejected:
+            self._rejects.write_table(pa.table({
+                "run_id": [self.run_id] * len(rejected),
+                "row": [rows["row"][i] for i in rejected],
+                "sku": [rows["sku"][i] for i in rejected],
+                "field": [rows["reject_field"][i] for i in rejected],
+                "reason": [rows["error"][i] for i in rejected],
+            }, schema=REJECT_SCHEMA))
+        if kept:
+            columns: dict[str, list[Any]] = {}
+            for name in self.schema.names:
+                if name == "run_id":
+                    columns[name] = [self.run_id] * len(kept)
+                elif name in self._constants:
+                    columns[name] = [self._constants[name]] * len(kept)
+                elif name in rows:
+                    columns[name] = [rows[name][i] for i in kept]
+                else:
+                    columns[name] = [None] * len(kept)
+            self._lineage.write_table(pa.table(columns, schema=self.schema))
+        self.counts.rejected += len(rejected)
+        for i in kept:
+            if status[i] == STATUS_OK:
+                self.counts.assets += 1
+                self.counts.written += bool(rows["written"][i])
+            elif status[i] == STATUS_FAILED:
+                self.counts.failed += 1
+                stage = rows["failed_stage"][i] or "?"
+                self.counts.failures_by_stage[stage] = self.counts.failures_by_stage.get(stage, 0) + 1
+
+    def commit(self, summary: dict[str, Any]) -> None:
+        """Publish rejects, then the lineage table (the commit point) with the summary."""
+        self._rejects.close()
+        self._rejects_stack.close()
+        self._lineage.add_key_value_metadata({SUMMARY_KEY: json.dumps(summary, sort_keys=True)})
+        self._lineage.close()
+        self._stack.close()
+
+    def abort(self) -> None:
+        """Leave nothing visible: the run stays uncommitted."""
+        for writer in (self._rejects, self._lineage):
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - best effort; the temp files are discarded next
+                pass
+        for stack in (self._rejects_stack, self._stack):
+            try:
+                stack.__exit__(RuntimeError, RuntimeError("run aborted"), None)
+            except RuntimeError:
+                pass
+
+
+def read_lineage(store: Store, run_id: str) -> tuple[pa.Table, dict[str, Any]]:
+    """A committed run's lineage table and summary."""
+    data = store.read_bytes(f"runs/{run_id}/{LINEAGE}")
+    table = pq.read_table(pa.BufferReader(data))
+    meta = pq.read_metadata(pa.BufferReader(data)).metadata or {}
+    return table, json.loads(meta.get(SUMMARY_KEY, b"{}"))
+
+
+def read_rejects(store: Store, run_id: str) -> pa.Table:
+    """A committed run's rejects table."""
+    return pq.read_table(pa.BufferReader(store.read_bytes(f"runs/{run_id}/{REJECTS}")))

@@ -1,0 +1,284 @@
+"""Job specs: YAML parsed once into frozen typed objects, validated before Ray starts.
+
+``load_job(path)`` returns a ``Job`` or raises ``SpecError`` listing every problem with the
+file and key path (``stages[1].params.strength``). Besides types and unknown keys it checks the
+chain: each stage's input columns must be produced by the rows or an earlier stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from factory import settings
+from factory.templating import TemplateError, template_fields
+from stages.base import Resources, StagePlan
+from stages.registry import UnknownModelError, get_card
+from stages.weights import resolve_source
+
+# Columns every validated row carries before the first stage.
+ROW_COLUMNS = ("sku", "variant", "seed", "prompt", "negative_prompt", "row")
+DIFFUSION_KINDS = ("generate", "lora")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; ``problems`` are ``key.path: message`` lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid job spec:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ManifestSpec(_Strict):
+    uri: str = Field(min_length=1)
+    format: Literal["csv", "parquet", "jsonl"] | None = None
+
+
+class OutputSpec(_Strict):
+    uri: str = Field(min_length=1)
+    image_format: Literal["png", "webp", "jpeg"] = "png"
+    quality: int = Field(92, ge=1, le=100)
+    png_compression: int = Field(3, ge=0, le=9)
+
+
+class PromptSpec(_Strict):
+    template: str = Field(min_length=1)
+    negative: str = ""
+
+
+class ResourcesSpec(_Strict):
+    num_gpus: float | None = Field(None, ge=0)
+    num_cpus: float | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    concurrency: int | None = Field(None, ge=1, le=1024)
+
+
+class StageSpec(_Strict):
+    kind: str
+    model: str
+    name: str | None = None
+    source: str | None = None
+    revision: str | None = None
+    allow_pickle: bool = False
+    params: dict[str, Any] = Field(default_factory=dict)
+    resources: ResourcesSpec = ResourcesSpec()
+
+
+class JobSpec(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    manifest: ManifestSpec
+    output: OutputSpec
+    run_id: str | None = None
+    seed: int = Field(0, ge=0, lt=2**63)
+    variant: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    prompt: PromptSpec | None = None
+    stages: list[StageSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job: everything the pipeline needs, frozen."""
+
+    name: str
+    source: str
+    spec_hash: str
+    run_id: str
+    manifest_uri: str
+    manifest_format: str
+    output: OutputSpec
+    seed: int
+    variant: str
+    prompt_template: str
+    negative_template: str
+    template_fields: tuple[str, ...]
+    stages: tuple[StagePlan, ...]
+    warnings: tuple[str, ...] = ()
+
+    def with_overrides(self, *, output_uri: str | None = None, run_id: str | None = None) -> Job:
+        """The same job with the CLI's ``--output``/``--run-id`` applied."""
+        job = self
+        if output_uri:
+            job = replace(job, output=job.output.model_copy(update={"uri": output_uri}))
+        if run_id:
+            _check_run_id(run_id, self.source)
+            job = replace(job, run_id=run_id)
+        return job
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job spec file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(source, [f"cannot read: {exc}"]) from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SpecError(source, [f"not valid YAML: {exc}"]) from exc
+    return parse_job(data, source=source)
+
+
+def parse_job(data: Any, *, source: str = "<spec>") -> Job:
+    """Validate a parsed YAML document into a ``Job``."""
+    if not isinstance(data, dict):
+        raise SpecError(source, ["top level: expected a mapping of keys"])
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, _pydantic_problems(exc)) from exc
+    problems: list[str] = []
+    warnings: list[str] = []
+    plans = _plan_stages(spec, problems)
+    fields: tuple[str, ...] = ()
+    if spec.prompt is not None:
+        try:
+            fields = template_fields(spec.prompt.template) + template_fields(spec.prompt.negative)
+        except TemplateError as exc:
+            problems.append(f"prompt.template: {exc}")
+    _check_chain(spec, plans, problems, warnings)
+    if spec.run_id is not None and not _RUN_ID.match(spec.run_id):
+        problems.append(f"run_id: '{spec.run_id}' must match {_RUN_ID.pattern}")
+    manifest_format = spec.manifest.format or _infer_format(spec.manifest.uri, problems)
+    if problems:
+        raise SpecError(source, problems)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return Job(
+        name=spec.name,
+        source=source,
+        spec_hash=digest,
+        run_id=spec.run_id or f"{_slug(spec.name)}-{digest[:12]}",
+        manifest_uri=spec.manifest.uri,
+        manifest_format=manifest_format,
+        output=spec.output,
+        seed=spec.seed,
+        variant=spec.variant,
+        prompt_template=spec.prompt.template if spec.prompt else "",
+        negative_template=spec.prompt.negative if spec.prompt else "",
+        template_fields=tuple(dict.fromkeys(fields)),
+        stages=tuple(plans),
+        warnings=tuple(warnings),
+    )
+
+
+def _plan_stages(spec: JobSpec, problems: list[str]) -> list[StagePlan]:
+    plans: list[StagePlan] = []
+    names: set[str] = set()
+    for i, stage in enumerate(spec.stages):
+        where = f"stages[{i}]"
+        try:
+            card = get_card(stage.model, stage.kind)
+        except UnknownModelError as exc:
+            problems.append(f"{where}.model: {exc}")
+            continue
+        if card.kind != stage.kind:
+            problems.append(f"{where}.kind: model '{card.name}' is a '{card.kind}' stage, "
+                            f"not '{stage.kind}'")
+            continue
+        name = stage.name or stage.kind
+        if name in names:
+            problems.append(f"{where}.name: stage name '{name}' is used twice; give each a name")
+        names.add(name)
+        try:
+            params = card.params.model_validate(stage.params)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, prefix=f"{where}.params"))
+            continue
+        overrides = {k: v for k, v in stage.resources.model_dump().items() if v is not None}
+        plans.append(StagePlan(
+            name=name,
+            card=card,
+            params=params,
+            source=resolve_source(stage.source or card.source, settings.models_dir()),
+            revision=stage.revision or card.revision,
+            resources=replace(card.resources, **overrides) if overrides else card.resources,
+            allow_pickle=stage.allow_pickle,
+            source_ref=stage.source or card.source,
+        ))
+    return plans
+
+
+def _check_chain(spec: JobSpec, plans: list[StagePlan], problems: list[str],
+                 warnings: list[str]) -> None:
+    available = set(ROW_COLUMNS)
+    upscaled = False
+    for i, plan in enumerate(plans):
+        for column in plan.card.inputs:
+            if column == "prompt" and spec.prompt is None:
+                problems.append(f"stages[{i}]: '{plan.card.name}' needs a prompt; add "
+                                "'prompt.template' to the spec")
+            elif column not in available:
+                problems.append(f"stages[{i}]: '{plan.card.name}' needs column '{column}', "
+                                "which no earlier stage produces")
+        if plan.card.kind in DIFFUSION_KINDS and upscaled:
+            warnings.append(f"stages[{i}]: diffusion stage '{plan.name}' runs after an upscale; "
+                            "its cost grows with the pixel count")
+        upscaled = upscaled or plan.card.kind == "upscale"
+        available.update(plan.card.outputs)
+        available.update(f"{c}_shape" for c in plan.card.outputs)
+
+
+def _check_run_id(run_id: str, source: str) -> None:
+    if not _RUN_ID.match(run_id):
+        raise SpecError(source, [f"run_id: '{run_id}' must match {_RUN_ID.pattern}"])
+
+
+def _infer_format(uri: str, problems: list[str]) -> str:
+    for suffix, fmt in ((".csv", "csv"), (".parquet", "parquet"), (".jsonl", "jsonl"),
+                        (".ndjson", "jsonl")):
+        if uri.lower().endswith(suffix):
+            return fmt
+    problems.append(f"manifest.format: cannot tell the format of '{uri}'; "
+                    "set it to csv, parquet or jsonl")
+    return ""
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for err in exc.errors():
+        parts = [prefix] if prefix else []
+        for loc in err["loc"]:
+            if isinstance(loc, int):
+                parts[-1:] = [f"{parts[-1]}[{loc}]"] if parts else [f"[{loc}]"]
+            else:
+                parts.append(str(loc))
+        key = ".".join(parts) or "top level"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err['input']!r})"
+        problems.append(f"{key}: {message}{got}"[:500])
+    return problems
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:64] or "job"

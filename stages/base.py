@@ -1,0 +1,235 @@
+"""The stage contract: a frozen card (data) plus a callable class in Ray Data's shape.
+
+A card says what a model is (registry name, stage kind, weights source and revision, the columns
+it needs and adds, default resources, a typed params class). A runtime class loads the model once
+in ``__init__`` and transforms one batch in ``__call__``. The base class owns ``__call__``: it
+checks columns, skips rows that are not ``ok``, times the call, turns per-row exceptions into
+``status``/``error`` values and never drops the SKU id; subclasses implement ``_load`` and
+``_predict`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from factory import images
+
+log = logging.getLogger(__name__)
+
+STAGE_KINDS = ("generate", "segment", "upscale", "recolor", "lora", "identity")
+
+# Columns every row carries from validation to the sink.
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_REJECTED = "rejected"
+
+
+class StageParams(BaseModel):
+    """Base of every stage's typed, frozen parameters; unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NoParams(StageParams):
+    """For stages that take no parameters."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one actor of a stage's pool asks Ray for, and how the pool is shaped.
+
+    Attributes:
+        num_gpus: GPUs per actor; fractions let small models share one GPU.
+        num_cpus: CPUs per actor. Set explicitly: a GPU actor holding a whole CPU can starve
+            the read and sink tasks on small nodes.
+        batch_size: rows per ``__call__``.
+        concurrency: actors in the pool.
+    """
+
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    batch_size: int = 8
+    concurrency: int = 1
+
+
+@dataclass(frozen=True)
+class StageCard:
+    """A model as data. Adding a model of an existing family is adding a card.
+
+    Attributes:
+        name: registry name, ``kind/model``.
+        kind: one of ``STAGE_KINDS``.
+        runtime: the runtime class (its module keeps heavy imports inside ``_load``).
+        params: the typed params class.
+        source: hub id, local path or ``tiny:NAME`` (a tiny model built by
+            ``factory models make-tiny``); empty for stages without weights.
+        revision: weights revision (hub commit or tag); part of every asset's fingerprint.
+        weight_format: ``safetensors``, ``onnx`` or ``none``.
+        inputs: columns a row must carry into the stage.
+        outputs: columns the stage adds or replaces (image columns).
+        metrics: per-asset numbers the stage records, as ``(column, arrow type name)``; they
+            land in the lineage table.
+        resources: default resources; a job spec may override each field.
+        cost_weight: relative cost per asset, for routing and reports.
+        description: one line for ``factory models list``.
+    """
+
+    name: str
+    kind: str
+    runtime: type[Stage]
+    params: type[StageParams] = NoParams
+    source: str = ""
+    revision: str = "main"
+    weight_format: str = "none"
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    metrics: tuple[tuple[str, str], ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    cost_weight: float = 1.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One resolved stage of a job: the card plus the spec's choices, frozen.
+
+    This is what travels to each actor through ``fn_constructor_kwargs``. ``source`` is
+    resolved for this machine (a path or hub id); ``source_ref`` is what the card or spec said,
+    and is what fingerprints use, so keys do not depend on where the models directory is.
+    """
+
+    name: str
+    card: StageCard
+    params: StageParams
+    source: str
+    revision: str
+    resources: Resources
+    allow_pickle: bool = False
+    source_ref: str = ""
+
+    @property
+    def model_id(self) -> str:
+        return self.card.name
+
+
+class StageInputError(RuntimeError):
+    """A batch lacks a column the stage needs: a bug in chain validation, not a row fault."""
+
+
+class Stage:
+    """Base runtime class: Ray Data calls an instance once per batch.
+
+    Subclasses set nothing in ``__call__``; they implement ``_load`` (once per actor) and
+    ``_predict`` (a dict of input columns for the ``ok`` rows -> a dict of output columns).
+    Image columns arrive and leave as lists of ``HxWxC uint8`` arrays.
+    """
+
+    image_columns: ClassVar[tuple[str, ...]] = ("image",)
+
+    def __init__(self, *, plan: StagePlan) -> None:
+        self.plan = plan
+        self.params = plan.params
+        self.device = "cpu"
+        try:
+            self._load()
+        except Exception as exc:
+            raise RuntimeError(
+                f"stage '{plan.name}': model '{plan.card.name}' from '{plan.source}' "
+                f"failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        log.info("stage %s: %s loaded on %s", plan.name, plan.card.name, self.device)
+
+    def _load(self) -> None:
+        """Load weights once per actor. Default: nothing to load."""
+
+    def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [c for c in ("sku", "status", *self.plan.card.inputs) if c not in batch]
+        if missing:
+            raise StageInputError(
+                f"stage '{self.plan.name}' needs columns {missing}; batch has {sorted(batch)}"
+            )
+        n = len(batch["sku"])
+        status = batch["status"].astype(object)
+        error = _column(batch, "error", n)
+        failed_stage = _column(batch, "failed_stage", n)
+        outputs: dict[str, np.ndarray] = {}
+        ok = np.flatnonzero(status == STATUS_OK)
+        started = time.perf_counter()
+        if ok.size:
+            self._run_rows(batch, ok, outputs, status, error, failed_stage)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        result = dict(batch)
+        metric_names = {name for name, _ in self.plan.card.metrics}
+        for column, values in outputs.items():
+            if column in self.image_columns:
+                result.update(images.store(column, values))
+            elif column not in metric_names:
+                result[column] = values
+        for name, _ in self.plan.card.metrics:
+            values = outputs.get(name, np.full(n, None, dtype=object))
+            result[name] = np.array([np.nan if v is None else float(v) for v in values])
+        # Failed rows drop their pixels: later stages skip them and the sink writes no asset.
+        for column in self.image_columns:
+            if column in result:
+                result[column] = np.where(status == STATUS_OK, result[column], None)
+        result["status"], result["error"], result["failed_stage"] = status, error, failed_stage
+        per_row = elapsed_ms / ok.size if ok.size else 0.0
+        result[f"ms_{self.plan.name}"] = np.where(status == STATUS_OK, per_row, 0.0)
+        return result
+
+    def _run_rows(self, batch, ok, outputs, status, error, failed_stage) -> None:
+        try:
+            self._assign(outputs, ok, self._predict(self._take(batch, ok)), len(batch["sku"]))
+            return
+        except Exception:  # one bad row must not fail its batch-mates: retry row by row
+            if ok.size == 1:
+                self._fail(ok[0], status, error, failed_stage)
+                log.warning("stage %s: sku %s failed: %s", self.plan.name, batch["sku"][ok[0]],
+                            error[ok[0]])
+                return
+        for i in ok:
+            try:
+                rows = self._take(batch, np.array([i]))
+                self._assign(outputs, np.array([i]), self._predict(rows), len(batch["sku"]))
+            except Exception:
+                self._fail(i, status, error, failed_stage)
+                log.warning("stage %s: sku %s failed: %s", self.plan.name, batch["sku"][i], error[i])
+
+    def _take(self, batch: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, Any]:
+        rows = {key: value[idx] for key, value in batch.items()}
+        for column in self.image_columns:
+            if column in rows:
+                rows[column] = images.load(column, rows)
+        return rows
+
+    @staticmethod
+    def _assign(outputs, idx, produced, n) -> None:
+        for column, values in produced.items():
+            if len(values) != len(idx):
+                raise ValueError(f"_predict returned {len(values)} values for '{column}', "
+                                 f"expected {len(idx)}")
+            target = outputs.setdefault(column, np.empty(n, dtype=object))
+            for i, value in zip(idx, values):
+                target[i] = value
+
+    def _fail(self, i, status, error, failed_stage) -> None:
+        exc_text = traceback.format_exc(limit=2).strip().splitlines()[-1]
+        status[i] = STATUS_FAILED
+        error[i] = exc_text[:2000]
+        failed_stage[i] = self.plan.name
+
+
+def _column(batch: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    if name in batch:
+        return batch[name].astype(object)
+    return np.full(n, None, dtype=object)

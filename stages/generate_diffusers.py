@@ -1,0 +1,91 @@
+"""generate: diffusers text-to-image, one deterministic seed per SKU.
+
+Any pipeline ``AutoPipelineForText2Image`` can load (SD 1.x/2.x, SD-Turbo, SDXL, Flux) is a card
+with this runtime; the card's source names the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from stages.base import Stage, StageParams
+from stages.weights import check_local_weights, torch_device
+
+
+class GenerateParams(StageParams):
+    """Parameters of a text-to-image stage.
+
+    Rows may override ``width`` and ``height`` with manifest columns of the same name.
+    """
+
+    width: int = Field(512, ge=8, le=8192, multiple_of=8)
+    height: int = Field(512, ge=8, le=8192, multiple_of=8)
+    steps: int = Field(4, ge=1, le=200)
+    guidance: float = Field(0.0, ge=0.0, le=50.0)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+class DiffusersGenerator(Stage):
+    """Batched prompts through one pipeline loaded once per actor."""
+
+    def _load(self) -> None:
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
+        check_local_weights(self.plan.source, allow_pickle=self.plan.allow_pickle)
+        self.device = torch_device(self.plan.resources.num_gpus)
+        dtype = getattr(torch, self.params.dtype)
+        self.pipe = AutoPipelineForText2Image.from_pretrained(
+            self.plan.source,
+            revision=None if self.plan.revision in ("", "local") else self.plan.revision,
+            torch_dtype=dtype,
+            use_safetensors=not self.plan.allow_pickle,
+        ).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
+        n = len(rows["sku"])
+        sizes = [self._size(rows, i) for i in range(n)]
+        images: list[np.ndarray | None] = [None] * n
+        # Rows of one size go through the pipeline together.
+        for size in sorted(set(sizes)):
+            idx = [i for i in range(n) if sizes[i] == size]
+            for i, image in zip(idx, self._render(rows, idx, size)):
+                images[i] = image
+        return {"image": images}
+
+    def _render(self, rows: dict[str, Any], idx: list[int], size: tuple[int, int]):
+        import torch
+
+        generators = [torch.Generator("cpu").manual_seed(int(rows["seed"][i])) for i in idx]
+        negative = [rows["negative_prompt"][i] or "" for i in idx]
+        kwargs: dict[str, Any] = {}
+        if any(negative) and self.params.guidance > 1.0:
+            kwargs["negative_prompt"] = negative
+        with torch.inference_mode():
+            result = self.pipe(
+                prompt=[str(rows["prompt"][i]) for i in idx],
+                width=size[0],
+                height=size[1],
+                num_inference_steps=self.params.steps,
+                guidance_scale=self.params.guidance,
+                generator=generators,
+                output_type="np",
+                **kwargs,
+            )
+        pixels = np.clip(np.asarray(result.images) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return list(pixels)
+
+    def _size(self, rows: dict[str, Any], i: int) -> tuple[int, int]:
+        width = _row_int(rows, "width", i) or self.params.width
+        height = _row_int(rows, "height", i) or self.params.height
+        return width, height
+
+
+def _row_int(rows: dict[str, Any], column: str, i: int) -> int | None:
+    if column not in rows or rows[column][i] is None:
+        return None
+    return int(rows[column][i])

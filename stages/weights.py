@@ -1,0 +1,60 @@
+"""Where weights come from and what we refuse to load.
+
+Sources are resolved on the driver, when the job spec is validated, so actors receive a plain
+path or hub id: ``tiny:NAME`` is a tiny model built by ``factory models make-tiny`` under the
+models directory; anything else is a local path (if it exists) or a hub id.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+
+
+class WeightsError(ValueError):
+    """A weights source that is missing or in a format we refuse."""
+
+
+def resolve_source(source: str, models_dir: Path) -> str:
+    """Turn a card or spec source into what ``from_pretrained``/``new_session`` take."""
+    if source.startswith("tiny:"):
+        return str((models_dir / source.removeprefix("tiny:")).resolve())
+    path = Path(source).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return source
+
+
+def check_local_weights(source: str, *, allow_pickle: bool) -> None:
+    """Refuse pickle weight files in a local source unless the job spec allows them.
+
+    Hub ids are checked by the loaders themselves (``use_safetensors=True``).
+    """
+    path = Path(source)
+    if not path.exists():
+        if source.startswith(("/", "./", "../")):
+            raise WeightsError(f"weights source '{source}' does not exist")
+        return
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    pickles = [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles and not allow_pickle:
+        raise WeightsError(
+            f"weights source '{source}' contains pickle files ({', '.join(p.name for p in pickles[:3])}); "
+            "pickle can run code when loaded. Convert to safetensors, or set "
+            "'allow_pickle: true' on the stage in the job spec if you trust the file."
+        )
+
+
+def torch_device(num_gpus: float) -> str:
+    """The device Ray gave this actor: CUDA if it asked for a GPU and one is visible."""
+    import torch
+
+    if num_gpus > 0 and torch.cuda.is_available():
+        return "cuda"
+    if num_gpus > 0:
+        log.warning("stage asked for %s GPU but CUDA is not available; running on CPU", num_gpus)
+    return "cpu"
