@@ -41,7 +41,7 @@ class DiffusersGenerator(Stage):
         self.pipe = AutoPipelineForText2Image.from_pretrained(
             self.plan.source,
             revision=None if self.plan.revision in ("", "local") else self.plan.revision,
-            torch_dtype=dtype,
+            dtype=dtype,
             use_safetensors=not self.plan.allow_pickle,
         ).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
