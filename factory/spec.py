@@ -225,6 +225,7 @@ def _plan_stages(spec: JobSpec, problems: list[str]) -> list[StagePlan]:
             resources=replace(card.resources, **overrides) if overrides else card.resources,
             allow_pickle=stage.allow_pickle,
             source_ref=stage.source or card.source,
+            models_dir=str(settings.models_dir()),
         ))
     return plans
 

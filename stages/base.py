@@ -103,6 +103,7 @@ class StagePlan:
     This is what travels to each actor through ``fn_constructor_kwargs``. ``source`` is
     resolved for this machine (a path or hub id); ``source_ref`` is what the card or spec said,
     and is what fingerprints use, so keys do not depend on where the models directory is.
+    ``models_dir`` is where ``tiny:NAME`` references in params (a LoRA, say) resolve.
     """
 
     name: str
@@ -113,6 +114,7 @@ class StagePlan:
     resources: Resources
     allow_pickle: bool = False
     source_ref: str = ""
+    models_dir: str = ""
 
     @property
     def model_id(self) -> str:
