@@ -25,8 +25,7 @@ from factory.storage import Store
 
 log = logging.getLogger(__name__)
 
-#: Rows per validation and sink task: small rows, cheap work, so big batches.
-VALIDATE_BATCH = 256
+#: Rows per sink task: encoding is the sink's real cost, so small batches spread it.
 SINK_BATCH = 8
 
 
@@ -71,9 +70,11 @@ def build_dataset(job: Job, info: ManifestInfo, *, limit: int | None = None) -> 
     rules = RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
                      negative_template=job.negative_template,
                      duplicate_rejects=info.duplicate_rejects)
+    # One read task streams the file; its blocks are kept as they are (no re-splitting), and
+    # validation maps block for block, so batch composition depends on the manifest alone.
     ds = ray.data.read_datasource(ManifestDatasource(job.manifest_uri, job.manifest_format,
-                                                     limit=limit))
-    ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules}, batch_size=VALIDATE_BATCH,
+                                                     limit=limit), override_num_blocks=1)
+    ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules}, batch_size=None,
                         batch_format="numpy", num_cpus=0.25)
     for plan in job.stages:
         r = plan.resources
@@ -100,6 +101,9 @@ def run_job(job: Job, *, limit: int | None = None,
             on_progress: Callable[[Counts, int], None] | None = None) -> RunResult:
     """Run a validated job on the connected Ray and commit its run. Needs ``ray.init`` first."""
     started = time.perf_counter()
+    # Ordered execution keeps each stage's batches the same from run to run: batched float
+    # maths is then bit-identical too, so the same job yields the same bytes on the same machine.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     info = scan(job.manifest_uri, job.manifest_format, limit=limit)
     store = Store(job.output.uri)
     recorder = RunRecorder(store, job.run_id, job.stages)

@@ -79,6 +79,8 @@ class StageCard:
         resources: default resources; a job spec may override each field.
         cost_weight: relative cost per asset, for routing and reports.
         description: one line for ``factory models list``.
+        example_params: params that make a valid stage, for cards whose params have required
+            fields (a recolor palette); the contract suite and the docs use them.
     """
 
     name: str
@@ -94,6 +96,7 @@ class StageCard:
     resources: Resources = field(default_factory=Resources)
     cost_weight: float = 1.0
     description: str = ""
+    example_params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

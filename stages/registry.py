@@ -91,6 +91,7 @@ CARDS: tuple[StageCard, ...] = (
         metrics=(("delta_e_before", "float64"), ("delta_e_after", "float64")),
         resources=Resources(num_cpus=1, batch_size=8),
         cost_weight=0.01,
+        example_params={"palette": ["#C8553D", "#F28F3B", "#2D3047"], "strength": 0.8},
         description="Lab colour transfer to the brand palette; records mean CIEDE2000 before/after",
     ),
     StageCard(

@@ -1,0 +1,330 @@
+"""upscale: Swin2SR super-resolution, tiled with feathered overlaps, or plain Lanczos.
+
+Swin2SR runs on the RGB channels only; an alpha channel is resized with Lanczos to the same size
+and re-attached, so RGB stays RGB and RGBA stays RGBA. Large images are cut into tiles that
+overlap by a few pixels; across each overlap the two tiles cross-fade with a linear ramp that
+ignores each tile's outermost pixels (the outer quarter of the overlap), so no seam shows. A tile size that runs out of GPU memory is
+halved (down to ``min_tile``) and the image is run again.
+
+The image is padded once, to a multiple of the model's attention window, and tile sizes, strides
+and overlaps are multiples of the window too. Every tile's windows then sit on the same grid as
+an untiled run's windows, and tiled output differs from untiled output only near tile edges,
+which is where the feather gives a tile the least weight.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from stages.base import Resources, Stage, StageCard, StageParams
+from stages.weights import check_local_weights, torch_device
+
+log = logging.getLogger(__name__)
+
+# Weight of a tile's discarded edge pixels: tiny, but never 0, so no pixel divides by 0.
+_FLOOR = 1e-4
+
+
+class UpscaleParams(StageParams):
+    """Parameters of a Swin2SR upscale stage.
+
+    Attributes:
+        scale: output size over input size. A Swin2SR checkpoint has one fixed factor (its
+            config's ``upscale``); ``None`` means that one, and a given value must match it.
+        tile: tile side in input pixels, rounded down to a multiple of the model's window;
+            0 runs the whole image at once.
+        overlap: overlap of neighbouring tiles in input pixels, rounded up to a multiple of
+            the window; the outputs cross-fade over it.
+        min_tile: smallest tile side the out-of-memory retry may halve down to.
+        tile_batch: tiles per forward pass (all tiles of one image have the same shape).
+        dtype: weights and activations dtype; blending is always float32.
+    """
+
+    scale: Literal[2, 4] | None = None
+    tile: int = Field(256, ge=0)
+    overlap: int = Field(16, ge=0)
+    min_tile: int = Field(64, ge=8)
+    tile_batch: int = Field(4, ge=1)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> UpscaleParams:
+        if self.tile and self.overlap >= self.tile:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than tile ({self.tile})")
+        return self
+
+
+class LanczosParams(StageParams):
+    """Parameters of the model-free upscale.
+
+    Attributes:
+        scale: output size over input size.
+    """
+
+    scale: int = Field(2, ge=1, le=8)
+
+
+class Swin2SRUpscaler(Stage):
+    """A ``Swin2SRForImageSuperResolution`` checkpoint, loaded once per actor."""
+
+    def _load(self) -> None:
+        import torch
+        from transformers import Swin2SRForImageSuperResolution
+
+        check_local_weights(self.plan.source, allow_pickle=self.plan.allow_pickle)
+        self.device = torch_device(self.plan.resources.num_gpus)
+        self.dtype = getattr(torch, self.params.dtype)
+        model = Swin2SRForImageSuperResolution.from_pretrained(
+            self.plan.source,
+            revision=None if self.plan.revision in ("", "local") else self.plan.revision,
+            use_safetensors=not self.plan.allow_pickle,
+            dtype=self.dtype,
+        )
+        model_scale = int(model.config.upscale)
+        if self.params.scale is not None and self.params.scale != model_scale:
+            raise ValueError(
+                f"params.scale is {self.params.scale} but model '{self.plan.source}' upscales "
+                f"by {model_scale} (config.upscale); leave scale unset to use the model's own "
+                f"factor, or pick a x{self.params.scale} model"
+            )
+        self.scale = model_scale
+        self.window = int(model.config.window_size)
+        self.model = model.to(self.device).eval()
+
+    def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
+        return {"image": [self.upscale(image) for image in rows["image"]]}
+
+    def upscale(self, image: np.ndarray) -> np.ndarray:
+        """Upscale one ``HxWxC`` uint8 image (C 3 or 4) by ``self.scale``.
+
+        Args:
+            image: the input pixels.
+
+        Returns:
+            A ``(H*scale)x(W*scale)xC`` uint8 array; alpha, if any, is Lanczos-resized.
+        """
+        height, width, channels = image.shape
+        rgb = self._upscale_rgb(image[..., :3])
+        if channels == 4:
+            size = (width * self.scale, height * self.scale)
+            alpha = lanczos_resize(np.ascontiguousarray(image[..., 3]), size)
+            rgb = np.concatenate([rgb, alpha[..., None]], axis=2)
+        return rgb
+
+    def _upscale_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        height, width = rgb.shape[:2]
+        padded = np.pad(rgb, ((0, -height % self.window), (0, -width % self.window), (0, 0)),
+                        mode="reflect" if min(height, width) > 1 else "edge")
+        tile = self._tile_size(padded.shape[:2], self.params.tile)
+        floor = max(self.params.min_tile, self.window)
+        while True:
+            try:
+                out = self._run_tiles(padded, tile)
+                return out[: height * self.scale, : width * self.scale]
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if not _is_out_of_memory(exc):
+                    raise
+                smaller = self._tile_size(padded.shape[:2], tile // 2)
+                if tile // 2 < floor or smaller >= tile:
+                    raise
+                log.warning("stage %s: out of memory at tile %d; retrying at tile %d",
+                            self.plan.name, tile, smaller)
+            # Outside the except block, so the failed attempt's tensors are already released.
+            _release_cuda_cache()
+            tile = smaller
+
+    def _tile_size(self, shape: tuple[int, ...], tile: int) -> int:
+        """A tile side: a multiple of the window, at most the padded image's longer side."""
+        longest = max(shape)
+        if tile <= 0 or tile >= longest:
+            return longest
+        return max(self.window, tile - tile % self.window)
+
+    def _run_tiles(self, padded: np.ndarray, tile: int) -> np.ndarray:
+        """Run every tile of a window-aligned image and feather-blend the outputs."""
+        import torch
+
+        height, width = padded.shape[:2]
+        tile_h, tile_w = min(tile, height), min(tile, width)
+        overlap = -(-self.params.overlap // self.window) * self.window  # round up
+        overlap = min(overlap, tile - self.window)
+        boxes = [(y, x) for y in _starts(height, tile_h, tile_h - overlap)
+                 for x in _starts(width, tile_w, tile_w - overlap)]
+        s = self.scale
+        source = torch.from_numpy(padded).to(self.device).permute(2, 0, 1)
+        if len(boxes) == 1:
+            return _to_uint8(self._forward(source[None])[0])
+        total = np.zeros((height * s, width * s, 3), dtype=np.float32)
+        weights = np.zeros((height * s, width * s, 1), dtype=np.float32)
+        for first in range(0, len(boxes), self.params.tile_batch):
+            chunk = boxes[first: first + self.params.tile_batch]
+            tiles = torch.stack([source[:, y: y + tile_h, x: x + tile_w] for y, x in chunk])
+            for (y, x), pixels in zip(chunk, self._forward(tiles)):
+                weight = np.outer(
+                    _feather(tile_h * s, overlap * s, y > 0, y + tile_h < height),
+                    _feather(tile_w * s, overlap * s, x > 0, x + tile_w < width),
+                )[..., None]
+                total[y * s: (y + tile_h) * s, x * s: (x + tile_w) * s] += pixels * weight
+                weights[y * s: (y + tile_h) * s, x * s: (x + tile_w) * s] += weight
+        return _to_uint8(total / weights)
+
+    def _forward(self, tiles: Any) -> np.ndarray:
+        """NCHW uint8 tiles (window multiples) -> NHWC float32 [0, 1] outputs, cropped to scale."""
+        import torch
+
+        height, width = tiles.shape[2:]
+        with torch.inference_mode():
+            pixel_values = tiles.to(self.dtype).div_(255.0)
+            out = self.model(pixel_values=pixel_values).reconstruction
+            out = out[:, :, : height * self.scale, : width * self.scale]
+            return out.float().clamp_(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class LanczosUpscaler(Stage):
+    """PIL Lanczos resize of every channel: the no-model upscale."""
+
+    def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
+        s = self.params.scale
+        return {"image": [lanczos_resize(np.ascontiguousarray(image),
+                                         (image.shape[1] * s, image.shape[0] * s))
+                          for image in rows["image"]]}
+
+
+def lanczos_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 ``HxW`` or ``HxWxC`` array with PIL's Lanczos filter.
+
+    Args:
+        pixels: the image (one channel, RGB or RGBA).
+        size: ``(width, height)`` of the result.
+
+    Returns:
+        The resized uint8 array, with the same channel count.
+    """
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
+
+
+def _starts(length: int, size: int, step: int) -> list[int]:
+    """Tile offsets along one axis; the last tile ends at the edge, so all tiles are equal."""
+    if size >= length:
+        return [0]
+    return [*range(0, length - size, step), length - size]
+
+
+def _feather(size: int, overlap: int, lead: bool, trail: bool) -> np.ndarray:
+    """Per-pixel weight along one tile axis: 1 inside, ramps on edges shared with a tile.
+
+    A tile's outermost pixels are its least reliable (its convolutions saw padding there, not
+    the neighbour's pixels), so the outer quarter of the overlap gets a near-zero weight and
+    the ramp runs linearly across the middle half. A leading ramp and the neighbour's trailing
+    ramp over the same ``overlap`` pixels sum to 1 (the ``_FLOOR`` aside, which keeps every
+    weight positive).
+    """
+    weight = np.ones(size, dtype=np.float32)
+    overlap = min(overlap, size)
+    if overlap:
+        margin = overlap // 4
+        up = (np.arange(overlap, dtype=np.float32) + 0.5 - margin) / (overlap - 2 * margin)
+        up = np.clip(up, _FLOOR, 1.0)
+        if lead:
+            weight[:overlap] = np.minimum(weight[:overlap], up)
+        if trail:
+            weight[size - overlap:] = np.minimum(weight[size - overlap:], up[::-1])
+    return weight
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
+
+
+def _release_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+_IMAGE = ("image",)
+_GPU = Resources(num_gpus=0.5, num_cpus=0.25, batch_size=4, concurrency=1)
+
+CARDS: tuple[StageCard, ...] = (
+    StageCard(
+        name="upscale/swin2sr-tiny-x2",
+        kind="upscale",
+        runtime=Swin2SRUpscaler,
+        params=UpscaleParams,
+        source="tiny:swin2sr-tiny-x2",
+        revision="local",
+        weight_format="safetensors",
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1),
+        cost_weight=0.05,
+        description="Tiny random-weight Swin2SR x2 (real architecture) for tests and demo",
+    ),
+    StageCard(
+        name="upscale/swin2sr-tiny-x4",
+        kind="upscale",
+        runtime=Swin2SRUpscaler,
+        params=UpscaleParams,
+        source="tiny:swin2sr-tiny-x4",
+        revision="local",
+        weight_format="safetensors",
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1),
+        cost_weight=0.05,
+        description="Tiny random-weight Swin2SR x4 (real architecture) for tests and demo",
+    ),
+    StageCard(
+        name="upscale/swin2sr-x2",
+        kind="upscale",
+        runtime=Swin2SRUpscaler,
+        params=UpscaleParams,
+        source="caidas/swin2SR-classical-sr-x2-64",
+        revision="main",
+        weight_format="safetensors",
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=_GPU,
+        cost_weight=0.5,
+        description="Swin2SR classical x2: clean 2x of generated or studio images",
+    ),
+    StageCard(
+        name="upscale/swin2sr-x4",
+        kind="upscale",
+        runtime=Swin2SRUpscaler,
+        params=UpscaleParams,
+        source="caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr",
+        revision="main",
+        weight_format="safetensors",
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=_GPU,
+        cost_weight=1.0,
+        description="Swin2SR real-world x4 (BSRGAN degradations): 4x of noisy or compressed images",
+    ),
+    StageCard(
+        name="upscale/lanczos",
+        kind="upscale",
+        runtime=LanczosUpscaler,
+        params=LanczosParams,
+        weight_format="none",
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=Resources(num_cpus=0.5, batch_size=8),
+        cost_weight=0.01,
+        description="PIL Lanczos resize of all channels, no model",
+    ),
+)

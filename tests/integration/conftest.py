@@ -1,0 +1,16 @@
+"""A local Ray for the integration tests, started once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    import ray
+
+    from factory.pipeline import init_ray
+
+    init_ray(None, logical_cpus=4)
+    yield ray
+    ray.shutdown()
