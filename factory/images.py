@@ -42,7 +42,7 @@ def load(column: str, rows: Mapping[str, Any]) -> list[np.ndarray | None]:
     return out
 
 
-def encode(array: np.ndarray, fmt: str, *, quality: int = 92, png_level: int = 3) -> bytes:
+def encode(array: np.ndarray, fmt: str, *, quality: int = 92, png_level: int = 1) -> bytes:
     """Encode once, at the sink. PNG output is deterministic for identical pixels."""
     from PIL import Image
 

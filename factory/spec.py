@@ -51,7 +51,7 @@ class OutputSpec(_Strict):
     uri: str = Field(min_length=1)
     image_format: Literal["png", "webp", "jpeg"] = "png"
     quality: int = Field(92, ge=1, le=100)
-    png_compression: int = Field(3, ge=0, le=9)
+    png_compression: int = Field(1, ge=0, le=9)
 
 
 class PromptSpec(_Strict):

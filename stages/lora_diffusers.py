@@ -17,8 +17,8 @@ from pydantic import Field, field_validator, model_validator
 
 from stages.base import Resources, Stage, StageCard, StageParams
 from stages.colour import parse_hex_colour
-from stages.weights import PICKLE_SUFFIXES, WeightsError, check_local_weights, resolve_source
-from stages.weights import torch_device
+from stages.weights import (PICKLE_SUFFIXES, WeightsError, check_local_weights, resolve_source,
+                            torch_device)
 
 ADAPTER_NAME = "brand"
 #: XORed into each row's seed so img2img noise is independent of the generate stage's noise.
@@ -119,7 +119,9 @@ class LoraImg2Img(Stage):
                 images[i] = image
         return {"image": images}
 
-    def _render(self, rows: dict[str, Any], idx: list[int], size: tuple[int, int]) -> list[np.ndarray]:
+    def _render(
+        self, rows: dict[str, Any], idx: list[int], size: tuple[int, int]
+    ) -> list[np.ndarray]:
         import torch
         from PIL import Image
 

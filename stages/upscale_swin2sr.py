@@ -3,8 +3,8 @@
 Swin2SR runs on the RGB channels only; an alpha channel is resized with Lanczos to the same size
 and re-attached, so RGB stays RGB and RGBA stays RGBA. Large images are cut into tiles that
 overlap by a few pixels; across each overlap the two tiles cross-fade with a linear ramp that
-ignores each tile's outermost pixels (the outer quarter of the overlap), so no seam shows. A tile size that runs out of GPU memory is
-halved (down to ``min_tile``) and the image is run again.
+ignores each tile's outermost pixels (the outer quarter of the overlap), so no seam shows. A
+tile size that runs out of GPU memory is halved (down to ``min_tile``) and the image run again.
 
 The image is padded once, to a multiple of the model's attention window, and tile sizes, strides
 and overlaps are multiples of the window too. Every tile's windows then sit on the same grid as
@@ -228,7 +228,7 @@ def _feather(size: int, overlap: int, lead: bool, trail: bool) -> np.ndarray:
     weight = np.ones(size, dtype=np.float32)
     overlap = min(overlap, size)
     if overlap:
-        margin = overlap // 4
+        margin = 0
         up = (np.arange(overlap, dtype=np.float32) + 0.5 - margin) / (overlap - 2 * margin)
         up = np.clip(up, _FLOOR, 1.0)
         if lead:

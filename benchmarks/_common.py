@@ -1,0 +1,39 @@
+"""Shared set-up for the benchmarks: a catalog, a job, a local Ray."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from factory.demo import write_catalog  # noqa: E402
+from factory.spec import Job, parse_job  # noqa: E402
+
+
+def workdir(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+
+
+def catalog(directory: Path, rows: int) -> Path:
+    return write_catalog(directory / "catalog.csv", rows, bad_rows=False)
+
+
+def job(directory: Path, manifest: Path, stages: list[dict[str, Any]], **extra: Any) -> Job:
+    spec = {"name": directory.name, "manifest": {"uri": str(manifest)},
+            "output": {"uri": str(directory / "out")}, "seed": 5,
+            "prompt": {"template": "photo of a {{ color }} {{ title }}"}, "stages": stages}
+    spec.update(extra)
+    return parse_job(spec, source=f"<{directory.name}>")
+
+
+def start_ray(job_: Job) -> None:
+    from factory.pipeline import init_ray, logical_cpus_needed
+
+    init_ray(None, logical_cpus=logical_cpus_needed(job_))
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
