@@ -37,7 +37,8 @@ def lineage_schema(plans: tuple[StagePlan, ...]) -> pa.Schema:
               ("written", pa.bool_())]
     for plan in plans:
         fields += [(f"{plan.name}_model", pa.string()), (f"{plan.name}_revision", pa.string()),
-                   (f"{plan.name}_params_hash", pa.string()), (f"ms_{plan.name}", pa.float64())]
+                   (f"{plan.name}_params_hash", pa.string()), (f"ms_{plan.name}", pa.float64()),
+                   (f"{plan.name}_placement", pa.string())]
         fields += [(name, pa.type_for_alias(kind)) for name, kind in plan.card.metrics]
     return pa.schema(fields)
 

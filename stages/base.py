@@ -149,7 +149,8 @@ class Stage:
                 f"stage '{plan.name}': model '{plan.card.name}' from '{plan.source}' "
                 f"failed to load: {type(exc).__name__}: {exc}"
             ) from exc
-        log.info("stage %s: %s loaded on %s", plan.name, plan.card.name, self.device)
+        self.placement = _placement(self.device)
+        log.info("stage %s: %s loaded, %s", plan.name, plan.card.name, self.placement)
 
     def _load(self) -> None:
         """Load weights once per actor. Default: nothing to load."""
@@ -189,7 +190,9 @@ class Stage:
                 result[column] = np.where(status == STATUS_OK, result[column], None)
         result["status"], result["error"], result["failed_stage"] = status, error, failed_stage
         per_row = elapsed_ms / ok.size if ok.size else 0.0
-        result[f"ms_{self.plan.name}"] = np.where(status == STATUS_OK, per_row, 0.0)
+        done = status == STATUS_OK
+        result[f"ms_{self.plan.name}"] = np.where(done, per_row, 0.0)
+        result[f"{self.plan.name}_placement"] = np.where(done, self.placement, "").astype(object)
         return result
 
     def _run_rows(self, batch, ok, outputs, status, error, failed_stage) -> None:
@@ -232,6 +235,22 @@ class Stage:
         status[i] = STATUS_FAILED
         error[i] = exc_text[:2000]
         failed_stage[i] = self.plan.name
+
+
+def _placement(device: str) -> str:
+    """Where this actor runs: Ray node, the GPU ids Ray assigned, and the torch/ORT device."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            node = context.get_node_id()[:12]
+            actor = (context.get_actor_id() or "driver")[:12]
+            gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+            return f"node={node} actor={actor} gpus=[{gpus}] device={device}"
+    except Exception:  # noqa: BLE001 - placement is informational; never fail a stage on it
+        log.debug("could not read the Ray placement", exc_info=True)
+    return f"node=local actor=local gpus=[] device={device}"
 
 
 def _column(batch: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from stages.base import Stage, StageParams
-from stages.weights import check_local_weights, torch_device
+from stages.weights import check_local_weights, quiet_loaders, torch_device
 
 
 class GenerateParams(StageParams):
@@ -32,6 +32,7 @@ class DiffusersGenerator(Stage):
     """Batched prompts through one pipeline loaded once per actor."""
 
     def _load(self) -> None:
+        quiet_loaders()  # before the hub libraries' imports, which warn on import
         import torch
         from diffusers import AutoPipelineForText2Image
 
@@ -42,7 +43,7 @@ class DiffusersGenerator(Stage):
             self.plan.source,
             revision=None if self.plan.revision in ("", "local") else self.plan.revision,
             dtype=dtype,
-            use_safetensors=not self.plan.allow_pickle,
+            use_safetensors=True if not self.plan.allow_pickle else None,  # None: prefer safetensors
         ).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
 

@@ -15,10 +15,10 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from stages.base import Resources, Stage, StageCard, StageParams
+from stages.base import Stage, StageParams
 from stages.colour import parse_hex_colour
-from stages.weights import (PICKLE_SUFFIXES, WeightsError, check_local_weights, resolve_source,
-                            torch_device)
+from stages.weights import (PICKLE_SUFFIXES, WeightsError, check_local_weights, quiet_loaders,
+                            resolve_source, torch_device)
 
 ADAPTER_NAME = "brand"
 #: XORed into each row's seed so img2img noise is independent of the generate stage's noise.
@@ -70,6 +70,7 @@ class LoraImg2Img(Stage):
     """Batched img2img through one pipeline with the brand adapter, loaded once per actor."""
 
     def _load(self) -> None:
+        quiet_loaders()  # before the hub libraries' imports, which warn on import
         import torch
         from diffusers import AutoPipelineForImage2Image
 
@@ -181,54 +182,3 @@ def schedule_length(steps: int, strength: float) -> int:
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
-
-
-_IMAGE = ("image",)
-_INPUTS = ("image", "prompt", "negative_prompt", "seed")
-_GPU = Resources(num_gpus=1, num_cpus=0.25, batch_size=4, concurrency=1)
-
-CARDS: tuple[StageCard, ...] = (
-    StageCard(
-        name="lora/sd-tiny-brand",
-        kind="lora",
-        runtime=LoraImg2Img,
-        params=LoraParams,
-        source="tiny:sd-tiny",
-        revision="local",
-        weight_format="safetensors",
-        inputs=_INPUTS,
-        outputs=_IMAGE,
-        resources=Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1),
-        cost_weight=0.1,
-        description="Tiny random SD img2img with the tiny brand LoRA (lora: tiny:sd-tiny-lora)",
-        example_params={"lora": "tiny:sd-tiny-lora"},
-    ),
-    StageCard(
-        name="lora/sd-turbo-brand",
-        kind="lora",
-        runtime=LoraImg2Img,
-        params=LoraParams,
-        source="stabilityai/sd-turbo",
-        revision="main",
-        weight_format="safetensors",
-        inputs=_INPUTS,
-        outputs=_IMAGE,
-        resources=_GPU,
-        cost_weight=1.0,
-        description="SD-Turbo img2img with a brand LoRA trained for SD 2.1 (params.lora)",
-    ),
-    StageCard(
-        name="lora/sdxl-turbo-brand",
-        kind="lora",
-        runtime=LoraImg2Img,
-        params=LoraParams,
-        source="stabilityai/sdxl-turbo",
-        revision="main",
-        weight_format="safetensors",
-        inputs=_INPUTS,
-        outputs=_IMAGE,
-        resources=_GPU,
-        cost_weight=3.0,
-        description="SDXL-Turbo img2img with a brand LoRA trained for SDXL (params.lora)",
-    ),
-)

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
-from stages.base import Resources, Stage, StageCard, StageParams
+from stages.base import Stage, StageParams
 from stages.weights import check_local_weights
 
 REMBG_PREFIX = "rembg:"
@@ -79,14 +79,16 @@ class RembgSegmenter(Stage):
         from rembg.sessions import sessions
 
         providers = ["CPUExecutionProvider"]
-        if self.plan.resources.num_gpus > 0 and "CUDAExecutionProvider" in ort.get_available_providers():
+        wants_gpu = self.plan.resources.num_gpus > 0
+        if wants_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         source = self.plan.source
         if source.startswith(REMBG_PREFIX):
             name = source.removeprefix(REMBG_PREFIX)
             session_class = sessions.get(name)
             if session_class is None:
-                raise ValueError(f"rembg has no session '{name}'; valid: {', '.join(sorted(sessions))}")
+                raise ValueError(f"rembg has no session '{name}'; "
+                                 f"valid: {', '.join(sorted(sessions))}")
             if not session_class.is_local():
                 raise ValueError(f"rembg session '{name}' sends images to a remote service")
             try:
@@ -102,8 +104,9 @@ class RembgSegmenter(Stage):
             if not path.is_file():
                 raise FileNotFoundError(f"custom rembg model '{source}' does not exist")
             check_local_weights(source, allow_pickle=self.plan.allow_pickle)
-            with _rembg_home(path.resolve().parent):
-                self.session = new_session(self.params.custom_family, model_path=str(path.resolve()),
+            model_path = path.resolve()
+            with _rembg_home(model_path.parent):
+                self.session = new_session(self.params.custom_family, model_path=str(model_path),
                                            providers=providers)
         # What the session got, not what was asked: onnxruntime falls back to CPU quietly.
         active = self.session.inner_session.get_providers()
@@ -137,7 +140,8 @@ class RembgSegmenter(Stage):
 
         mean, std, side = self._batch_spec
         name = self.session.inner_session.get_inputs()[0].name
-        feed = np.concatenate([self.session.normalize(p, mean, std, (side, side))[name] for p in pils])
+        feed = np.concatenate(
+            [self.session.normalize(p, mean, std, (side, side))[name] for p in pils])
         preds = self.session.inner_session.run(None, {name: feed})[0][:, 0]
         masks = []
         for pil, pred in zip(pils, preds):
@@ -159,7 +163,8 @@ class RembgSegmenter(Stage):
         rgb, alpha = array[..., :3], mask
         if p.alpha_matting:
             try:
-                cut = alpha_matting_cutout(pil, Image.fromarray(mask), p.alpha_matting_foreground_threshold,
+                cut = alpha_matting_cutout(pil, Image.fromarray(mask),
+                                           p.alpha_matting_foreground_threshold,
                                            p.alpha_matting_background_threshold,
                                            p.alpha_matting_erode_size)
             except ValueError:  # no unknown band in the trimap: rembg's own fallback
@@ -202,36 +207,3 @@ def _rembg_home(directory: Path) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-_IMAGE = ("image",)
-_METRICS = (("alpha_coverage", "float64"),)
-
-
-def _card(name: str, source: str, revision: str, resources: Resources, cost: float,
-          description: str) -> StageCard:
-    return StageCard(name=f"segment/{name}", kind="segment", runtime=RembgSegmenter,
-                     params=SegmentParams, source=source, revision=revision, weight_format="onnx",
-                     inputs=_IMAGE, outputs=_IMAGE, metrics=_METRICS, resources=resources,
-                     cost_weight=cost, description=description)
-
-
-# Revisions are the checksums rembg verifies its downloads against, so they name the weights.
-CARDS: tuple[StageCard, ...] = (
-    _card("u2net-tiny", "tiny:u2net-tiny.onnx", "local",
-          Resources(num_gpus=0, num_cpus=1, batch_size=16), 0.01,
-          "Tiny random-weight ONNX with u2net's contract, for tests and demo"),
-    _card("u2net", "rembg:u2net", "md5:60024c5c889badc19c04ad937298a77b",
-          Resources(num_gpus=0.25, num_cpus=0.25, batch_size=16), 0.05,
-          "U^2-Net 320px (Apache-2.0): fast general cutouts, batched"),
-    _card("isnet-general-use", "rembg:isnet-general-use", "md5:fc16ebd8b0c10d971d3513d564d01e29",
-          Resources(num_gpus=0.5, num_cpus=0.25, batch_size=8), 0.15,
-          "ISNet/DIS 1024px (Apache-2.0): sharper edges than u2net, batched"),
-    _card("birefnet-general", "rembg:birefnet-general", "md5:7a35a0141cbbc80de11d9c9a28f52697",
-          Resources(num_gpus=1, num_cpus=0.25, batch_size=8), 0.5,
-          "BiRefNet general 1024px (MIT): best edges, one image per call"),
-    _card("bria-rmbg", "rembg:bria-rmbg",
-          "sha256:5b486f08200f513f460da46dd701db5fbb47d79b4be4b708a19444bcd4e79958",
-          Resources(num_gpus=1, num_cpus=0.25, batch_size=8), 0.5,
-          "BRIA RMBG-2.0 1024px, one image per call; CC BY-NC 4.0: non-commercial unless licensed"),
-)

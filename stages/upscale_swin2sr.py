@@ -20,8 +20,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
-from stages.base import Resources, Stage, StageCard, StageParams
-from stages.weights import check_local_weights, torch_device
+from stages.base import Stage, StageParams
+from stages.weights import check_local_weights, quiet_loaders, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Swin2SRUpscaler(Stage):
     """A ``Swin2SRForImageSuperResolution`` checkpoint, loaded once per actor."""
 
     def _load(self) -> None:
+        quiet_loaders()  # before the hub libraries' imports, which warn on import
         import torch
         from transformers import Swin2SRForImageSuperResolution
 
@@ -81,7 +82,7 @@ class Swin2SRUpscaler(Stage):
         model = Swin2SRForImageSuperResolution.from_pretrained(
             self.plan.source,
             revision=None if self.plan.revision in ("", "local") else self.plan.revision,
-            use_safetensors=not self.plan.allow_pickle,
+            use_safetensors=True if not self.plan.allow_pickle else None,  # None: prefer safetensors
             dtype=self.dtype,
         )
         model_scale = int(model.config.upscale)
@@ -129,7 +130,7 @@ class Swin2SRUpscaler(Stage):
                 if not _is_out_of_memory(exc):
                     raise
                 smaller = self._tile_size(padded.shape[:2], tile // 2)
-                if tile // 2 < floor or smaller >= tile:
+                if smaller < floor or smaller >= tile:
                     raise
                 log.warning("stage %s: out of memory at tile %d; retrying at tile %d",
                             self.plan.name, tile, smaller)
@@ -228,7 +229,7 @@ def _feather(size: int, overlap: int, lead: bool, trail: bool) -> np.ndarray:
     weight = np.ones(size, dtype=np.float32)
     overlap = min(overlap, size)
     if overlap:
-        margin = 0
+        margin = overlap // 4
         up = (np.arange(overlap, dtype=np.float32) + 0.5 - margin) / (overlap - 2 * margin)
         up = np.clip(up, _FLOOR, 1.0)
         if lead:
@@ -253,78 +254,3 @@ def _release_cuda_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-_IMAGE = ("image",)
-_GPU = Resources(num_gpus=0.5, num_cpus=0.25, batch_size=4, concurrency=1)
-
-CARDS: tuple[StageCard, ...] = (
-    StageCard(
-        name="upscale/swin2sr-tiny-x2",
-        kind="upscale",
-        runtime=Swin2SRUpscaler,
-        params=UpscaleParams,
-        source="tiny:swin2sr-tiny-x2",
-        revision="local",
-        weight_format="safetensors",
-        inputs=_IMAGE,
-        outputs=_IMAGE,
-        resources=Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1),
-        cost_weight=0.05,
-        description="Tiny random-weight Swin2SR x2 (real architecture) for tests and demo",
-    ),
-    StageCard(
-        name="upscale/swin2sr-tiny-x4",
-        kind="upscale",
-        runtime=Swin2SRUpscaler,
-        params=UpscaleParams,
-        source="tiny:swin2sr-tiny-x4",
-        revision="local",
-        weight_format="safetensors",
-        inputs=_IMAGE,
-        outputs=_IMAGE,
-        resources=Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1),
-        cost_weight=0.05,
-        description="Tiny random-weight Swin2SR x4 (real architecture) for tests and demo",
-    ),
-    StageCard(
-        name="upscale/swin2sr-x2",
-        kind="upscale",
-        runtime=Swin2SRUpscaler,
-        params=UpscaleParams,
-        source="caidas/swin2SR-classical-sr-x2-64",
-        revision="main",
-        weight_format="safetensors",
-        inputs=_IMAGE,
-        outputs=_IMAGE,
-        resources=_GPU,
-        cost_weight=0.5,
-        description="Swin2SR classical x2: clean 2x of generated or studio images",
-    ),
-    StageCard(
-        name="upscale/swin2sr-x4",
-        kind="upscale",
-        runtime=Swin2SRUpscaler,
-        params=UpscaleParams,
-        source="caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr",
-        revision="main",
-        weight_format="safetensors",
-        inputs=_IMAGE,
-        outputs=_IMAGE,
-        resources=_GPU,
-        cost_weight=1.0,
-        description="Swin2SR real-world x4 (BSRGAN degradations): 4x of noisy or compressed images",
-    ),
-    StageCard(
-        name="upscale/lanczos",
-        kind="upscale",
-        runtime=LanczosUpscaler,
-        params=LanczosParams,
-        weight_format="none",
-        inputs=_IMAGE,
-        outputs=_IMAGE,
-        resources=Resources(num_cpus=0.5, batch_size=8),
-        cost_weight=0.01,
-        description="PIL Lanczos resize of all channels, no model",
-    ),
-)

@@ -58,3 +58,19 @@ def torch_device(num_gpus: float) -> str:
     if num_gpus > 0:
         log.warning("stage asked for %s GPU but CUDA is not available; running on CPU", num_gpus)
     return "cpu"
+
+
+def quiet_loaders() -> None:
+    """Silence the hub libraries' per-load progress bars and advisory warnings in actors.
+
+    Every actor loads once; dozens of "Loading weights" bars in the driver's log hide the
+    factory's own progress and errors. Errors still surface.
+    """
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()

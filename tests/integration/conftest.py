@@ -1,11 +1,11 @@
-"""A local Ray for the integration tests, started once per session."""
+"""A local Ray for the integration tests, one per test module (some modules start their own)."""
 
 from __future__ import annotations
 
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
     import ray
 

@@ -11,7 +11,10 @@ from pydantic import ValidationError
 from factory import images
 from factory.tiny_models import make_tiny_lora, make_tiny_sd
 from stages.base import Resources, StagePlan
-from stages.lora_diffusers import CARDS, LoraImg2Img, LoraParams, schedule_length
+from stages.lora_diffusers import LoraImg2Img, LoraParams, schedule_length
+from stages.registry import CARDS as ALL_CARDS
+
+CARDS = tuple(c for c in ALL_CARDS if c.kind == "lora")
 
 TINY_CARD = CARDS[0]
 

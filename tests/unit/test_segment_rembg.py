@@ -12,7 +12,10 @@ from pydantic import ValidationError
 from factory import images
 from factory.tiny_models import make_tiny_u2net_onnx
 from stages.base import Resources, StagePlan
-from stages.segment_rembg import BATCHABLE_SESSIONS, CARDS, RembgSegmenter, SegmentParams
+from stages.segment_rembg import BATCHABLE_SESSIONS, RembgSegmenter, SegmentParams
+from stages.registry import CARDS as ALL_CARDS
+
+CARDS = tuple(c for c in ALL_CARDS if c.kind == "segment")
 
 CARD = {c.name: c for c in CARDS}["segment/u2net-tiny"]
 
@@ -92,7 +95,8 @@ def test_batched_path_matches_rembg_remove_in_one_model_call(tiny_model):
     produced = images.load("image", run(segmenter, arrays))
     assert counter.batches == [5]
     for array, rgba in zip(arrays, produced):
-        expected = np.asarray(remove(Image.fromarray(array), session=segmenter.session, only_mask=True))
+        expected = np.asarray(remove(Image.fromarray(array), session=segmenter.session,
+                                     only_mask=True))
         assert np.abs(rgba[..., 3].astype(int) - expected).max() <= 1
         assert np.array_equal(rgba[..., :3], array)  # colours untouched without matting
 
