@@ -70,10 +70,12 @@ def build_dataset(job: Job, info: ManifestInfo, *, limit: int | None = None) -> 
     rules = RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
                      negative_template=job.negative_template,
                      duplicate_rejects=info.duplicate_rejects)
-    # One read task streams the file; its blocks are kept as they are (no re-splitting), and
-    # validation maps block for block, so batch composition depends on the manifest alone.
+    # One read task streams the file. Its output is cut into blocks of one batch of the
+    # largest-batch stage: every actor of a pool gets work, and each stage's batches depend on
+    # the manifest alone (same batches, same bytes, run after run).
     ds = ray.data.read_datasource(ManifestDatasource(job.manifest_uri, job.manifest_format,
                                                      limit=limit), override_num_blocks=1)
+    ds = ds.repartition(target_num_rows_per_block=block_rows(job))
     ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules}, batch_size=None,
                         batch_format="numpy", num_cpus=0.25)
     for plan in job.stages:
@@ -89,6 +91,11 @@ def build_dataset(job: Job, info: ManifestInfo, *, limit: int | None = None) -> 
         )
     return ds.map_batches(write_assets, fn_kwargs={"config": sink_config(job)},
                           batch_size=SINK_BATCH, batch_format="numpy", num_cpus=0.5)
+
+
+def block_rows(job: Job) -> int:
+    """Rows per block between stages: one batch of the stage with the largest batches."""
+    return max(plan.resources.batch_size for plan in job.stages)
 
 
 def _named(runtime: type, stage_name: str) -> type:

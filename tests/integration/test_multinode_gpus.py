@@ -60,7 +60,7 @@ def parse(placement: str) -> tuple[str, str, tuple[str, ...]]:
 def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path):
     from factory.pipeline import run_job
 
-    catalog = write_catalog(tmp_path / "catalog.csv", 40)
+    catalog = write_catalog(tmp_path / "catalog.csv", 160)  # five blocks: work for every actor
     job = parse_job({"name": "gpus", "manifest": {"uri": str(catalog)},
                      "output": {"uri": str(tmp_path / "out")}, "seed": 3,
                      "prompt": {"template": "a {{ color }} {{ title }}"}, "stages": CHAIN})
@@ -69,8 +69,8 @@ def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path):
     lineage, _ = read_lineage(store, job.run_id)
     rejects = read_rejects(store, job.run_id)
     rows = lineage.to_pylist()
-    assert result.counts.assets == 37 and result.counts.failed == 0
-    assert len(rows) + rejects.num_rows == 40
+    assert result.counts.assets == 157 and result.counts.failed == 0
+    assert len(rows) + rejects.num_rows == 160
 
     actors: dict[str, set[tuple[str, str, tuple[str, ...]]]] = defaultdict(set)
     for row in rows:
