@@ -78,7 +78,7 @@ def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[st
     for i in range(n):
         if status[i] != STATUS_OK:
             continue
-        row = {k: batch[k][i] for k in batch if k not in (column, f"{column}_shape")}
+        row = {k: batch[k][i] for k in batch if k != column}
         try:
             if pixels[i] is None:
                 raise ValueError("no image reached the sink")
@@ -91,7 +91,7 @@ def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[st
         except Exception as exc:  # an unwritable asset is that SKU's failure, not the batch's
             status[i], error[i], failed_stage[i] = "failed", f"{type(exc).__name__}: {exc}", "sink"
             keys[i] = ""
-    out = {k: v for k, v in batch.items() if k not in (column, f"{column}_shape")}
+    out = {k: v for k, v in batch.items() if k != column}
     out.update(status=status, error=error, failed_stage=failed_stage, output_key=keys,
                sha256=digests, bytes=sizes, written=written)
     return out

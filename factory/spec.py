@@ -247,7 +247,6 @@ def _check_chain(spec: JobSpec, plans: list[StagePlan], problems: list[str],
                             "its cost grows with the pixel count")
         upscaled = upscaled or plan.card.kind == "upscale"
         available.update(plan.card.outputs)
-        available.update(f"{c}_shape" for c in plan.card.outputs)
 
 
 def _check_run_id(run_id: str, source: str) -> None:

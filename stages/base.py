@@ -181,13 +181,13 @@ class Stage:
                 result.update(images.store(column, values))
             elif column not in metric_names:
                 result[column] = values
+        for column in self.plan.card.outputs:
+            # every batch carries the stage's image columns, even one with no ok rows
+            if column in self.image_columns and column not in result:
+                result.update(images.store(column, [None] * n))
         for name, _ in self.plan.card.metrics:
             values = outputs.get(name, np.full(n, None, dtype=object))
             result[name] = np.array([np.nan if v is None else float(v) for v in values])
-        # Failed rows drop their pixels: later stages skip them and the sink writes no asset.
-        for column in self.image_columns:
-            if column in result:
-                result[column] = np.where(status == STATUS_OK, result[column], None)
         result["status"], result["error"], result["failed_stage"] = status, error, failed_stage
         per_row = elapsed_ms / ok.size if ok.size else 0.0
         done = status == STATUS_OK
@@ -214,7 +214,8 @@ class Stage:
                 log.warning("stage %s: sku %s failed: %s", self.plan.name, batch["sku"][i], error[i])
 
     def _take(self, batch: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, Any]:
-        rows = {key: value[idx] for key, value in batch.items()}
+        whole = len(idx) == len(batch["sku"])  # the common case: no copy of the pixels
+        rows = {key: (value if whole else value[idx]) for key, value in batch.items()}
         for column in self.image_columns:
             if column in rows:
                 rows[column] = images.load(column, rows)

@@ -57,7 +57,8 @@ def test_one_bad_row_fails_alone_and_batch_mates_succeed():
     out = _Invert(plan=plan(bad=("S1",)))(batch())
     assert list(out["status"]) == ["ok", "failed", "ok", "ok"]
     assert out["failed_stage"][1] == "inv" and "cannot handle S1" in out["error"][1]
-    assert out["image"][1] is None  # a failed row carries no pixels onward
+    assert images.load("image", out)[1] is None  # a failed row carries no image onward
+    assert images.load("image", out)[2][0, 0, 0] == 255 - 20
     assert np.isnan(out["score"][1]) and out["score"][0] == 1.5
     assert list(out["sku"]) == ["S0", "S1", "S2", "S3"]  # never dropped
 

@@ -84,10 +84,14 @@ def test_encoding_is_deterministic_and_keeps_alpha_where_it_can(fmt):
     assert mode == ("RGB" if fmt == "jpeg" else "RGBA")
 
 
-def test_raw_pixel_columns_round_trip():
+def test_pixel_columns_round_trip():
     arrays = [np.arange(24, dtype=np.uint8).reshape(2, 4, 3), None]
     cols = images.store("image", arrays)
-    back = images.load("image", cols)
+    assert cols["image"].shape == (2, 2, 4, 3)  # one fixed-shape tensor column
+    back = images.load("image", {**cols, "status": np.array(["ok", "failed"], dtype=object)})
     assert np.array_equal(back[0], arrays[0]) and back[1] is None
+    mixed = images.store("image", [arrays[0], np.zeros((3, 3, 4), np.uint8), None])
+    assert mixed["image"].dtype == object  # shapes differ: a variable-shape column
+    assert [a.shape for a in images.load("image", mixed)] == [(2, 4, 3), (3, 3, 4), (1, 1, 3)]
     with pytest.raises(ValueError, match="expected HxWx3"):
         images.store("image", [np.zeros((2, 2), dtype=np.uint8)])
