@@ -28,6 +28,21 @@ CHAINS = {
         {"kind": "recolor", "model": "lab", "params": {"palette": ["#C8553D", "#2D3047"]},
          "resources": {"num_cpus": 1, "batch_size": 8}},
     ],
+    # the demo's chain: diffusion before the upscale
+    "five": [
+        {"kind": "generate", "model": "sd-tiny",
+         "params": {"width": 64, "height": 64, "steps": 2, "guidance": 1.0},
+         "resources": {"num_cpus": 1, "batch_size": 8}},
+        {"kind": "segment", "model": "u2net-tiny", "resources": {"num_cpus": 1, "batch_size": 8}},
+        {"kind": "lora", "model": "sd-tiny-brand",
+         "params": {"lora": "tiny:sd-tiny-lora", "strength": 0.4, "steps": 2},
+         "resources": {"num_cpus": 1, "batch_size": 8}},
+        {"kind": "recolor", "model": "lab", "params": {"palette": ["#C8553D", "#2D3047"]},
+         "resources": {"num_cpus": 1, "batch_size": 8}},
+        {"kind": "upscale", "model": "swin2sr-tiny-x2",
+         "params": {"tile": 64, "overlap": 16, "min_tile": 32},
+         "resources": {"num_cpus": 1, "batch_size": 8}},
+    ],
 }
 
 
@@ -74,7 +89,7 @@ def isolated_s_per_asset(the_job, rows: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200)
-    parser.add_argument("--chain", choices=sorted(CHAINS), default="two")
+    parser.add_argument("--chain", choices=sorted(CHAINS), default="five")
     args = parser.parse_args()
     directory = workdir("p1")
     the_job = job(directory, catalog(directory, args.rows), CHAINS[args.chain])
@@ -86,8 +101,11 @@ def main() -> None:
     start_ray(the_job)
     from factory.pipeline import run_job
 
-    result = run_job(the_job)
+    seen: list[tuple[float, int]] = []
+    result = run_job(the_job, on_progress=lambda c, _: seen.append((time.perf_counter(), c.assets)))
     assert result.counts.assets == args.rows, result.summary()
+    (t0, a0), (t1, a1) = seen[0], seen[-1]
+    steady = (a1 - a0) / (t1 - t0) if t1 > t0 else float("nan")
     cores = os.cpu_count() or 1
     serial_rate = 1.0 / sum(iso.values())
     ideal = serial_rate * min(cores, len(iso))
@@ -99,8 +117,11 @@ def main() -> None:
     print(f"  ideal, time-shared on {cores} cores:      {ideal:8.2f} assets/s")
     print(f"  end to end on local Ray:              {e2e:8.2f} assets/s "
           f"(wall {result.wall_s:.1f} s, incl. Ray Data and actor start-up)")
-    print(f"  efficiency vs {cores}-core ideal: {e2e / ideal:.2f}   "
-          f"vs 1-core ideal: {e2e / serial_rate:.2f}   (goal >= 0.90)")
+    print(f"  steady state (first to last asset):   {steady:8.2f} assets/s")
+    print(f"  efficiency, whole run:   {e2e / ideal:.2f} of the {cores}-core ideal, "
+          f"{e2e / serial_rate:.2f} of the 1-core ideal   (goal >= 0.90)")
+    print(f"  efficiency, steady state: {steady / ideal:.2f} of the {cores}-core ideal, "
+          f"{steady / serial_rate:.2f} of the 1-core ideal")
 
 
 if __name__ == "__main__":
