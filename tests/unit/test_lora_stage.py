@@ -132,10 +132,13 @@ def test_same_inputs_give_identical_bytes(stage, models_root):
         assert a.tobytes() == b.tobytes() == c.tobytes()
 
 
-def test_different_seeds_give_different_outputs(stage):
+def test_different_seeds_give_different_outputs(models_root):
+    # full-strength denoising, so the seed's noise dominates even with tiny random weights
+    # (at low strength the two outputs can round to the same bytes)
     same = image(32, 32)
-    a, b = run(stage, make_batch([same, same], seeds=[1, 2]))
-    assert not np.array_equal(a, b)
+    a, b = run(make_stage(models_root, strength=1.0, steps=2), make_batch([same, same],
+                                                                           seeds=[1, 2]))
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.5
 
 
 def test_tiny_lora_ref_resolves_through_models_dir(stage, models_root):
