@@ -52,15 +52,13 @@ def isolated_s_per_asset(the_job, rows: int) -> dict[str, float]:
 
     from factory import images
     from factory.manifest import _to_table, iter_records, scan
-    from factory.rows import RowRules, validate_batch
+    from factory.pipeline import row_rules, sink_config
+    from factory.rows import validate_batch
     from factory.sink import write_assets
-    from factory.pipeline import sink_config
+    from factory.storage import Store
 
     info = scan(the_job.manifest_uri, the_job.manifest_format)
-    rules = RowRules(seed=the_job.seed, variant=the_job.variant,
-                     prompt_template=the_job.prompt_template,
-                     negative_template=the_job.negative_template,
-                     duplicate_rejects=info.duplicate_rejects)
+    rules = row_rules(the_job, info)
     table = _to_table(list(iter_records(the_job.manifest_uri, the_job.manifest_format)))
     batch = validate_batch({k: table[k].to_numpy(zero_copy_only=False)
                             for k in table.column_names}, rules=rules)
@@ -76,8 +74,7 @@ def isolated_s_per_asset(the_job, rows: int) -> dict[str, float]:
             outputs.append(stage({k: v[i:i + size] for k, v in batch.items()}))
         timings[plan.name] = (time.perf_counter() - started) / rows
         batch = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-    config = sink_config(the_job)
-    config = config.__class__(**{**config.__dict__, "output_uri": config.output_uri + "-iso"})
+    config = sink_config(the_job, Store(the_job.output.uri + "-iso"))
     started = time.perf_counter()
     for i in range(0, rows, 8):
         write_assets({k: v[i:i + 8] for k, v in batch.items()}, config=config)

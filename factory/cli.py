@@ -62,6 +62,77 @@ def demo(output_uri: str, rows: int) -> None:
 
 
 @main.group()
+def runs() -> None:
+    """Committed runs in an output store (read from their lineage tables)."""
+
+
+def _store_option(f):
+    f = click.option("--job", "job_path", type=click.Path(dir_okay=False),
+                     help="Take the output URI and storage settings from this job spec.")(f)
+    return click.option("--output", "output_uri", help="Output URI (a directory or s3://...).")(f)
+
+
+def _store(output_uri: str | None, job_path: str | None):
+    from factory.s3 import S3Options
+    from factory.storage import Store
+
+    if job_path:
+        job = _load(job_path, output_uri=output_uri)
+        return Store(job.output.uri, job.s3)
+    if not output_uri:
+        raise click.UsageError("give --output URI or --job JOB.yaml")
+    return Store(output_uri, S3Options.from_settings())
+
+
+@runs.command("list")
+@_store_option
+def runs_list(output_uri: str | None, job_path: str | None) -> None:
+    """Every committed run: id, rows, assets, failed, rejected, wall time."""
+    from factory.runs import list_runs
+
+    store = _store(output_uri, job_path)
+    found = list_runs(store)
+    if not found:
+        click.echo(f"no committed runs in {store.uri}")
+    for run_id, s in found:
+        click.echo(f"{run_id:40} rows={s.get('manifest_rows', '?'):<7} "
+                   f"assets={s.get('assets', '?'):<7} failed={s.get('failed', '?'):<5} "
+                   f"rejected={s.get('rejected', '?'):<5} wall={s.get('wall_s', '?')}s "
+                   f"job={s.get('job', '?')}")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@_store_option
+@click.option("--failures", default=10, show_default=True, help="Failures to list.")
+def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failures: int) -> None:
+    """One committed run: its summary, stages, failures and rejections."""
+    from factory.runs import is_committed, read_lineage, read_rejects
+
+    store = _store(output_uri, job_path)
+    if not is_committed(store, run_id):
+        click.echo(f"run {run_id} is not committed in {store.uri}", err=True)
+        sys.exit(EXIT_MANIFEST)
+    lineage, summary = read_lineage(store, run_id)
+    rejects = read_rejects(store, run_id)
+    for key in ("job", "manifest_rows", "assets", "written", "failed", "rejected", "wall_s",
+                "assets_per_s", "spec_hash"):
+        click.echo(f"{key:14} {summary.get(key)}")
+    stages = [c.removesuffix("_model") for c in lineage.column_names if c.endswith("_model")]
+    rows = lineage.to_pylist()
+    for stage in stages:
+        done = [r[f"ms_{stage}"] for r in rows if r[f"ms_{stage}"]]
+        mean = sum(done) / len(done) if done else 0.0
+        model = rows[0][f"{stage}_model"] if rows else "?"
+        click.echo(f"stage {stage:10} {model:28} {mean:9.1f} ms/asset over {len(done)} rows")
+    failed = [r for r in rows if r["status"] == "failed"]
+    for r in failed[:failures]:
+        click.echo(f"failed  row {r['row']:<6} {r['sku']:24} [{r['failed_stage']}] {r['error']}")
+    for r in rejects.to_pylist()[:failures]:
+        click.echo(f"rejected row {r['row']:<6} {r['sku'][:24]:24} {r['field']}: {r['reason']}")
+
+
+@main.group()
 def models() -> None:
     """The model registry."""
 
@@ -123,6 +194,9 @@ def _execute(job, *, limit: int | None, address: str | None) -> int:
                    f"{_root_cause(exc)}", err=True)
         return EXIT_RUN
     c = result.counts
+    if result.wall_s == 0.0:
+        click.echo(f"run {result.run_id} was already committed; nothing was rendered or written",
+                   err=True)
     click.echo(
         f"\nrun {result.run_id}: {result.manifest_rows} rows → {c.assets} assets "
         f"({c.written} written, {c.assets - c.written} already there), {c.failed} failed, "

@@ -16,10 +16,14 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
+
+from factory.s3 import S3Options, is_s3, pyarrow_filesystem
 
 #: Rows per Arrow block from the reader. Small blocks spread work over a stage's actors and
 #: fix each stage's batch composition by the manifest alone (deterministic bytes per run).
@@ -56,22 +60,22 @@ class ManifestInfo:
     duplicate_rejects: dict[int, str]
 
 
-def open_input(uri: str) -> Any:
+def open_input(uri: str, s3_options: S3Options | None = None) -> Any:
     """Open a manifest for streaming reads through a pyarrow filesystem (local or S3)."""
-    try:
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, ValueError):
-        filesystem, path = pafs.LocalFileSystem(), uri
+    if is_s3(uri):
+        filesystem, path = pyarrow_filesystem(s3_options or S3Options()), uri.removeprefix("s3://")
+    else:
+        filesystem, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
     try:
         return filesystem.open_input_stream(path)
     except (FileNotFoundError, OSError) as exc:
         raise ManifestError(f"manifest '{uri}': cannot open: {exc}") from exc
 
 
-def iter_records(uri: str, fmt: str) -> Iterator[Record]:
+def iter_records(uri: str, fmt: str, s3_options: S3Options | None = None) -> Iterator[Record]:
     """Stream the manifest's rows in order."""
     readers = {"csv": _iter_csv, "parquet": _iter_parquet, "jsonl": _iter_jsonl}
-    with open_input(uri) as stream:
+    with open_input(uri, s3_options) as stream:
         yield from readers[fmt](uri, stream)
 
 
@@ -161,7 +165,8 @@ def _has_surrogates(value: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
-def scan(uri: str, fmt: str, *, limit: int | None = None) -> ManifestInfo:
+def scan(uri: str, fmt: str, *, limit: int | None = None,
+         s3_options: S3Options | None = None) -> ManifestInfo:
     """One streaming pass: count rows, collect columns, find duplicate SKU ids.
 
     A SKU seen twice with identical fields keeps its first row (later ones are rejected as
@@ -171,7 +176,7 @@ def scan(uri: str, fmt: str, *, limit: int | None = None) -> ManifestInfo:
     repeats: dict[str, list[tuple[int, bytes]]] = {}
     columns: dict[str, None] = {}
     rows = 0
-    for record in iter_records(uri, fmt):
+    for record in iter_records(uri, fmt, s3_options):
         if limit is not None and record.row > limit:
             break
         rows = record.row
@@ -212,19 +217,20 @@ class ManifestDatasource(Datasource):
     lines) give every block the same schema; the row validator decodes them.
     """
 
-    def __init__(self, uri: str, fmt: str, *, limit: int | None = None) -> None:
-        self.uri, self.fmt, self.limit = uri, fmt, limit
+    def __init__(self, uri: str, fmt: str, *, limit: int | None = None,
+                 s3_options: S3Options | None = None) -> None:
+        self.uri, self.fmt, self.limit, self.s3_options = uri, fmt, limit, s3_options
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        uri, fmt, limit = self.uri, self.fmt, self.limit
+        uri, fmt, limit, s3_options = self.uri, self.fmt, self.limit, self.s3_options
 
         def read() -> Iterator[pa.Table]:
             chunk: list[Record] = []
-            for record in iter_records(uri, fmt):
+            for record in iter_records(uri, fmt, s3_options):
                 if limit is not None and record.row > limit:
                     break
                 chunk.append(record)

@@ -16,10 +16,12 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
+from factory.keys import chain_fingerprint, extension
 from factory.manifest import ManifestDatasource, ManifestInfo, scan
 from factory.rows import RowRules, validate_batch
-from factory.runs import Counts, RunRecorder
-from factory.sink import SinkConfig, chain_fingerprint, write_assets
+from factory.runs import Counts, RunRecorder, is_committed, read_summary
+from factory.sink import (IntermediateConfig, SinkConfig, mark_existing, write_assets,
+                          write_intermediates)
 from factory.spec import Job
 from factory.storage import Store
 
@@ -53,32 +55,39 @@ class RunResult:
                 "assets_per_s": round(self.assets_per_s, 3)}
 
 
-def sink_config(job: Job) -> SinkConfig:
-    """The sink's frozen settings for a job."""
-    return SinkConfig(
-        output_uri=job.output.uri,
-        image_format=job.output.image_format,
-        quality=job.output.quality,
-        png_compression=job.output.png_compression,
-        chain_fingerprint=chain_fingerprint(job.stages, image_format=job.output.image_format,
-                                            quality=job.output.quality),
-    )
+def fingerprint(job: Job, upto: int | None = None) -> str:
+    """The chain fingerprint of the job (or of its first ``upto`` stages, for intermediates)."""
+    if upto is not None:
+        return chain_fingerprint(job.stages[:upto], encoding="png")
+    encoding = f"{job.output.image_format}:{job.output.quality}"
+    return chain_fingerprint(job.stages, encoding=encoding)
 
 
-def build_dataset(job: Job, info: ManifestInfo, *, limit: int | None = None) -> ray.data.Dataset:
+def row_rules(job: Job, info: ManifestInfo) -> RowRules:
+    """What every manifest row of this job must satisfy, and how its asset key is derived."""
+    return RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
+                    negative_template=job.negative_template,
+                    duplicate_rejects=info.duplicate_rejects, chain_fingerprint=fingerprint(job),
+                    image_ext=extension(job.output.image_format))
+
+
+def build_dataset(job: Job, info: ManifestInfo, store: Store, *,
+                  limit: int | None = None) -> ray.data.Dataset:
     """The lazy Ray Data plan for a job; nothing runs until it is iterated."""
-    rules = RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
-                     negative_template=job.negative_template,
-                     duplicate_rejects=info.duplicate_rejects)
+    rules = row_rules(job, info)
     # One read task streams the file. Its output is cut into blocks of one batch of the
     # largest-batch stage: every actor of a pool gets work, and each stage's batches depend on
     # the manifest alone (same batches, same bytes, run after run).
     ds = ray.data.read_datasource(ManifestDatasource(job.manifest_uri, job.manifest_format,
-                                                     limit=limit), override_num_blocks=1)
+                                                     limit=limit, s3_options=job.s3),
+                                  override_num_blocks=1)
     ds = ds.repartition(target_num_rows_per_block=block_rows(job))
     ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules}, batch_size=None,
                         batch_format="numpy", num_cpus=0.25)
-    for plan in job.stages:
+    # Work already in the store (a rerun, a resumed run) is found here and skipped by every stage.
+    ds = ds.map_batches(mark_existing, fn_kwargs={"store": store}, batch_size=None,
+                        batch_format="numpy", num_cpus=0.25)
+    for index, plan in enumerate(job.stages):
         r = plan.resources
         ds = ds.map_batches(
             _named(plan.card.runtime, plan.name),
@@ -89,8 +98,20 @@ def build_dataset(job: Job, info: ManifestInfo, *, limit: int | None = None) -> 
             num_gpus=r.num_gpus,
             num_cpus=r.num_cpus,
         )
-    return ds.map_batches(write_assets, fn_kwargs={"config": sink_config(job)},
+        if plan.name in job.keep_intermediates:
+            config = IntermediateConfig(store=store, stage=plan.name,
+                                        fingerprint=fingerprint(job, upto=index + 1))
+            ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
+                                batch_size=None, batch_format="numpy", num_cpus=0.5)
+    return ds.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store)},
                           batch_size=SINK_BATCH, batch_format="numpy", num_cpus=0.5)
+
+
+def sink_config(job: Job, store: Store) -> SinkConfig:
+    """The sink's frozen settings for a job."""
+    return SinkConfig(store=store, image_format=job.output.image_format,
+                      quality=job.output.quality, png_compression=job.output.png_compression,
+                      chain_fingerprint=fingerprint(job))
 
 
 def block_rows(job: Job) -> int:
@@ -106,24 +127,32 @@ def _named(runtime: type, stage_name: str) -> type:
 
 def run_job(job: Job, *, limit: int | None = None,
             on_progress: Callable[[Counts, int], None] | None = None) -> RunResult:
-    """Run a validated job on the connected Ray and commit its run. Needs ``ray.init`` first."""
+    """Run a validated job on the connected Ray and commit its run. Needs ``ray.init`` first.
+
+    The manifest is scanned and the store probed before any model loads. A run whose lineage is
+    already committed is reported and nothing is written.
+    """
     started = time.perf_counter()
     # Ordered execution keeps each stage's batches the same from run to run: batched float
     # maths is then bit-identical too, so the same job yields the same bytes on the same machine.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    info = scan(job.manifest_uri, job.manifest_format, limit=limit)
-    store = Store(job.output.uri)
-    recorder = RunRecorder(store, job.run_id, job.stages)
+    store = Store(job.output.uri, job.s3)
+    info = scan(job.manifest_uri, job.manifest_format, limit=limit, s3_options=job.s3)
+    paths = {"lineage_path": store.path(f"runs/{job.run_id}/lineage.parquet"),
+             "rejects_path": store.path(f"runs/{job.run_id}/rejects.parquet")}
+    store = store.preflight(job.run_id)
+    if is_committed(store, job.run_id):
+        return _committed_result(job, store, paths)
+    recorder = RunRecorder(store, job.run_id, job.stages, job.keep_intermediates)
     try:
-        ds = build_dataset(job, info, limit=limit)
+        ds = build_dataset(job, info, store, limit=limit)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             recorder.add(batch)
             if on_progress is not None:
                 on_progress(recorder.counts, info.rows)
         result = RunResult(run_id=job.run_id, manifest_rows=info.rows, counts=recorder.counts,
                            wall_s=time.perf_counter() - started, output_uri=job.output.uri,
-                           lineage_path=store.path(f"runs/{job.run_id}/lineage.parquet"),
-                           rejects_path=store.path(f"runs/{job.run_id}/rejects.parquet"))
+                           **paths)
         if recorder.counts.total != info.rows:
             raise RuntimeError(f"SKU accounting broke: {info.rows} manifest rows but "
                                f"{recorder.counts.total} recorded; run not committed")
@@ -132,6 +161,16 @@ def run_job(job: Job, *, limit: int | None = None,
     except BaseException:
         recorder.abort()
         raise
+
+
+def _committed_result(job: Job, store: Store, paths: dict[str, str]) -> RunResult:
+    summary = read_summary(store, job.run_id)
+    log.warning("run %s is already committed; nothing to do", job.run_id)
+    counts = Counts(assets=summary.get("assets", 0), written=0,
+                    failed=summary.get("failed", 0), rejected=summary.get("rejected", 0),
+                    failures_by_stage=summary.get("failures_by_stage", {}))
+    return RunResult(run_id=job.run_id, manifest_rows=summary.get("manifest_rows", 0),
+                     counts=counts, wall_s=0.0, output_uri=job.output.uri, **paths)
 
 
 def init_ray(address: str | None, *, logical_cpus: float | None = None) -> None:

@@ -13,10 +13,10 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-from urllib.parse import quote
 
 import numpy as np
 
+from factory.keys import asset_key, key_safe
 from factory.templating import TemplateError, render
 from stages.base import STATUS_OK, STATUS_REJECTED
 from stages.colour import parse_palette
@@ -36,6 +36,8 @@ class RowRules:
     prompt_template: str = ""
     negative_template: str = ""
     duplicate_rejects: Mapping[int, str] = field(default_factory=dict)
+    chain_fingerprint: str = ""
+    image_ext: str = "png"
 
 
 class RowReject(ValueError):
@@ -63,14 +65,9 @@ def check_sku(raw: str | None) -> str:
         raise RowReject("sku", "must not contain '..' or be '.'")
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in sku):
         raise RowReject("sku", "contains control characters")
-    if len(quote(sku, safe="-._~").encode()) > MAX_SKU_BYTES:
+    if len(key_safe(sku).encode()) > MAX_SKU_BYTES:
         raise RowReject("sku", f"longer than {MAX_SKU_BYTES} bytes once key-encoded")
     return sku
-
-
-def key_safe(sku: str) -> str:
-    """Percent-encode a checked SKU for use in an object key."""
-    return quote(sku, safe="-._~")
 
 
 def validate_row(fields: Mapping[str, str | None], rules: RowRules) -> dict[str, Any]:
@@ -119,7 +116,8 @@ def _size(fields: Mapping[str, str | None], name: str) -> int:
 
 
 _OUT_COLUMNS = ("sku", "variant", "seed", "prompt", "negative_prompt", "width", "height",
-                "palette", "row", "status", "error", "failed_stage", "reject_field")
+                "palette", "output_key", "row", "status", "error", "failed_stage",
+                "reject_field")
 
 
 def validate_batch(batch: dict[str, np.ndarray], *, rules: RowRules) -> dict[str, np.ndarray]:
@@ -130,7 +128,8 @@ def validate_batch(batch: dict[str, np.ndarray], *, rules: RowRules) -> dict[str
         fields = json.loads(fields_json)
         row = int(row)
         item = {"sku": str(fields.get("sku") or "").strip(), "variant": "", "seed": 0,
-                "prompt": "", "negative_prompt": "", "width": 0, "height": 0, "palette": ""}
+                "prompt": "", "negative_prompt": "", "width": 0, "height": 0, "palette": "",
+                "output_key": ""}
         status, error, reject_field = STATUS_OK, "", ""
         try:
             if parse_error:
@@ -138,6 +137,7 @@ def validate_batch(batch: dict[str, np.ndarray], *, rules: RowRules) -> dict[str
             if row in rules.duplicate_rejects:
                 raise RowReject("sku", rules.duplicate_rejects[row])
             item = validate_row(fields, rules)
+            item["output_key"] = asset_key(rules.chain_fingerprint, rules.image_ext, item)
         except RowReject as exc:
             status, error, reject_field = STATUS_REJECTED, exc.reason, exc.field
             item["sku"] = _printable(item["sku"])

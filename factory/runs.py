@@ -1,22 +1,24 @@
 """A run's tables: ``runs/<run id>/rejects.parquet`` then ``lineage.parquet``, the commit.
 
-The driver streams sink rows in as they arrive (never the whole run in memory). Rejections go
-to the rejects table; assets and failures to the lineage table. Both become visible only when
-the run finishes: rejects first, lineage last, so a run is committed exactly when its lineage
-table exists. The run summary rides in the lineage file's footer metadata.
+The driver streams sink rows in as they arrive (never the whole run in memory) into local spool
+files. Rejections go to the rejects table; assets and failures to the lineage table. Both are
+published only when the run finishes: rejects first, lineage last, so a run is committed exactly
+when its lineage table exists. The run summary rides in the lineage file's footer metadata.
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.sink import params_hash
+from factory.keys import params_hash
 from factory.storage import Store
 from stages.base import STATUS_FAILED, STATUS_OK, STATUS_REJECTED, StagePlan
 
@@ -28,7 +30,7 @@ REJECT_SCHEMA = pa.schema([("run_id", pa.string()), ("row", pa.int64()), ("sku",
                            ("field", pa.string()), ("reason", pa.string())])
 
 
-def lineage_schema(plans: tuple[StagePlan, ...]) -> pa.Schema:
+def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = ()) -> pa.Schema:
     """Columns of the lineage table for this chain."""
     fields = [("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
               ("variant", pa.string()), ("seed", pa.int64()), ("prompt", pa.string()),
@@ -40,6 +42,8 @@ def lineage_schema(plans: tuple[StagePlan, ...]) -> pa.Schema:
                    (f"{plan.name}_params_hash", pa.string()), (f"ms_{plan.name}", pa.float64()),
                    (f"{plan.name}_placement", pa.string())]
         fields += [(name, pa.type_for_alias(kind)) for name, kind in plan.card.metrics]
+        if plan.name in keep:
+            fields.append((f"{plan.name}_key", pa.string()))
     return pa.schema(fields)
 
 
@@ -61,22 +65,19 @@ class Counts:
 class RunRecorder:
     """Streams sink rows into the run's tables; ``commit`` publishes them."""
 
-    def __init__(self, store: Store, run_id: str, plans: tuple[StagePlan, ...]) -> None:
+    def __init__(self, store: Store, run_id: str, plans: tuple[StagePlan, ...],
+                 keep: tuple[str, ...] = ()) -> None:
         self.store, self.run_id, self.plans = store, run_id, plans
-        self.schema = lineage_schema(plans)
+        self.schema = lineage_schema(plans, keep)
         self.counts = Counts()
         self._constants = {}
         for plan in plans:
             self._constants[f"{plan.name}_model"] = plan.card.name
             self._constants[f"{plan.name}_revision"] = plan.revision
             self._constants[f"{plan.name}_params_hash"] = params_hash(plan)
-        self._stack = ExitStack()
-        prefix = f"runs/{run_id}"
-        self._rejects_stack = ExitStack()
-        rejects_stream = self._rejects_stack.enter_context(store.open_output(f"{prefix}/{REJECTS}"))
-        lineage_stream = self._stack.enter_context(store.open_output(f"{prefix}/{LINEAGE}"))
-        self._rejects = pq.ParquetWriter(rejects_stream, REJECT_SCHEMA)
-        self._lineage = pq.ParquetWriter(lineage_stream, self.schema)
+        self._spool = Path(tempfile.mkdtemp(prefix=f"factory-{run_id}-"))
+        self._rejects = pq.ParquetWriter(self._spool / REJECTS, REJECT_SCHEMA)
+        self._lineage = pq.ParquetWriter(self._spool / LINEAGE, self.schema)
 
     def add(self, batch: pa.Table) -> None:
         """Record one batch of sink rows."""
@@ -117,24 +118,45 @@ class RunRecorder:
 
     def commit(self, summary: dict[str, Any]) -> None:
         """Publish rejects, then the lineage table (the commit point) with the summary."""
-        self._rejects.close()
-        self._rejects_stack.close()
-        self._lineage.add_key_value_metadata({SUMMARY_KEY: json.dumps(summary, sort_keys=True)})
-        self._lineage.close()
-        self._stack.close()
+        try:
+            self._rejects.close()
+            self._lineage.add_key_value_metadata({SUMMARY_KEY: json.dumps(summary, sort_keys=True)})
+            self._lineage.close()
+            prefix = f"runs/{self.run_id}"
+            self.store.publish_file(self._spool / REJECTS, f"{prefix}/{REJECTS}")
+            self.store.publish_file(self._spool / LINEAGE, f"{prefix}/{LINEAGE}")
+        finally:
+            shutil.rmtree(self._spool, ignore_errors=True)
 
     def abort(self) -> None:
-        """Leave nothing visible: the run stays uncommitted."""
+        """Publish nothing: the run stays uncommitted."""
         for writer in (self._rejects, self._lineage):
             try:
                 writer.close()
-            except Exception:  # noqa: BLE001 - best effort; the temp files are discarded next
+            except Exception:  # noqa: BLE001 - the spool is discarded either way
                 pass
-        for stack in (self._rejects_stack, self._stack):
-            try:
-                stack.__exit__(RuntimeError, RuntimeError("run aborted"), None)
-            except RuntimeError:
-                pass
+        shutil.rmtree(self._spool, ignore_errors=True)
+
+
+def is_committed(store: Store, run_id: str) -> bool:
+    """A run is committed exactly when its lineage table exists."""
+    return store.exists(f"runs/{run_id}/{LINEAGE}")
+
+
+def list_runs(store: Store) -> list[tuple[str, dict[str, Any]]]:
+    """Committed runs under the store, with their summaries (uncommitted ones are skipped)."""
+    runs = []
+    for run_id in store.children("runs"):
+        if is_committed(store, run_id):
+            runs.append((run_id, read_summary(store, run_id)))
+    return runs
+
+
+def read_summary(store: Store, run_id: str) -> dict[str, Any]:
+    """A committed run's summary, from the lineage footer."""
+    data = store.read_bytes(f"runs/{run_id}/{LINEAGE}")
+    meta = pq.read_metadata(pa.BufferReader(data)).metadata or {}
+    return json.loads(meta.get(SUMMARY_KEY, b"{}"))
 
 
 def read_lineage(store: Store, run_id: str) -> tuple[pa.Table, dict[str, Any]]:

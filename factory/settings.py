@@ -30,3 +30,40 @@ def ray_address() -> str | None:
 def log_level() -> str:
     """Log level name."""
     return os.environ.get(LOG_LEVEL, "INFO").upper()
+
+
+#: S3-compatible storage (see README, "Object storage"). Credentials are NOT settings here:
+#: they come from boto3's and the AWS SDK's standard chains.
+S3_ENDPOINT_URL = "FACTORY_S3_ENDPOINT_URL"
+S3_REGION = "FACTORY_S3_REGION"
+S3_ADDRESSING_STYLE = "FACTORY_S3_ADDRESSING_STYLE"
+S3_RETRY_MODE = "FACTORY_S3_RETRY_MODE"
+S3_MAX_ATTEMPTS = "FACTORY_S3_MAX_ATTEMPTS"
+S3_CREATE_ONLY = "FACTORY_S3_CREATE_ONLY"
+#: Local cache for model directories named by s3:// URIs.
+CACHE_DIR = "FACTORY_CACHE_DIR"
+
+
+def s3_defaults() -> dict:
+    """S3 options from the environment; unset ones keep the library defaults."""
+    env = os.environ
+    values: dict = {}
+    endpoint = env.get(S3_ENDPOINT_URL) or env.get("AWS_ENDPOINT_URL_S3") or env.get(
+        "AWS_ENDPOINT_URL")
+    if endpoint:
+        values["endpoint_url"] = endpoint
+    region = env.get(S3_REGION) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        values["region"] = region
+    for variable, key in ((S3_ADDRESSING_STYLE, "addressing_style"),
+                          (S3_RETRY_MODE, "retry_mode"), (S3_CREATE_ONLY, "create_only")):
+        if env.get(variable):
+            values[key] = env[variable]
+    if env.get(S3_MAX_ATTEMPTS):
+        values["max_attempts"] = int(env[S3_MAX_ATTEMPTS])
+    return values
+
+
+def cache_dir() -> Path:
+    """Where s3:// model directories are copied before loading."""
+    return Path(os.environ.get(CACHE_DIR, "~/.cache/asset-factory")).expanduser().resolve()

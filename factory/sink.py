@@ -1,103 +1,117 @@
-"""The sink: encode each finished image once, write it under its content key, record lineage.
+"""Writing: skip work already in the store, encode each finished image once, write it create-only.
 
-``write_assets`` runs as a CPU task pool at the end of the chain. An asset's key is derived
-from what made it (SKU, variant, the chain fingerprint, seed, prompt and row parameters), so
-the same work always lands on the same key and a retried task finds its own earlier write.
-The driver streams the returned rows into the run's tables (``RunRecorder``).
+Three Ray Data task functions, each given one frozen config:
+
+* ``mark_existing`` runs before the stages: a row whose asset key already exists becomes
+  ``exists`` and every stage skips it (a rerun or resume renders nothing twice).
+* ``write_intermediates`` runs after a stage named in ``keep_intermediates``.
+* ``write_assets`` runs at the end of the chain and returns the lineage rows, without pixels.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from factory import images
-from factory.rows import key_safe
+from factory.keys import intermediate_key, work_hash
 from factory.storage import Store
-from stages.base import STATUS_OK, StagePlan
+from stages.base import STATUS_FAILED, STATUS_OK
+
+#: A row whose asset was found in the store before rendering; lineage records it as ``ok``.
+STATUS_EXISTS = "exists"
+WORK_META = "factory-work"
+SHA_META = "factory-sha256"
 
 
 @dataclass(frozen=True)
 class SinkConfig:
     """Everything the sink tasks need, passed as one frozen argument."""
 
-    output_uri: str
+    store: Store
     image_format: str
     quality: int
     png_compression: int
     chain_fingerprint: str
-    final_image_column: str = "image"
 
 
-def params_hash(plan: StagePlan) -> str:
-    """Short hash of a stage's typed params."""
-    text = json.dumps(plan.params.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class IntermediateConfig:
+    """Where one stage's intermediate images go."""
+
+    store: Store
+    stage: str
+    fingerprint: str
 
 
-def chain_fingerprint(plans: tuple[StagePlan, ...], *, image_format: str, quality: int) -> str:
-    """Hash of the stage chain: kinds, model ids, sources, revisions, params, output encoding."""
-    parts = [{"name": p.name, "model": p.card.name, "source": p.source_ref,
-              "revision": p.revision, "params": params_hash(p)} for p in plans]
-    text = json.dumps({"chain": parts, "format": image_format, "quality": quality},
-                      sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+def mark_existing(batch: dict[str, np.ndarray], *, store: Store) -> dict[str, np.ndarray]:
+    """Ray Data task: rows whose asset key exists become ``exists`` with its size and hash."""
+    n = len(batch["sku"])
+    status = batch["status"].astype(object)
+    sha = np.full(n, "", dtype=object)
+    size = np.zeros(n, dtype=np.int64)
+    for i in np.flatnonzero(status == STATUS_OK):
+        key = batch["output_key"][i]
+        head = store.head(key)
+        if head is None:
+            continue
+        status[i], size[i] = STATUS_EXISTS, head.size
+        sha[i] = head.metadata.get(SHA_META) or hashlib.sha256(store.read_bytes(key)).hexdigest()
+    return {**batch, "status": status, "sha256": sha, "bytes": size}
 
 
-def work_hash(config: SinkConfig, row: dict[str, Any]) -> str:
-    """What makes this asset: the chain and the row's own inputs. Same work, same hash."""
-    inputs = {k: _plain(row.get(k)) for k in ("sku", "variant", "seed", "prompt",
-                                               "negative_prompt", "width", "height", "palette")}
-    text = json.dumps({"chain": config.chain_fingerprint, "row": inputs}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def asset_key(config: SinkConfig, row: dict[str, Any]) -> str:
-    """``assets/<sku>/<variant>-<work hash>.<ext>`` with the SKU percent-encoded."""
-    ext = "jpg" if config.image_format == "jpeg" else config.image_format
-    return f"assets/{key_safe(row['sku'])}/{row['variant']}-{work_hash(config, row)}.{ext}"
+def write_intermediates(batch: dict[str, np.ndarray], *,
+                        config: IntermediateConfig) -> dict[str, np.ndarray]:
+    """Ray Data task: write this stage's images (PNG) for its ``ok`` rows; add their keys."""
+    n = len(batch["sku"])
+    keys = np.full(n, "", dtype=object)
+    for i, pixels in enumerate(images.load("image", batch)):
+        if pixels is None:
+            continue
+        row = {k: batch[k][i] for k in batch if k != "image"}
+        keys[i] = intermediate_key(config.stage, config.fingerprint, row)
+        config.store.put_if_absent(keys[i], images.encode(pixels, "png"),
+                                   metadata={WORK_META: keys[i]}, content_type="image/png")
+    return {**batch, f"{config.stage}_key": keys}
 
 
 def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[str, np.ndarray]:
     """Ray Data task: encode and write the ``ok`` rows; return lineage rows without pixels."""
-    store = Store(config.output_uri)
-    column = config.final_image_column
     n = len(batch["sku"])
-    keys = np.full(n, "", dtype=object)
-    digests = np.full(n, "", dtype=object)
-    sizes = np.zeros(n, dtype=np.int64)
-    written = np.zeros(n, dtype=bool)
     status = batch["status"].astype(object)
     error = batch["error"].astype(object)
     failed_stage = batch["failed_stage"].astype(object)
-    pixels = images.load(column, batch) if column in batch else [None] * n
+    keys = batch["output_key"].astype(object)
+    digests = batch["sha256"].astype(object) if "sha256" in batch else np.full(n, "", object)
+    sizes = batch["bytes"].astype(np.int64) if "bytes" in batch else np.zeros(n, np.int64)
+    written = np.zeros(n, dtype=bool)
+    pixels = images.load("image", batch) if "image" in batch else [None] * n
+    content_type = f"image/{config.image_format}"
     for i in range(n):
-        if status[i] != STATUS_OK:
+        if status[i] == STATUS_EXISTS:
+            status[i] = STATUS_OK
             continue
-        row = {k: batch[k][i] for k in batch if k != column}
+        if status[i] != STATUS_OK:
+            keys[i] = ""
+            continue
         try:
             if pixels[i] is None:
                 raise ValueError("no image reached the sink")
             data = images.encode(pixels[i], config.image_format, quality=config.quality,
                                  png_level=config.png_compression)
-            keys[i] = asset_key(config, row)
-            written[i] = store.put_if_absent(keys[i], data)
             digests[i] = hashlib.sha256(data).hexdigest()
+            row = {k: batch[k][i] for k in batch if k != "image"}
+            written[i] = config.store.put_if_absent(
+                keys[i], data, content_type=content_type,
+                metadata={WORK_META: work_hash(config.chain_fingerprint, row),
+                          SHA_META: digests[i]})
             sizes[i] = len(data)
         except Exception as exc:  # an unwritable asset is that SKU's failure, not the batch's
-            status[i], error[i], failed_stage[i] = "failed", f"{type(exc).__name__}: {exc}", "sink"
-            keys[i] = ""
-    out = {k: v for k, v in batch.items() if k != column}
+            status[i], error[i], failed_stage[i] = STATUS_FAILED, f"{type(exc).__name__}: {exc}", "sink"
+            keys[i], digests[i], sizes[i] = "", "", 0
+    out = {k: v for k, v in batch.items() if k != "image"}
     out.update(status=status, error=error, failed_stage=failed_stage, output_key=keys,
                sha256=digests, bytes=sizes, written=written)
     return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

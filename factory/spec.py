@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from factory import settings
+from factory.s3 import S3Options
 from factory.templating import TemplateError, template_fields
 from stages.base import Resources, StagePlan
 from stages.registry import UnknownModelError, get_card
@@ -54,6 +55,17 @@ class OutputSpec(_Strict):
     png_compression: int = Field(1, ge=0, le=9)
 
 
+class StorageSpec(_Strict):
+    """S3-compatible store settings; unset ones come from the environment (README)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] | None = None
+    retry_mode: Literal["standard", "adaptive"] | None = None
+    max_attempts: int | None = Field(None, ge=1, le=20)
+    create_only: Literal["auto", "if-none-match", "checked"] | None = None
+
+
 class PromptSpec(_Strict):
     template: str = Field(min_length=1)
     negative: str = ""
@@ -85,6 +97,8 @@ class JobSpec(_Strict):
     seed: int = Field(0, ge=0, lt=2**63)
     variant: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     prompt: PromptSpec | None = None
+    storage: StorageSpec = StorageSpec()
+    keep_intermediates: list[str] = Field(default_factory=list)
     stages: list[StageSpec] = Field(min_length=1)
 
 
@@ -105,6 +119,8 @@ class Job:
     negative_template: str
     template_fields: tuple[str, ...]
     stages: tuple[StagePlan, ...]
+    s3: S3Options = S3Options()
+    keep_intermediates: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
     def with_overrides(self, *, output_uri: str | None = None, run_id: str | None = None) -> Job:
@@ -171,6 +187,16 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
     if spec.run_id is not None and not _RUN_ID.match(spec.run_id):
         problems.append(f"run_id: '{spec.run_id}' must match {_RUN_ID.pattern}")
     manifest_format = spec.manifest.format or _infer_format(spec.manifest.uri, problems)
+    names = [p.name for p in plans]
+    for i, name in enumerate(spec.keep_intermediates):
+        if name not in names:
+            problems.append(f"keep_intermediates[{i}]: no stage named '{name}' "
+                            f"(stages: {', '.join(names)})")
+    try:
+        s3_options = S3Options.from_settings(**spec.storage.model_dump())
+    except (TypeError, ValueError) as exc:
+        problems.append(f"storage: {exc}")
+        s3_options = S3Options()
     if problems:
         raise SpecError(source, problems)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
@@ -188,6 +214,8 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         negative_template=spec.prompt.negative if spec.prompt else "",
         template_fields=tuple(dict.fromkeys(fields)),
         stages=tuple(plans),
+        s3=s3_options,
+        keep_intermediates=tuple(dict.fromkeys(spec.keep_intermediates)),
         warnings=tuple(warnings),
     )
 

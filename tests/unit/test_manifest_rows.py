@@ -155,7 +155,7 @@ def test_parquet_typed_columns_are_read_as_text(tmp_path):
 
 
 def test_unicode_sku_is_kept_and_key_encoded(tmp_path):
-    from factory.rows import key_safe
+    from factory.keys import key_safe
 
     rows = run_rows(write(tmp_path, HEADER + "Kaffeetasse Ü 1,cup,red,,,,\n"))
     assert rows[0]["status"] == "ok" and rows[0]["sku"] == "Kaffeetasse Ü 1"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from factory import images
-from factory.sink import SinkConfig, asset_key
+from factory.keys import asset_key
 from factory.storage import Store
 from factory.templating import TemplateError, render, template_fields
 
@@ -32,25 +32,18 @@ def test_sandbox_blocks_python_internals():
         render("{{ title.__class__.__mro__[1].__subclasses__() }}", {"title": "x"})
 
 
-def _config(**kw) -> SinkConfig:
-    base = dict(output_uri="unused", image_format="png", quality=90, png_compression=3,
-                chain_fingerprint="chain-a")
-    base.update(kw)
-    return SinkConfig(**base)
-
-
 ROW = {"sku": "A 1", "variant": "hero", "seed": 3, "prompt": "p", "negative_prompt": "",
        "width": 0, "height": 0, "palette": ""}
 
 
 def test_asset_key_is_derived_from_the_work():
-    key = asset_key(_config(), ROW)
+    key = asset_key("chain-a", "png", ROW)
     assert key.startswith("assets/A%201/hero-") and key.endswith(".png")
-    assert asset_key(_config(), dict(ROW)) == key
-    assert asset_key(_config(chain_fingerprint="chain-b"), ROW) != key
-    assert asset_key(_config(), {**ROW, "seed": 4}) != key
-    assert asset_key(_config(), {**ROW, "prompt": "q"}) != key
-    assert asset_key(_config(image_format="webp"), ROW).endswith(".webp")
+    assert asset_key("chain-a", "png", dict(ROW)) == key
+    assert asset_key("chain-b", "png", ROW) != key
+    assert asset_key("chain-a", "png", {**ROW, "seed": 4}) != key
+    assert asset_key("chain-a", "png", {**ROW, "prompt": "q"}) != key
+    assert asset_key("chain-a", "webp", ROW).endswith(".webp")
 
 
 def test_put_if_absent_is_create_only(tmp_path):
@@ -61,14 +54,24 @@ def test_put_if_absent_is_create_only(tmp_path):
     assert [p.name for p in (tmp_path / "assets" / "a").iterdir()] == ["b.png"]  # no temp left
 
 
-def test_open_output_publishes_only_on_success(tmp_path):
-    store = Store(str(tmp_path))
-    with pytest.raises(RuntimeError):
-        with store.open_output("runs/r/lineage.parquet") as stream:
-            stream.write(b"partial")
-            raise RuntimeError("crash mid-write")
-    assert not store.exists("runs/r/lineage.parquet")
-    assert list((tmp_path / "runs" / "r").iterdir()) == []
+def test_publish_file_replaces_whole_and_leaves_no_temp(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    local = tmp_path / "spool.bin"
+    local.write_bytes(b"table")
+    store.publish_file(local, "runs/r/lineage.parquet")
+    assert store.read_bytes("runs/r/lineage.parquet") == b"table"
+    assert [p.name for p in (tmp_path / "store" / "runs" / "r").iterdir()] == ["lineage.parquet"]
+
+
+def test_local_preflight_names_an_unwritable_output(tmp_path):
+    from factory.s3 import StorageError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot write to the output directory"):
+        Store(str(blocker / "out")).preflight("r")
+    Store(str(tmp_path / "ok")).preflight("r")
+    assert list((tmp_path / "ok" / "runs" / "r").iterdir()) == []  # the probe is gone
 
 
 @pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])

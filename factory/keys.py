@@ -1,0 +1,67 @@
+"""Content-derived keys: the same work always lands on the same key.
+
+An asset's key comes from what makes it — the SKU, the variant, the chain fingerprint (every
+stage's model id, source, revision and params, and the output encoding), the seed, the prompt
+and the row's own parameters — never from when or where it ran. Intermediates use the
+fingerprint of the chain up to their stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+from urllib.parse import quote
+
+from stages.base import StagePlan
+
+#: The row fields that change an asset.
+WORK_FIELDS = ("sku", "variant", "seed", "prompt", "negative_prompt", "width", "height",
+               "palette")
+
+
+def params_hash(plan: StagePlan) -> str:
+    """Short hash of a stage's typed params."""
+    text = json.dumps(plan.params.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def chain_fingerprint(plans: tuple[StagePlan, ...], *, encoding: str = "") -> str:
+    """Hash of a stage chain (kinds, model ids, sources, revisions, params) and its encoding."""
+    parts = [{"name": p.name, "model": p.card.name, "source": p.source_ref,
+              "revision": p.revision, "params": params_hash(p)} for p in plans]
+    text = json.dumps({"chain": parts, "encoding": encoding}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def work_hash(fingerprint: str, row: Mapping[str, Any]) -> str:
+    """What makes this output: the chain and the row's own inputs."""
+    inputs = {k: _plain(row.get(k)) for k in WORK_FIELDS}
+    text = json.dumps({"chain": fingerprint, "row": inputs}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def key_safe(sku: str) -> str:
+    """Percent-encode a checked SKU for use in an object key."""
+    return quote(sku, safe="-._~")
+
+
+def asset_key(fingerprint: str, ext: str, row: Mapping[str, Any]) -> str:
+    """``assets/<sku>/<variant>-<work hash>.<ext>`` with the SKU percent-encoded."""
+    return f"assets/{key_safe(row['sku'])}/{row['variant']}-{work_hash(fingerprint, row)}.{ext}"
+
+
+def intermediate_key(stage: str, fingerprint: str, row: Mapping[str, Any]) -> str:
+    """``intermediates/<stage>/<sku>/<variant>-<work hash>.png``."""
+    return (f"intermediates/{stage}/{key_safe(row['sku'])}/{row['variant']}-"
+            f"{work_hash(fingerprint, row)}.png")
+
+
+def extension(image_format: str) -> str:
+    return "jpg" if image_format == "jpeg" else image_format
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return value
