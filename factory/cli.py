@@ -22,7 +22,11 @@ EXIT_OK, EXIT_PARTIAL, EXIT_SPEC, EXIT_MANIFEST, EXIT_RUN = 0, 1, 2, 3, 4
 @click.group()
 def main() -> None:
     """Distributed batch asset factory: SKU catalogs through chains of image models on Ray."""
-    logging.basicConfig(level=settings.log_level(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Only the factory's own loggers follow FACTORY_LOG_LEVEL: botocore at DEBUG would print
+    # request headers, and those carry the access key id.
+    for name in ("factory", "stages"):
+        logging.getLogger(name).setLevel(settings.log_level())
 
 
 @main.command()
@@ -233,3 +237,7 @@ def _root_cause(exc: BaseException) -> str:
         if "failed to load" in line:
             return line.strip()
     return text.splitlines()[-1] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    main()

@@ -140,9 +140,9 @@ def run_job(job: Job, *, limit: int | None = None,
     info = scan(job.manifest_uri, job.manifest_format, limit=limit, s3_options=job.s3)
     paths = {"lineage_path": store.path(f"runs/{job.run_id}/lineage.parquet"),
              "rejects_path": store.path(f"runs/{job.run_id}/rejects.parquet")}
-    store = store.preflight(job.run_id)
     if is_committed(store, job.run_id):
         return _committed_result(job, store, paths)
+    store = store.preflight(job.run_id)
     recorder = RunRecorder(store, job.run_id, job.stages, job.keep_intermediates)
     try:
         ds = build_dataset(job, info, store, limit=limit)

@@ -176,7 +176,12 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         raise SpecError(source, _pydantic_problems(exc)) from exc
     problems: list[str] = []
     warnings: list[str] = []
-    plans = _plan_stages(spec, problems)
+    try:
+        s3_options = S3Options.from_settings(**spec.storage.model_dump())
+    except (TypeError, ValueError) as exc:
+        problems.append(f"storage: {exc}")
+        s3_options = S3Options()
+    plans = _plan_stages(spec, problems, s3_options)
     fields: tuple[str, ...] = ()
     if spec.prompt is not None:
         try:
@@ -192,11 +197,6 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         if name not in names:
             problems.append(f"keep_intermediates[{i}]: no stage named '{name}' "
                             f"(stages: {', '.join(names)})")
-    try:
-        s3_options = S3Options.from_settings(**spec.storage.model_dump())
-    except (TypeError, ValueError) as exc:
-        problems.append(f"storage: {exc}")
-        s3_options = S3Options()
     if problems:
         raise SpecError(source, problems)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
@@ -220,7 +220,7 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
     )
 
 
-def _plan_stages(spec: JobSpec, problems: list[str]) -> list[StagePlan]:
+def _plan_stages(spec: JobSpec, problems: list[str], s3_options: S3Options) -> list[StagePlan]:
     plans: list[StagePlan] = []
     names: set[str] = set()
     for i, stage in enumerate(spec.stages):
@@ -254,6 +254,8 @@ def _plan_stages(spec: JobSpec, problems: list[str]) -> list[StagePlan]:
             allow_pickle=stage.allow_pickle,
             source_ref=stage.source or card.source,
             models_dir=str(settings.models_dir()),
+            s3=s3_options,
+            cache_dir=str(settings.cache_dir()),
         ))
     return plans
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -106,7 +106,8 @@ class StagePlan:
     This is what travels to each actor through ``fn_constructor_kwargs``. ``source`` is
     resolved for this machine (a path or hub id); ``source_ref`` is what the card or spec said,
     and is what fingerprints use, so keys do not depend on where the models directory is.
-    ``models_dir`` is where ``tiny:NAME`` references in params (a LoRA, say) resolve.
+    ``models_dir`` is where ``tiny:NAME`` references in params (a LoRA, say) resolve; ``s3``
+    (the job's ``S3Options``) and ``cache_dir`` are how ``s3://`` weights are fetched.
     """
 
     name: str
@@ -118,6 +119,8 @@ class StagePlan:
     allow_pickle: bool = False
     source_ref: str = ""
     models_dir: str = ""
+    s3: Any = None
+    cache_dir: str = ""
 
     @property
     def model_id(self) -> str:
@@ -143,6 +146,8 @@ class Stage:
         self.params = plan.params
         self.device = "cpu"
         try:
+            if plan.source.startswith("s3://"):
+                self.plan = replace(plan, source=self.fetch(plan.source))
             self._load()
         except Exception as exc:
             raise RuntimeError(
@@ -151,6 +156,12 @@ class Stage:
             ) from exc
         self.placement = _placement(self.device)
         log.info("stage %s: %s loaded, %s", plan.name, plan.card.name, self.placement)
+
+    def fetch(self, source: str) -> str:
+        """A local path for a weights reference (``s3://`` is copied into the cache once)."""
+        from stages.weights import materialize
+
+        return materialize(source, s3_options=self.plan.s3, cache_dir=self.plan.cache_dir)
 
     def _load(self) -> None:
         """Load weights once per actor. Default: nothing to load."""

@@ -74,3 +74,38 @@ def quiet_loaders() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
+
+
+def materialize(source: str, *, s3_options: object | None, cache_dir: str) -> str:
+    """A local path for ``source``: ``s3://`` model directories (or files) are copied once into
+    the cache (keyed by URI) with pyarrow's filesystem copy; anything else is returned as is."""
+    if not source.startswith("s3://"):
+        return source
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    import pyarrow.fs as pafs
+
+    from factory.s3 import S3Options, pyarrow_filesystem
+
+    target = Path(cache_dir) / hashlib.sha256(source.encode()).hexdigest()[:24]
+    marker = target / ".complete"
+    name = source.rstrip("/").rsplit("/", 1)[-1]
+    if not marker.exists():
+        filesystem = pyarrow_filesystem(s3_options or S3Options())
+        remote = source.removeprefix("s3://").rstrip("/")
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        info = filesystem.get_file_info(remote)
+        if info.type == pafs.FileType.NotFound:
+            raise WeightsError(f"weights source '{source}' does not exist")
+        destination = staging / name if info.type == pafs.FileType.File else staging / "model"
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(remote, str(destination), source_filesystem=filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
+        (staging / ".complete").write_text(source)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        log.info("copied %s into the model cache", source)
+    return str(target / name) if (target / name).exists() else str(target / "model")
