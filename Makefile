@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench s3-server clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/p2_overhead.py
 	$(PY) benchmarks/p1_efficiency.py
+	$(PY) benchmarks/s3_vs_local.py
+
+# A local S3-compatible server (moto) on loopback, to try the s3:// paths by hand.
+S3_PORT ?= 9000
+s3-server: $(STAMP)
+	$(PY) -m tests.support.s3_server --port $(S3_PORT)
 
 clean:
 	rm -rf build demo-out

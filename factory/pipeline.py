@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 
 #: Rows per sink task: encoding is the sink's real cost, so small batches spread it.
 SINK_BATCH = 8
+#: CPUs the read, validate, existence-check and sink tasks need besides the actor pools.
+TASK_CPUS = 1.0
+
+
+class ClusterTooSmall(RuntimeError):
+    """The job's actor pools cannot all be placed, or would leave no CPU for its tasks."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,7 @@ def run_job(job: Job, *, limit: int | None = None,
              "rejects_path": store.path(f"runs/{job.run_id}/rejects.parquet")}
     if is_committed(store, job.run_id):
         return _committed_result(job, store, paths)
+    check_resources(job)
     store = store.preflight(job.run_id)
     recorder = RunRecorder(store, job.run_id, job.stages, job.keep_intermediates)
     try:
@@ -186,11 +193,28 @@ def init_ray(address: str | None, *, logical_cpus: float | None = None) -> None:
         return
     import os
 
-    cpus = max(os.cpu_count() or 1, int(logical_cpus or 0) + 1)
+    cpus = max(os.cpu_count() or 1, int(logical_cpus or 0) + int(TASK_CPUS) + 1)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
              configure_logging=True, logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
+
+
+def check_resources(job: Job) -> None:
+    """Fail fast where Ray would wait forever: actor pools that hold every CPU starve the
+    read and sink tasks, and a pool asking for more GPUs than exist never starts."""
+    total = ray.cluster_resources()
+    cpus_needed = logical_cpus_needed(job) + TASK_CPUS
+    gpus_needed = sum(p.resources.num_gpus * p.resources.concurrency for p in job.stages)
+    problems = []
+    if total.get("CPU", 0.0) < cpus_needed:
+        problems.append(f"{cpus_needed:g} CPUs (actor pools {cpus_needed - TASK_CPUS:g} + "
+                        f"{TASK_CPUS:g} for read/validate/sink tasks), the cluster has "
+                        f"{total.get('CPU', 0.0):g}; lower the stages' num_cpus")
+    if total.get("GPU", 0.0) < gpus_needed:
+        problems.append(f"{gpus_needed:g} GPUs, the cluster has {total.get('GPU', 0.0):g}")
+    if problems:
+        raise ClusterTooSmall(f"job '{job.name}' needs " + "; and ".join(problems))
 
 
 def logical_cpus_needed(job: Job) -> float:

@@ -142,3 +142,15 @@ def test_empty_manifest_is_a_clear_error(tmp_path, local_ray, models_dir):
     assert result.exit_code == 3
     assert "no data rows" in result.output and str(catalog) in result.output
     assert not (tmp_path / "o" / "runs").exists() or not any((tmp_path / "o" / "runs").rglob("lineage.parquet"))
+
+
+def test_a_job_the_cluster_cannot_hold_fails_fast(tmp_path, local_ray, models_dir):
+    catalog = write_catalog(tmp_path / "c.csv", 10)
+    spec = tmp_path / "big.yaml"
+    spec.write_text(job_spec(tmp_path, catalog, tmp_path / "o").read_text().replace(
+        "resources: {batch_size: 8}\n  - kind: recolor",
+        "resources: {batch_size: 8, num_cpus: 64, num_gpus: 2}\n  - kind: recolor", 1))
+    result = run_cli("run", str(spec))
+    assert result.exit_code == 4
+    assert "needs 6" in result.output and "GPUs, the cluster has 0" in result.output
+    assert not (tmp_path / "o" / "runs").exists()  # nothing started, nothing written
