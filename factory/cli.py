@@ -43,12 +43,47 @@ def validate(job_path: str) -> None:
 @click.option("--output", "output_uri", help="Override the spec's output URI.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N manifest rows.")
 @click.option("--run-id", help="Override the run id (default: from the spec, or derived).")
+@click.option("--season", help="Season to apply (default: the one whose dates hold today; "
+                                "'none' for no season).")
 @click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
 def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
-        address: str | None) -> None:
-    """Run the job in JOB_PATH and commit its run."""
-    job = _load(job_path, output_uri=output_uri, run_id=run_id)
+        season: str | None, address: str | None) -> None:
+    """Run the job in JOB_PATH and commit its run.
+
+    Running a run id again resumes it: work already in the store is not rendered again, and a
+    committed run is reported without writing anything.
+    """
+    job = _seasoned(_load(job_path, output_uri=output_uri), season, run_id)
     sys.exit(_execute(job, limit=limit, address=address))
+
+
+@main.command()
+@click.argument("job_path", type=click.Path(dir_okay=False))
+@click.option("--output", "output_uri", help="Override the spec's output URI.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N manifest rows.")
+@click.option("--run-id", help="Run id of the refresh (default: derived, with a timestamp).")
+@click.option("--season", help="Season to apply (default: by today's date; 'none').")
+@click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
+def refresh(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
+            season: str | None, address: str | None) -> None:
+    """Render only new and changed SKUs since the job's latest committed run."""
+    from factory.refresh import refresh as run_refresh
+
+    job = _seasoned(_load(job_path, output_uri=output_uri), season, None)
+    report = _execute(job, limit=limit, address=address,
+                      runner=lambda j, **kw: run_refresh(j, run_id=run_id, **kw))
+    sys.exit(report)
+
+
+def _seasoned(job, season: str | None, run_id: str | None):
+    from factory.spec import SpecError
+
+    try:
+        job = job.with_season(season)
+        return job.with_overrides(run_id=run_id) if run_id else job
+    except SpecError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_SPEC)
 
 
 @main.command()
@@ -180,16 +215,22 @@ def _load(job_path: str, **overrides):
     return job
 
 
-def _execute(job, *, limit: int | None, address: str | None) -> int:
+def _execute(job, *, limit: int | None, address: str | None, runner=None) -> int:
     from factory.manifest import ManifestError
     from factory.pipeline import init_ray, logical_cpus_needed, run_job
 
-    click.echo(f"run {job.run_id}: {' → '.join(p.name for p in job.stages)} "
+    season = f" (season {job.season})" if job.season else ""
+    click.echo(f"run {job.run_id}{season}: {' → '.join(p.name for p in job.stages)} "
                f"→ {job.output.uri}", err=True)
     progress = _Progress()
+    report = None
     try:
         init_ray(address, logical_cpus=logical_cpus_needed(job))
-        result = run_job(job, limit=limit, on_progress=progress)
+        if runner is None:
+            result = run_job(job, limit=limit, on_progress=progress)
+        else:
+            report = runner(job, limit=limit, on_progress=progress)
+            result = report.result
     except ManifestError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_MANIFEST
@@ -211,6 +252,8 @@ def _execute(job, *, limit: int | None, address: str | None) -> int:
     if c.failures_by_stage:
         click.echo("  failures by stage: " + ", ".join(
             f"{k}={v}" for k, v in sorted(c.failures_by_stage.items())))
+    if report is not None:
+        click.echo(f"  {report.line()}")
     return EXIT_OK if c.failed == 0 and c.rejected == 0 else EXIT_PARTIAL
 
 

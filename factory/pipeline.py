@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable
 
 import ray
@@ -163,7 +164,9 @@ def run_job(job: Job, *, limit: int | None = None,
         if recorder.counts.total != info.rows:
             raise RuntimeError(f"SKU accounting broke: {info.rows} manifest rows but "
                                f"{recorder.counts.total} recorded; run not committed")
-        recorder.commit({**result.summary(), "job": job.name, "spec_hash": job.spec_hash})
+        recorder.commit({**result.summary(), "job": job.name, "spec_hash": job.spec_hash,
+                         "season": job.season or "",
+                         "committed_at": datetime.now(timezone.utc).isoformat()})
         return result
     except BaseException:
         recorder.abort()

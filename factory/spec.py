@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +67,35 @@ class StorageSpec(_Strict):
     create_only: Literal["auto", "if-none-match", "checked"] | None = None
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class SeasonSpec(_Strict):
+    """A seasonal overlay: a date window and what changes inside it."""
+
+    name: str = Field(pattern=_NAME)
+    start: str = Field(pattern=r"^\d{2}-\d{2}$", description="MM-DD, inclusive")
+    end: str = Field(pattern=r"^\d{2}-\d{2}$", description="MM-DD, inclusive; may wrap the year")
+    prompt: str = ""
+    palette: list[str] | None = None
+    lora: str | None = None
+    lora_scale: float | None = Field(None, ge=0, le=2)
+
+    def contains(self, day: date) -> bool:
+        """Whether ``day`` falls in the window (a window may wrap over New Year)."""
+        key = (day.month, day.day)
+        start, end = _month_day(self.start), _month_day(self.end)
+        return start <= key <= end if start <= end else key >= start or key <= end
+
+
+class ScheduleSpec(_Strict):
+    """A cron schedule that submits a refresh of this job."""
+
+    name: str = Field(pattern=_NAME)
+    cron: str
+    season: str | None = None
+
+
 class PromptSpec(_Strict):
     template: str = Field(min_length=1)
     negative: str = ""
@@ -99,6 +129,8 @@ class JobSpec(_Strict):
     prompt: PromptSpec | None = None
     storage: StorageSpec = StorageSpec()
     keep_intermediates: list[str] = Field(default_factory=list)
+    seasons: list[SeasonSpec] = Field(default_factory=list)
+    schedules: list[ScheduleSpec] = Field(default_factory=list)
     stages: list[StageSpec] = Field(min_length=1)
 
 
@@ -121,7 +153,39 @@ class Job:
     stages: tuple[StagePlan, ...]
     s3: S3Options = S3Options()
     keep_intermediates: tuple[str, ...] = ()
+    seasons: tuple[SeasonSpec, ...] = ()
+    schedules: tuple[ScheduleSpec, ...] = ()
+    season: str | None = None
     warnings: tuple[str, ...] = ()
+
+    def with_season(self, name: str | None, *, today: date | None = None) -> Job:
+        """The job inside a season: by ``name``, or the season whose window holds ``today``
+        when ``name`` is None; ``"none"`` means no season. The overlay's prompt is appended to
+        the prompt template, its palette replaces every recolor stage's, its LoRA every lora
+        stage's; the derived run id gains the season's name."""
+        if name == "none" or not self.seasons:
+            if name not in (None, "none"):
+                raise SpecError(self.source, [f"season '{name}': the spec has no seasons"])
+            return self
+        if name is None:
+            today = today or datetime.now(timezone.utc).date()
+            season = next((s for s in self.seasons if s.contains(today)), None)
+            if season is None:
+                return self
+        else:
+            season = next((s for s in self.seasons if s.name == name), None)
+            if season is None:
+                raise SpecError(self.source, [f"season '{name}': not in the spec (seasons: "
+                                              f"{', '.join(s.name for s in self.seasons)})"])
+        stages = tuple(_season_stage(plan, season) for plan in self.stages)
+        template = self.prompt_template + season.prompt
+        run_id = self.run_id
+        if run_id.endswith(self.spec_hash[:12]):
+            run_id = f"{run_id[:-12]}{season.name}-{self.spec_hash[:12]}"
+        return replace(self, stages=stages, prompt_template=template, season=season.name,
+                       template_fields=tuple(dict.fromkeys(
+                           self.template_fields + template_fields(season.prompt))),
+                       run_id=run_id)
 
     def with_overrides(self, *, output_uri: str | None = None, run_id: str | None = None) -> Job:
         """The same job with the CLI's ``--output``/``--run-id`` applied."""
@@ -193,6 +257,7 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         problems.append(f"run_id: '{spec.run_id}' must match {_RUN_ID.pattern}")
     manifest_format = spec.manifest.format or _infer_format(spec.manifest.uri, problems)
     names = [p.name for p in plans]
+    _check_seasons(spec, problems)
     for i, name in enumerate(spec.keep_intermediates):
         if name not in names:
             problems.append(f"keep_intermediates[{i}]: no stage named '{name}' "
@@ -216,6 +281,8 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         stages=tuple(plans),
         s3=s3_options,
         keep_intermediates=tuple(dict.fromkeys(spec.keep_intermediates)),
+        seasons=tuple(spec.seasons),
+        schedules=tuple(spec.schedules),
         warnings=tuple(warnings),
     )
 
@@ -277,6 +344,59 @@ def _check_chain(spec: JobSpec, plans: list[StagePlan], problems: list[str],
                             "its cost grows with the pixel count")
         upscaled = upscaled or plan.card.kind == "upscale"
         available.update(plan.card.outputs)
+
+
+def _check_seasons(spec: JobSpec, problems: list[str]) -> None:
+    from croniter import croniter
+
+    from stages.colour import parse_palette
+
+    names = [s.name for s in spec.seasons]
+    for i, season in enumerate(spec.seasons):
+        where = f"seasons[{i}]"
+        if names.count(season.name) > 1:
+            problems.append(f"{where}.name: season '{season.name}' is defined twice")
+        for key in ("start", "end"):
+            try:
+                month, day = _month_day(getattr(season, key))
+                date(2024, month, day)  # a leap year, so 02-29 is a valid day
+            except ValueError:
+                problems.append(f"{where}.{key}: '{getattr(season, key)}' is not a MM-DD date")
+        try:
+            template_fields(season.prompt)
+        except TemplateError as exc:
+            problems.append(f"{where}.prompt: {exc}")
+        for j, colour in enumerate(season.palette or []):
+            try:
+                parse_palette([colour])
+            except ValueError as exc:
+                problems.append(f"{where}.palette[{j}]: {exc}")
+    for i, schedule in enumerate(spec.schedules):
+        if not croniter.is_valid(schedule.cron):
+            problems.append(f"schedules[{i}].cron: '{schedule.cron}' is not a cron expression")
+        if schedule.season is not None and schedule.season not in names + ["none"]:
+            problems.append(f"schedules[{i}].season: no season named '{schedule.season}'")
+    if len({s.name for s in spec.schedules}) != len(spec.schedules):
+        problems.append("schedules: schedule names must be unique")
+
+
+def _season_stage(plan: StagePlan, season: SeasonSpec) -> StagePlan:
+    update: dict[str, Any] = {}
+    if season.palette and "palette" in type(plan.params).model_fields:
+        update["palette"] = tuple(season.palette)
+    if plan.card.kind == "lora" and season.lora:
+        update["lora"] = season.lora
+    if plan.card.kind == "lora" and season.lora_scale is not None:
+        update["adapter_scale"] = season.lora_scale
+    if not update:
+        return plan
+    params = type(plan.params).model_validate({**plan.params.model_dump(), **update})
+    return replace(plan, params=params)
+
+
+def _month_day(text: str) -> tuple[int, int]:
+    month, day = text.split("-")
+    return int(month), int(day)
 
 
 def _check_run_id(run_id: str, source: str) -> None:
