@@ -1,6 +1,6 @@
 """The pipeline: read → validate → one actor pool per stage → sink → the run's tables.
 
-``build_dataset`` turns a validated ``Job`` into a lazy Ray Data plan; ``run_job`` executes it,
+``build_datasets`` turns a validated ``Job`` into lazy Ray Data plans; ``run_job`` executes them,
 streaming the sink's rows into a ``RunRecorder`` and committing the run at the end. Ray does the
 scheduling, backpressure and actor restarts; nothing here queues or retries on its own.
 """
@@ -21,8 +21,8 @@ from factory.keys import chain_fingerprint, extension
 from factory.manifest import ManifestDatasource, ManifestInfo, scan
 from factory.rows import RowRules, validate_batch
 from factory.runs import Counts, RunRecorder, is_committed, read_summary
-from factory.sink import (IntermediateConfig, SinkConfig, mark_existing, write_assets,
-                          write_intermediates)
+from factory.sink import (IntermediateConfig, SinkConfig, mark_existing, select_rows,
+                          write_assets, write_intermediates)
 from factory.spec import Job
 from factory.storage import Store
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Rows per sink task: encoding is the sink's real cost, so small batches spread it.
 SINK_BATCH = 8
+#: Rows per block while reading, validating and looking up existing work: cheap per row.
+PREPARE_ROWS = 256
 #: CPUs the read, validate, existence-check and sink tasks need besides the actor pools.
 TASK_CPUS = 1.0
 
@@ -78,22 +80,36 @@ def row_rules(job: Job, info: ManifestInfo) -> RowRules:
                     image_ext=extension(job.output.image_format))
 
 
-def build_dataset(job: Job, info: ManifestInfo, store: Store, *,
-                  limit: int | None = None) -> ray.data.Dataset:
-    """The lazy Ray Data plan for a job; nothing runs until it is iterated."""
-    rules = row_rules(job, info)
-    # One read task streams the file. Its output is cut into blocks of one batch of the
-    # largest-batch stage: every actor of a pool gets work, and each stage's batches depend on
-    # the manifest alone (same batches, same bytes, run after run).
+def _prepared(job: Job, info: ManifestInfo, store: Store, *, limit: int | None,
+              existing: bool) -> ray.data.Dataset:
+    """read → validate → mark existing work → keep the rows that exist (or the others)."""
     ds = ray.data.read_datasource(ManifestDatasource(job.manifest_uri, job.manifest_format,
                                                      limit=limit, s3_options=job.s3),
                                   override_num_blocks=1)
-    ds = ds.repartition(target_num_rows_per_block=block_rows(job))
-    ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules}, batch_size=None,
-                        batch_format="numpy", num_cpus=0.25)
-    # Work already in the store (a rerun, a resumed run) is found here and skipped by every stage.
+    ds = ds.repartition(target_num_rows_per_block=PREPARE_ROWS)
+    ds = ds.map_batches(validate_batch, fn_kwargs={"rules": row_rules(job, info)},
+                        batch_size=None, batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(mark_existing, fn_kwargs={"store": store}, batch_size=None,
                         batch_format="numpy", num_cpus=0.25)
+    return ds.map_batches(select_rows, fn_kwargs={"existing": existing}, batch_size=None,
+                          batch_format="numpy", num_cpus=0.25)
+
+
+def build_datasets(job: Job, info: ManifestInfo, store: Store, *,
+                   limit: int | None = None) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """Two lazy Ray Data plans over the same manifest stream: the rows whose assets already
+    exist (straight to the sink's lineage, no stage touches them) and the rows to render.
+
+    Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
+    actor pool. Nothing runs until a plan is iterated.
+    """
+    done = _prepared(job, info, store, limit=limit, existing=True)
+    done = done.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store)},
+                            batch_size=None, batch_format="numpy", num_cpus=0.25)
+    ds = _prepared(job, info, store, limit=limit, existing=False)
+    # Blocks of one batch of the largest-batch stage: every actor of a pool gets work, and each
+    # stage's batches depend on the manifest alone (same batches, same bytes, run after run).
+    ds = ds.repartition(target_num_rows_per_block=block_rows(job))
     for index, plan in enumerate(job.stages):
         r = plan.resources
         ds = ds.map_batches(
@@ -110,8 +126,9 @@ def build_dataset(job: Job, info: ManifestInfo, store: Store, *,
                                         fingerprint=fingerprint(job, upto=index + 1))
             ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
                                 batch_size=None, batch_format="numpy", num_cpus=0.5)
-    return ds.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store)},
-                          batch_size=SINK_BATCH, batch_format="numpy", num_cpus=0.5)
+    ds = ds.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store)},
+                        batch_size=SINK_BATCH, batch_format="numpy", num_cpus=0.5)
+    return done, ds
 
 
 def sink_config(job: Job, store: Store) -> SinkConfig:
@@ -153,11 +170,12 @@ def run_job(job: Job, *, limit: int | None = None,
     store = store.preflight(job.run_id)
     recorder = RunRecorder(store, job.run_id, job.stages, job.keep_intermediates)
     try:
-        ds = build_dataset(job, info, store, limit=limit)
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            recorder.add(batch)
-            if on_progress is not None:
-                on_progress(recorder.counts, info.rows)
+        for ds in build_datasets(job, info, store, limit=limit):
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if batch.num_rows:
+                    recorder.add(batch)
+                if on_progress is not None:
+                    on_progress(recorder.counts, info.rows)
         result = RunResult(run_id=job.run_id, manifest_rows=info.rows, counts=recorder.counts,
                            wall_s=time.perf_counter() - started, output_uri=job.output.uri,
                            **paths)
@@ -184,7 +202,7 @@ def _committed_result(job: Job, store: Store, paths: dict[str, str]) -> RunResul
 
 
 def init_ray(address: str | None, *, logical_cpus: float | None = None) -> None:
-    """Connect to a cluster, or start a local Ray bound to loopback.
+    """Connect to a cluster, or start a local Ray of our own (no dashboard).
 
     A local Ray gets at least as many logical CPUs as the job's actor pools ask for, plus one
     for the read, validate and sink tasks; they time-share the real cores.
@@ -197,7 +215,8 @@ def init_ray(address: str | None, *, logical_cpus: float | None = None) -> None:
     import os
 
     cpus = max(os.cpu_count() or 1, int(logical_cpus or 0) + int(TASK_CPUS) + 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
+    # address="local": always a new Ray of our own, never one found on the machine
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True,
              configure_logging=True, logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -62,6 +62,12 @@ def mark_existing(batch: dict[str, np.ndarray], *, store: Store) -> dict[str, np
     return {**batch, "status": status, "sha256": sha, "bytes": size}
 
 
+def select_rows(batch: dict[str, np.ndarray], *, existing: bool) -> dict[str, np.ndarray]:
+    """Ray Data task: keep the rows whose asset exists (``existing``) or all the others."""
+    keep = (batch["status"] == STATUS_EXISTS) == existing
+    return {name: column[keep] for name, column in batch.items()}
+
+
 def write_intermediates(batch: dict[str, np.ndarray], *,
                         config: IntermediateConfig) -> dict[str, np.ndarray]:
     """Ray Data task: write this stage's images (PNG) for its ``ok`` rows; add their keys."""
