@@ -172,6 +172,74 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
 
 
 @main.group()
+def schedule() -> None:
+    """Cron schedules from a job spec's ``schedules:`` (UTC)."""
+
+
+def _scheduled(job_path: str):
+    job = _load(job_path)
+    if not job.schedules:
+        click.echo(f"{job_path}: the spec has no schedules", err=True)
+        sys.exit(EXIT_SPEC)
+    return job
+
+
+@schedule.command("run")
+@click.argument("job_path", type=click.Path(dir_okay=False))
+@click.option("--address", envvar=settings.JOBS_ADDRESS, default=settings.DEFAULT_JOBS_ADDRESS,
+              show_default=True, help="The Ray cluster's job server (dashboard address).")
+@click.option("--once", is_flag=True, help="Check every schedule once, fire what is due, exit.")
+def schedule_run(job_path: str, address: str, once: bool) -> None:
+    """Fire JOB_PATH's schedules: each due slot submits one refresh to the Ray cluster.
+
+    Fires are recorded in the job's output store: a restart, here or on another machine, never
+    fires a slot twice, and slots missed while nothing ran fire once, for the latest.
+    """
+    from factory.schedule import Scheduler, jobs_submitter
+    from factory.storage import Store
+
+    job = _scheduled(job_path)
+    scheduler = Scheduler(store=Store(job.output.uri, job.s3), job_name=job.name,
+                          schedules=job.schedules,
+                          submit=jobs_submitter(job_path, address=address))
+    if once:
+        for fire in scheduler.tick():
+            click.echo(f"fired {fire.schedule} ({fire.slot:%Y-%m-%d %H:%M} UTC): {fire.run_id}")
+        for error in scheduler.last_errors:
+            click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_RUN if scheduler.last_errors else EXIT_OK)
+    names = ", ".join(f"{s.name} ({s.cron})" for s in job.schedules)
+    click.echo(f"job {job.name}: schedules {names}, UTC; Ctrl-C stops", err=True)
+    try:
+        scheduler.run()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+
+
+@schedule.command("export")
+@click.argument("job_path", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cluster/schedules",
+              show_default=True, help="Directory for the manifests.")
+@click.option("--image", default="asset-factory:latest", show_default=True,
+              help="Image holding this repository and the factory command.")
+@click.option("--address", default="http://asset-factory-head-svc:8265", show_default=True,
+              help="The Ray job server as seen from inside the Kubernetes cluster.")
+def schedule_export(job_path: str, out_dir: str, image: str, address: str) -> None:
+    """Write a Kubernetes CronJob and a KubeRay RayJob per schedule of JOB_PATH.
+
+    Give JOB_PATH relative to the repository root: the manifests run it inside the image.
+    """
+    from pathlib import Path as _Path
+
+    from factory.schedule import export_kubernetes
+
+    job = _scheduled(job_path)
+    for path in export_kubernetes(job_path, job.name, job.schedules, _Path(out_dir),
+                                  image=image, address=address):
+        click.echo(path)
+
+
+@main.group()
 def models() -> None:
     """The model registry."""
 

@@ -48,6 +48,10 @@ class JobsError(RuntimeError):
     """A job request that cannot be done; the message names the address or run id."""
 
 
+class AlreadySubmittedError(JobsError):
+    """The run id was already submitted to this cluster (Ray keeps submission ids unique)."""
+
+
 def submit(job_path: str, *, address: str, run_id: str | None = None, season: str | None = None,
            refresh: bool = False, working_dir: str = ".") -> str:
     """Validate a job spec here, then submit it to the cluster as a Ray job.
@@ -55,8 +59,10 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
     Args:
         job_path: The job spec; it must lie inside ``working_dir``, which is uploaded.
         address: The cluster's job server (dashboard) address, ``http://host:8265``.
-        run_id: Override the spec's run id; it is also the submission id.
-        season: Passed on as ``--season``.
+        run_id: Override the run id (default: the spec's, with the season's name; a refresh's
+            gets ``-refresh-<UTC time>``); it is also the submission id.
+        season: A season of the spec, or "none"; default: the one whose dates hold today. The
+            choice is validated here and pinned with ``--season``.
         refresh: Run ``factory refresh`` instead of ``factory run``.
         working_dir: The directory uploaded as the job's working directory.
 
@@ -64,15 +70,22 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
         The submission id (the run id).
 
     Raises:
-        JobsError: A spec that does not validate, files the upload would leave out, a run id
-            already submitted to this cluster, or a cluster that cannot be reached.
+        AlreadySubmittedError: The run id was already submitted to this cluster.
+        JobsError: A spec or season that does not validate, files the upload would leave out,
+            or a cluster that cannot be reached.
     """
     from factory.spec import SpecError, load_job
 
     try:
-        job = load_job(job_path).with_overrides(run_id=run_id)
+        job = load_job(job_path).with_season(season)
+        job = job.with_overrides(run_id=run_id) if run_id else job
     except SpecError as exc:
         raise JobsError(str(exc)) from exc
+    if refresh and not run_id:  # factory.refresh's default id, made here: Ray needs it now
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        job = job.with_overrides(run_id=f"{job.run_id}-refresh-{stamp}")
+    # The season chosen here (by name, or by today's date) is pinned: the run id names it.
+    pinned = (job.season or "none") if job.seasons else None
     root = Path(working_dir).resolve()
     spec_rel = _inside(root, Path(job_path).resolve(), f"job spec {job_path}")
     excludes = _upload_excludes(job, root, spec_rel)
@@ -80,11 +93,11 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
     duplicate = (f"run {job.run_id} was already submitted to the Ray cluster at {address} "
                  "(Ray keeps submission ids unique); give another --run-id")
     if _info(client, job.run_id, address, missing_ok=True) is not None:
-        raise JobsError(duplicate)
+        raise AlreadySubmittedError(duplicate)
     runtime_env = {"working_dir": str(root), "excludes": excludes, "env_vars": _job_env()}
-    metadata = {"job_name": job.name, "catalog": job.manifest_uri, "season": season or "",
+    metadata = {"job_name": job.name, "catalog": job.manifest_uri, "season": job.season or "",
                 "run_id": job.run_id}
-    command = entrypoint(spec_rel, job.run_id, season=season, refresh=refresh)
+    command = entrypoint(spec_rel, job.run_id, season=pinned, refresh=refresh)
     deadline = time.monotonic() + AGENT_WAIT_S
     with _errors(address, f"submitting run {job.run_id}"):
         while True:
@@ -93,7 +106,7 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
                                          runtime_env=runtime_env, metadata=metadata)
             except RuntimeError as exc:
                 if "already exists" in str(exc):  # submitted by someone else since the check
-                    raise JobsError(duplicate) from None
+                    raise AlreadySubmittedError(duplicate) from None
                 # A cluster that has just started answers 500 "No available agent to submit
                 # job, please try again later" until a node's job agent is up.
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:

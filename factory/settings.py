@@ -13,6 +13,9 @@ from pathlib import Path
 MODELS_DIR = "FACTORY_MODELS_DIR"
 #: Ray address for ``factory run``; unset starts a local Ray.
 RAY_ADDRESS = "FACTORY_RAY_ADDRESS"
+#: Ray Jobs API address (the dashboard) for submit/status/logs/stop/list and schedules.
+JOBS_ADDRESS = "FACTORY_RAY_JOBS_ADDRESS"
+DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
 #: Logging level for the factory's own loggers (default INFO).
 LOG_LEVEL = "FACTORY_LOG_LEVEL"
 

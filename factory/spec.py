@@ -347,8 +347,7 @@ def _check_chain(spec: JobSpec, plans: list[StagePlan], problems: list[str],
 
 
 def _check_seasons(spec: JobSpec, problems: list[str]) -> None:
-    from croniter import croniter
-
+    from factory.schedule import validate_cron
     from stages.colour import parse_palette
 
     names = [s.name for s in spec.seasons]
@@ -372,8 +371,8 @@ def _check_seasons(spec: JobSpec, problems: list[str]) -> None:
             except ValueError as exc:
                 problems.append(f"{where}.palette[{j}]: {exc}")
     for i, schedule in enumerate(spec.schedules):
-        if not croniter.is_valid(schedule.cron):
-            problems.append(f"schedules[{i}].cron: '{schedule.cron}' is not a cron expression")
+        if why := validate_cron(schedule.cron):
+            problems.append(f"schedules[{i}].cron: '{schedule.cron}': {why}")
         if schedule.season is not None and schedule.season not in names + ["none"]:
             problems.append(f"schedules[{i}].season: no season named '{schedule.season}'")
     if len({s.name for s in spec.schedules}) != len(spec.schedules):
