@@ -171,6 +171,103 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
         click.echo(f"rejected row {r['row']:<6} {r['sku'][:24]:24} {r['field']}: {r['reason']}")
 
 
+def _jobs_address_option(f):
+    return click.option("--address", envvar=settings.JOBS_ADDRESS,
+                        default=settings.DEFAULT_JOBS_ADDRESS, show_default=True,
+                        help=f"Ray job server (dashboard) address; env {settings.JOBS_ADDRESS}."
+                        )(f)
+
+
+def _jobs_call(fn, *args, **kwargs):
+    from factory.jobs import JobsError
+
+    try:
+        return fn(*args, **kwargs)
+    except JobsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+
+
+@main.command()
+@click.argument("job_path", type=click.Path(dir_okay=False))
+@_jobs_address_option
+@click.option("--run-id", help="Override the run id (also the Ray submission id).")
+@click.option("--season", help="Season to apply (default: by today's date; 'none').")
+@click.option("--refresh", is_flag=True, help="Submit `factory refresh` instead of `run`.")
+@click.option("--working-dir", default=".", show_default=True,
+              type=click.Path(file_okay=False, exists=True),
+              help="Directory uploaded as the job's working directory; JOB_PATH must be in it.")
+def submit(job_path: str, address: str, run_id: str | None, season: str | None, refresh: bool,
+           working_dir: str) -> None:
+    """Validate JOB_PATH here, then run it on a Ray cluster as a Ray job (id = run id)."""
+    from factory import jobs
+
+    _seasoned(_load(job_path), season, run_id)  # bad spec or season: exit 2, nothing uploaded
+    submitted = _jobs_call(jobs.submit, job_path, address=address, run_id=run_id, season=season,
+                           refresh=refresh, working_dir=working_dir)
+    click.echo(f"submitted run {submitted} to {address}\n"
+               f"  follow: factory logs {submitted} --follow --address {address}")
+
+
+@main.command("status")
+@click.argument("run_id")
+@_jobs_address_option
+def status_(run_id: str, address: str) -> None:
+    """A submitted run's Ray job status."""
+    from factory import jobs
+
+    info = _jobs_call(jobs.status, run_id, address=address)
+    meta = info["metadata"]
+    click.echo(f"run {run_id}: {info['status']}"
+               + (f" (exit code {info['exit_code']})" if info["exit_code"] is not None else ""))
+    for key in ("job_name", "catalog", "season"):
+        click.echo(f"  {key:10} {meta.get(key, '')}")
+    click.echo(f"  started    {info['start_time'] or '-'}\n  ended      {info['end_time'] or '-'}"
+               f"\n  command    {info['entrypoint']}")
+    if info["status"] == "FAILED" and info["exit_code"] == EXIT_PARTIAL:
+        click.echo("  the run committed, but some rows failed or were rejected "
+                   "(factory runs show RUN --output URI)")
+    elif info["message"] and info["status"] != "SUCCEEDED":
+        click.echo(f"  message    {info['message'].splitlines()[0]}")
+
+
+@main.command()
+@click.argument("run_id")
+@_jobs_address_option
+@click.option("--follow", "-f", is_flag=True, help="Stream until the job ends.")
+def logs(run_id: str, address: str, follow: bool) -> None:
+    """A submitted run's driver output."""
+    from factory import jobs
+
+    _jobs_call(jobs.logs, run_id, address=address, follow=follow,
+               out=lambda text: click.echo(text, nl=False))
+
+
+@main.command()
+@click.argument("run_id")
+@_jobs_address_option
+def stop(run_id: str, address: str) -> None:
+    """Stop a submitted run; a stopped run commits nothing."""
+    from factory import jobs
+
+    was_running = _jobs_call(jobs.stop, run_id, address=address)
+    click.echo(f"run {run_id}: " + ("stop requested" if was_running else "was not running"))
+
+
+@main.command("list")
+@_jobs_address_option
+def list_(address: str) -> None:
+    """Runs submitted to the cluster, oldest first."""
+    from factory import jobs
+
+    found = _jobs_call(jobs.list_jobs, address=address)
+    if not found:
+        click.echo(f"no submitted runs on {address}")
+    for j in found:
+        click.echo(f"{j['run_id']:40} {j['status']:10} job={j['job_name'] or '-':20} "
+                   f"season={j['season'] or '-':10} started={j['start_time'] or '-'}")
+
+
 @main.group()
 def schedule() -> None:
     """Cron schedules from a job spec's ``schedules:`` (UTC)."""
