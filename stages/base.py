@@ -14,7 +14,7 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -247,6 +247,18 @@ class Stage:
         status[i] = STATUS_FAILED
         error[i] = exc_text[:2000]
         failed_stage[i] = self.plan.name
+
+
+def render_by_size(sizes: Sequence[tuple[int, int]],
+                   render: Callable[[list[int], tuple[int, int]], Sequence[Any]]) -> list[Any]:
+    """Call ``render(row indices, size)`` once per distinct size (a diffusion pipeline takes
+    one size per call) and return the results in row order."""
+    out: list[Any] = [None] * len(sizes)
+    for size in sorted(set(sizes)):
+        idx = [i for i, s in enumerate(sizes) if s == size]
+        for i, result in zip(idx, render(idx, size)):
+            out[i] = result
+    return out
 
 
 def _placement(device: str) -> str:

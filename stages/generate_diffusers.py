@@ -11,7 +11,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from stages.base import Stage, StageParams
+from stages.base import Stage, StageParams, render_by_size
 from stages.weights import check_local_weights, quiet_loaders, torch_device
 
 
@@ -50,13 +50,7 @@ class DiffusersGenerator(Stage):
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
         n = len(rows["sku"])
         sizes = [self._size(rows, i) for i in range(n)]
-        images: list[np.ndarray | None] = [None] * n
-        # Rows of one size go through the pipeline together.
-        for size in sorted(set(sizes)):
-            idx = [i for i in range(n) if sizes[i] == size]
-            for i, image in zip(idx, self._render(rows, idx, size)):
-                images[i] = image
-        return {"image": images}
+        return {"image": render_by_size(sizes, lambda idx, size: self._render(rows, idx, size))}
 
     def _render(self, rows: dict[str, Any], idx: list[int], size: tuple[int, int]):
         import torch

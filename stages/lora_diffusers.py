@@ -15,7 +15,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from stages.base import Stage, StageParams
+from stages.base import Stage, StageParams, render_by_size
 from stages.colour import parse_hex_colour
 from stages.weights import (PICKLE_SUFFIXES, WeightsError, check_local_weights, quiet_loaders,
                             resolve_source, torch_device)
@@ -112,13 +112,7 @@ class LoraImg2Img(Stage):
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
         n = len(rows["sku"])
         sizes = [tuple(rows["image"][i].shape[:2]) for i in range(n)]
-        images: list[np.ndarray | None] = [None] * n
-        # Rows of one size go through the pipeline together.
-        for size in sorted(set(sizes)):
-            idx = [i for i in range(n) if sizes[i] == size]
-            for i, image in zip(idx, self._render(rows, idx, size)):
-                images[i] = image
-        return {"image": images}
+        return {"image": render_by_size(sizes, lambda idx, size: self._render(rows, idx, size))}
 
     def _render(
         self, rows: dict[str, Any], idx: list[int], size: tuple[int, int]
