@@ -50,7 +50,6 @@ def isolated_s_per_asset(the_job, rows: int) -> dict[str, float]:
     """Run each stage's runtime alone over the validated rows, batch by batch."""
     import torch
 
-    from factory import images
     from factory.manifest import _to_table, iter_records, scan
     from factory.pipeline import row_rules, sink_config
     from factory.rows import validate_batch

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from factory import settings
 from factory.s3 import S3Options
 from factory.templating import TemplateError, template_fields
-from stages.base import Resources, StagePlan
+from stages.base import StagePlan
 from stages.registry import UnknownModelError, get_card
 from stages.weights import resolve_source
 

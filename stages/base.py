@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -131,7 +132,7 @@ class StageInputError(RuntimeError):
     """A batch lacks a column the stage needs: a bug in chain validation, not a row fault."""
 
 
-class Stage:
+class Stage(ABC):
     """Base runtime class: Ray Data calls an instance once per batch.
 
     Subclasses set nothing in ``__call__``; they implement ``_load`` (once per actor) and
@@ -166,8 +167,9 @@ class Stage:
     def _load(self) -> None:
         """Load weights once per actor. Default: nothing to load."""
 
+    @abstractmethod
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
-        raise NotImplementedError
+        """Outputs for the ``ok`` rows: column name -> one value per row."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [c for c in ("sku", "status", *self.plan.card.inputs) if c not in batch]

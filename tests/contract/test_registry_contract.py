@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from factory import images
-from stages.base import STAGE_KINDS, Resources, Stage, StagePlan
+from stages.base import STAGE_KINDS, Stage, StagePlan
 from stages.registry import CARDS, REGISTRY, UnknownModelError, get_card
 from stages.weights import resolve_source
 

@@ -107,7 +107,7 @@ def check_run(server, job, prefix: str) -> list[dict]:
     for stage in job.keep_intermediates:
         listed |= {r[f"{stage}_key"] for r in rows if r[f"{stage}_key"]}
     keys = bucket_keys(server, prefix)
-    tables = {k for k in keys if k.startswith(f"runs/")}
+    tables = {k for k in keys if k.startswith("runs/")}
     assert set(keys) - tables == listed  # no key the lineage does not list
     assert len(keys) == len(set(keys))
     assert Counter(k.split("/")[1] for k in keys if k.startswith("assets/")) == Counter(
