@@ -93,9 +93,8 @@ class Store:
             code, status = s3.error_code(exc)
             if status == 412 or code == "PreconditionFailed":
                 return False
-            if status == 409 and code == "ConditionalRequestConflict":
-                return self.head(key) is None and self.put_if_absent(key, data,
-                                                                     metadata=metadata)
+            if status == 409 and self.head(key) is not None:
+                return False  # a concurrent create of the same work won
             raise s3.explain(exc, self.uri, f"write {key}") from exc
 
     def read_bytes(self, key: str) -> bytes:
