@@ -80,9 +80,11 @@ def row_rules(job: Job, info: ManifestInfo) -> RowRules:
                     image_ext=extension(job.output.image_format))
 
 
-def _prepared(job: Job, info: ManifestInfo, store: Store, *, limit: int | None,
-              existing: bool) -> ray.data.Dataset:
-    """read → validate → mark existing work → keep the rows that exist (or the others)."""
+def _work_list(job: Job, info: ManifestInfo, store: Store, *,
+               limit: int | None) -> ray.data.Dataset:
+    """read → validate → mark existing work, materialised once (rows of text, no pixels, in
+    the object store, not the driver): each row's fate is decided exactly once, so no row can
+    fall between the finished and the to-render plans, even while another run writes."""
     ds = ray.data.read_datasource(ManifestDatasource(job.manifest_uri, job.manifest_format,
                                                      limit=limit, s3_options=job.s3),
                                   override_num_blocks=1)
@@ -91,22 +93,24 @@ def _prepared(job: Job, info: ManifestInfo, store: Store, *, limit: int | None,
                         batch_size=None, batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(mark_existing, fn_kwargs={"store": store}, batch_size=None,
                         batch_format="numpy", num_cpus=0.25)
-    return ds.map_batches(select_rows, fn_kwargs={"existing": existing}, batch_size=None,
-                          batch_format="numpy", num_cpus=0.25)
+    return ds.materialize()
 
 
 def build_datasets(job: Job, info: ManifestInfo, store: Store, *,
                    limit: int | None = None) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    """Two lazy Ray Data plans over the same manifest stream: the rows whose assets already
-    exist (straight to the sink's lineage, no stage touches them) and the rows to render.
+    """Two lazy Ray Data plans over one work list: the rows whose assets already exist
+    (straight to the sink's lineage, no stage touches them) and the rows to render.
 
     Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
-    actor pool. Nothing runs until a plan is iterated.
+    actor pool.
     """
-    done = _prepared(job, info, store, limit=limit, existing=True)
+    work = _work_list(job, info, store, limit=limit)
+    done = work.map_batches(select_rows, fn_kwargs={"existing": True}, batch_size=None,
+                            batch_format="numpy", num_cpus=0.25)
     done = done.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store)},
                             batch_size=None, batch_format="numpy", num_cpus=0.25)
-    ds = _prepared(job, info, store, limit=limit, existing=False)
+    ds = work.map_batches(select_rows, fn_kwargs={"existing": False}, batch_size=None,
+                          batch_format="numpy", num_cpus=0.25)
     # Blocks of one batch of the largest-batch stage: every actor of a pool gets work, and each
     # stage's batches depend on the manifest alone (same batches, same bytes, run after run).
     ds = ds.repartition(target_num_rows_per_block=block_rows(job))

@@ -154,3 +154,34 @@ def test_a_job_the_cluster_cannot_hold_fails_fast(tmp_path, local_ray, models_di
     assert result.exit_code == 4
     assert "needs 6" in result.output and "GPUs, the cluster has 0" in result.output
     assert not (tmp_path / "o" / "runs").exists()  # nothing started, nothing written
+
+
+def test_two_runs_of_the_same_job_at_once_give_one_result(tmp_path, local_ray, models_dir):
+    import threading
+
+    from factory.pipeline import run_job
+    from factory.spec import load_job
+
+    catalog = write_catalog(tmp_path / "c.csv", 40)
+    out = tmp_path / "o"
+    job = load_job(job_spec(tmp_path, catalog, out, name="twin")).with_overrides(run_id="twin")
+    results, errors = [], []
+
+    def go():
+        try:
+            results.append(run_job(job))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    lineage, summary = read_lineage(Store(str(out)), "twin")
+    ok = [r for r in lineage.to_pylist() if r["status"] == "ok"]
+    assert summary["assets"] == len(ok) == 35 and summary["failed"] == 2
+    files = sorted(str(p.relative_to(out)) for p in (out / "assets").rglob("*") if p.is_file())
+    assert files == sorted(r["output_key"] for r in ok)  # one object per asset, nothing else
+    assert sum(r.counts.written for r in results) == 35  # each asset written exactly once
