@@ -1,7 +1,8 @@
 """recolor: tone-match each image to the brand palette by colour transfer in Lab space.
 
 Alpha is kept: only opaque pixels are measured and changed. The mean CIEDE2000 distance of the
-opaque pixels to their nearest palette colour is recorded before and after, per asset.
+opaque pixels to their nearest palette colour is recorded before and after, per asset (on a
+fixed-size sample of them: a QA figure, see ``stages.colour``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from stages.base import Stage, StageParams
-from stages.colour import mean_delta_e_to_palette, parse_palette, transfer_to_palette
+from stages.colour import parse_palette, recolor
 
 
 class RecolorParams(StageParams):
@@ -49,9 +50,10 @@ class LabRecolor(Stage):
                 palette = parse_palette(row_palettes[i])
             rgb = image[..., :3]
             mask = image[..., 3] > 0 if image.shape[2] == 4 else None
-            before.append(mean_delta_e_to_palette(rgb, palette, mask=mask))
-            toned = transfer_to_palette(rgb, palette, strength=self.params.strength, mask=mask)
-            after.append(mean_delta_e_to_palette(toned, palette, mask=mask))
+            toned, delta_before, delta_after = recolor(rgb, palette, mask=mask,
+                                                       strength=self.params.strength)
+            before.append(delta_before)
+            after.append(delta_after)
             if image.shape[2] == 4:
                 toned = np.concatenate([toned, image[..., 3:]], axis=2)
             out.append(toned)

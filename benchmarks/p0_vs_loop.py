@@ -1,0 +1,224 @@
+"""P0: the factory against the plain loop a user would write instead, on the same cores.
+
+For one job spec, the same manifest rows go through the same stage chain twice, each as its own
+process timed whole (interpreter start, imports, model loads, the work, the writes):
+
+* **loop**: one Python process that loads each stage's model once (the stages' own runtime
+  classes, so the same libraries, params and batch sizes), then loops over the rows in chunks of
+  the largest batch size, runs every stage on each chunk in its own batch size, encodes each
+  image once (the job's format) and writes it to a file. torch keeps its default threads.
+* **factory**: ``factory run SPEC --output DIR --run-id ID`` as a subprocess, so the figure
+  includes starting a local Ray, the actor pools, the sink and the lineage commit.
+
+Repeats are interleaved (loop, factory, loop, factory, ...); the medians and the throughput
+ratio factory ÷ loop (= loop time ÷ factory time) are printed, with each side's per-stage
+milliseconds per asset (the loop's from its own timers, the factory's from its lineage).
+
+    python benchmarks/p0_vs_loop.py --chain mission [--rows 24] [--repeats 3]
+    python benchmarks/p0_vs_loop.py --chain demo    [--rows 200] [--repeats 3]
+    python benchmarks/p0_vs_loop.py --job jobs/demo.yaml --rows 8 --repeats 1   # smoke test
+
+``--chain mission`` is the mission's order (generate 64 px 4 steps → segment u2net-tiny →
+upscale swin2sr-tiny-x4 → recolor → LoRA img2img at 256 px, strength 0.5); ``--chain demo`` is
+``jobs/demo.yaml``. Goal (PERFORMANCE.md): factory ÷ loop >= 1.0 on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+_PALETTE = ["#C8553D", "#F28F3B", "#FFD5C2", "#2D3047"]
+#: The mission's order: diffusion first, the LoRA pass after the x4 upscale (at 256 px).
+MISSION = {
+    "name": "p0-mission",
+    "seed": 1234,
+    "variant": "hero",
+    "prompt": {"template": "photo of a {{ color }} {{ material }} {{ title }}",
+               "negative": "blurry, text"},
+    "stages": [
+        {"kind": "generate", "model": "sd-tiny",
+         "params": {"width": 64, "height": 64, "steps": 4, "guidance": 1.0},
+         "resources": {"num_cpus": 1, "batch_size": 8}},
+        {"kind": "segment", "model": "u2net-tiny",
+         "resources": {"num_cpus": 0.5, "batch_size": 8}},
+        {"kind": "upscale", "model": "swin2sr-tiny-x4",
+         "resources": {"num_cpus": 1, "batch_size": 8}},
+        {"kind": "recolor", "model": "lab", "params": {"palette": _PALETTE, "strength": 0.8},
+         "resources": {"num_cpus": 0.5, "batch_size": 8}},
+        {"kind": "lora", "model": "sd-tiny-brand",
+         "params": {"lora": "tiny:sd-tiny-lora", "adapter_scale": 0.8, "strength": 0.5,
+                    "steps": 4},
+         "resources": {"num_cpus": 1, "batch_size": 8}},
+    ],
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("FACTORY_RAY_ADDRESS", None)  # the factory starts a local Ray of its own
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def write_spec(directory: Path, base: dict[str, Any], rows: int) -> Path:
+    """A copy of the spec whose manifest is a fresh ``rows``-row catalog in ``directory``."""
+    from factory.demo import write_catalog
+
+    manifest = write_catalog(directory / "catalog.csv", rows, bad_rows=False)
+    spec = dict(base)
+    spec["manifest"] = {"uri": str(manifest)}
+    spec["output"] = {**(base.get("output") or {}), "uri": str(directory / "unused-out")}
+    spec.pop("run_id", None)
+    path = directory / "job.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- the plain loop
+
+def run_loop(spec_path: Path, out_dir: Path) -> dict[str, float]:
+    """What a user would write: load each model once, loop over batches, encode, write."""
+    import numpy as np
+
+    from factory import images
+    from factory.rows import RowRules, validate_row
+    from factory.spec import load_job
+
+    job = load_job(spec_path)
+    rules = RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
+                     negative_template=job.negative_template)
+    with open(job.manifest_uri, newline="", encoding="utf-8") as handle:
+        items = [validate_row(fields, rules) for fields in csv.DictReader(handle)]
+    stages = [plan.card.runtime(plan=plan) for plan in job.stages]  # load each model once
+    chunk = max(plan.resources.batch_size for plan in job.stages)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = {plan.name: 0.0 for plan in job.stages}
+    seconds["encode+write"] = 0.0
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        batch: dict[str, Any] = {key: np.array([item[key] for item in part],
+                                               dtype=np.int64 if key in ("seed", "width", "height")
+                                               else object) for key in part[0]}
+        batch["status"] = np.array(["ok"] * len(part), dtype=object)
+        for plan, stage in zip(job.stages, stages):
+            size = plan.resources.batch_size
+            started = time.perf_counter()
+            outs = [stage({k: v[i:i + size] for k, v in batch.items()})
+                    for i in range(0, len(part), size)]
+            batch = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+            seconds[plan.name] += time.perf_counter() - started
+        started = time.perf_counter()
+        fmt, ext = job.output.image_format, {"jpeg": "jpg"}.get(job.output.image_format,
+                                                                  job.output.image_format)
+        for sku, pixels in zip(batch["sku"], images.load("image", batch)):
+            data = images.encode(pixels, fmt, quality=job.output.quality,
+                                 png_level=job.output.png_compression)
+            (out_dir / f"{sku}.{ext}").write_bytes(data)
+        seconds["encode+write"] += time.perf_counter() - started
+    return {name: s * 1000.0 / len(items) for name, s in seconds.items()}
+
+
+# --------------------------------------------------------------------------- the two processes
+
+def time_loop(spec: Path, out: Path) -> tuple[float, dict[str, float]]:
+    report = out.parent / f"{out.name}.json"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--as-loop", str(spec),
+                    str(out), str(report)], check=True, env=_env())
+    wall = time.perf_counter() - started
+    return wall, json.loads(report.read_text())
+
+
+def time_factory(spec: Path, out: Path, run_id: str) -> tuple[float, dict[str, float]]:
+    started = time.perf_counter()
+    command = [sys.executable, "-c", "from factory.cli import main; main()", "run", str(spec),
+               "--output", str(out), "--run-id", run_id, "--season", "none"]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"factory run exited {done.returncode}")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "runs" / run_id / "lineage.parquet")
+    ms = {name.removeprefix("ms_"): float(sum(table[name].to_pylist()) / max(1, table.num_rows))
+          for name in table.column_names if name.startswith("ms_")}
+    return wall, ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--chain", choices=("mission", "demo"), default="mission")
+    source.add_argument("--job", type=Path, help="a job spec; its manifest is replaced")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="catalog rows (default: 24 for mission, 200 otherwise)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--as-loop", nargs=3, metavar=("SPEC", "OUT", "REPORT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.as_loop:
+        spec, out, report = (Path(p) for p in args.as_loop)
+        Path(report).write_text(json.dumps(run_loop(spec, out)))
+        return
+
+    import tempfile
+
+    from factory import settings
+    from factory.tiny_models import make_all
+
+    make_all(settings.models_dir())
+    if args.job:
+        base, label = yaml.safe_load(args.job.read_text(encoding="utf-8")), str(args.job)
+    elif args.chain == "demo":
+        base, label = yaml.safe_load((ROOT / "jobs" / "demo.yaml").read_text()), "jobs/demo.yaml"
+    else:
+        base, label = MISSION, "mission order"
+    rows = args.rows or (24 if args.chain == "mission" and not args.job else 200)
+    directory = Path(tempfile.mkdtemp(prefix="bench-p0-"))
+    spec = write_spec(directory, base, rows)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"P0 factory vs plain loop: {label}, {rows} rows, {cores} cores, "
+          f"{args.repeats} interleaved repeats (whole process each)", flush=True)
+    loops, factories = [], []
+    loop_ms: dict[str, float] = {}
+    factory_ms: dict[str, float] = {}
+    for i in range(args.repeats):
+        wall, loop_ms = time_loop(spec, directory / f"loop-{i}")
+        loops.append(wall)
+        print(f"  repeat {i + 1}: loop    {wall:7.1f} s", flush=True)
+        wall, factory_ms = time_factory(spec, directory / f"factory-{i}", f"p0-{i}")
+        factories.append(wall)
+        print(f"  repeat {i + 1}: factory {wall:7.1f} s", flush=True)
+    loop_s, factory_s = statistics.median(loops), statistics.median(factories)
+    print(f"  loop ms/asset (last):    "
+          + ", ".join(f"{k} {v:.1f}" for k, v in loop_ms.items()))
+    print(f"  factory ms/asset (lineage, last): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in factory_ms.items()))
+    print(f"  median wall: loop {loop_s:.1f} s, factory {factory_s:.1f} s")
+    print(f"  P0 factory ÷ loop throughput: {loop_s / factory_s:.2f}   (goal >= 1.0)")
+    if not args.keep:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
