@@ -1,8 +1,9 @@
 """The ``factory`` command line.
 
 Exit codes: 0 every row became an asset; 1 the run committed but some rows failed or were
-rejected; 2 a bad job spec or bad usage; 3 a manifest that cannot be read at all; 4 the run
-could not finish (a model that does not load, storage, Ray); nothing was committed.
+rejected; 2 a bad job spec or bad usage (an explicit run id already committed from other inputs
+included); 3 a manifest that cannot be read at all; 4 the run could not finish (a model that
+does not load, storage, Ray); nothing was committed; 5 no such committed run (``runs show``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import click
 
 from factory import settings
 
-EXIT_OK, EXIT_PARTIAL, EXIT_SPEC, EXIT_MANIFEST, EXIT_RUN = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_PARTIAL, EXIT_SPEC, EXIT_MANIFEST, EXIT_RUN, EXIT_NO_RUN = 0, 1, 2, 3, 4, 5
 
 
 @click.group()
@@ -34,7 +35,8 @@ def main() -> None:
 def validate(job_path: str) -> None:
     """Parse and check JOB_PATH; start nothing."""
     job = _load(job_path)
-    click.echo(f"{job_path}: ok — job '{job.name}', run id {job.run_id}, "
+    run_id = job.run_id or "derived at run time (spec, manifest content, --limit, season)"
+    click.echo(f"{job_path}: ok — job '{job.name}', run id {run_id}, "
                f"{len(job.stages)} stages: {' → '.join(p.card.name for p in job.stages)}")
 
 
@@ -50,8 +52,10 @@ def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | 
         season: str | None, address: str | None) -> None:
     """Run the job in JOB_PATH and commit its run.
 
-    Running a run id again resumes it: work already in the store is not rendered again, and a
-    committed run is reported without writing anything.
+    The run id is derived from the spec, the manifest's content, --limit and the season, so
+    the same inputs resume (or report) the same run and changed inputs make a new one; work
+    already in the store is never rendered again. An explicit --run-id that is committed from
+    other inputs is an error (exit 2).
     """
     job = _seasoned(_load(job_path, output_uri=output_uri), season, run_id)
     sys.exit(_execute(job, limit=limit, address=address))
@@ -61,7 +65,7 @@ def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | 
 @click.argument("job_path", type=click.Path(dir_okay=False))
 @click.option("--output", "output_uri", help="Override the spec's output URI.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N manifest rows.")
-@click.option("--run-id", help="Run id of the refresh (default: derived, with a timestamp).")
+@click.option("--run-id", help="Run id of the refresh (default: derived from its inputs).")
 @click.option("--season", help="Season to apply (default: by today's date; 'none').")
 @click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
 def refresh(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
@@ -150,13 +154,16 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
 
     store = _store(output_uri, job_path)
     if not is_committed(store, run_id):
-        click.echo(f"run {run_id} is not committed in {store.uri}", err=True)
-        sys.exit(EXIT_MANIFEST)
+        click.echo(f"run {run_id} is not committed in {store.uri} (unknown, running, or "
+                   "stopped before its commit)", err=True)
+        sys.exit(EXIT_NO_RUN)
     lineage, summary = read_lineage(store, run_id)
     rejects = read_rejects(store, run_id)
     for key in ("job", "manifest_rows", "assets", "written", "failed", "rejected", "wall_s",
-                "assets_per_s", "spec_hash"):
+                "assets_per_s", "write_mode", "spec_hash"):
         click.echo(f"{key:14} {summary.get(key)}")
+    for key, value in (summary.get("inputs") or {}).items():
+        click.echo(f"{'input ' + key:14} {value}")
     stages = [c.removesuffix("_model") for c in lineage.column_names if c.endswith("_model")]
     rows = lineage.to_pylist()
     for stage in stages:
@@ -381,32 +388,37 @@ def _load(job_path: str, **overrides):
 
 
 def _execute(job, *, limit: int | None, address: str | None, runner=None) -> int:
+    from factory.identity import RunInputsMismatch
     from factory.manifest import ManifestError
     from factory.pipeline import init_ray, logical_cpus_needed, run_job
 
     season = f" (season {job.season})" if job.season else ""
-    click.echo(f"run {job.run_id}{season}: {' → '.join(p.name for p in job.stages)} "
+    click.echo(f"job {job.name}{season}: {' → '.join(p.name for p in job.stages)} "
                f"→ {job.output.uri}", err=True)
     progress = _Progress()
     report = None
+    plan_line = lambda plan: click.echo(plan.line(), err=True)  # noqa: E731
     try:
         init_ray(address, logical_cpus=logical_cpus_needed(job))
         if runner is None:
-            result = run_job(job, limit=limit, on_progress=progress)
+            result = run_job(job, limit=limit, on_progress=progress, on_plan=plan_line)
         else:
-            report = runner(job, limit=limit, on_progress=progress)
+            report = runner(job, limit=limit, on_progress=progress, on_plan=plan_line)
             result = report.result
     except ManifestError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_MANIFEST
+    except RunInputsMismatch as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_SPEC
     except Exception as exc:  # noqa: BLE001 - reported with its cause; nothing was committed
-        click.echo(f"error: run {job.run_id} did not finish and was not committed: "
+        click.echo(f"error: run of job {job.name} did not finish and was not committed: "
                    f"{_root_cause(exc)}", err=True)
         return EXIT_RUN
     c = result.counts
-    if result.wall_s == 0.0:
-        click.echo(f"run {result.run_id} was already committed; nothing was rendered or written",
-                   err=True)
+    if result.already_committed:
+        click.echo(f"run {result.run_id} was already committed from the same inputs; nothing "
+                   "was rendered or written (its committed figures follow)", err=True)
     click.echo(
         f"\nrun {result.run_id}: {result.manifest_rows} rows → {c.assets} assets "
         f"({c.written} written, {c.assets - c.written} already there), {c.failed} failed, "
@@ -440,10 +452,14 @@ class _Progress:
 
 
 def _root_cause(exc: BaseException) -> str:
+    """The line that says what went wrong, out of Ray's wrapped tracebacks."""
     text = str(exc)
     for line in reversed(text.splitlines()):
         if "failed to load" in line:
             return line.strip()
+    for line in reversed(text.splitlines()):  # a store that failed for good, inside a task
+        if "StorageError: " in line:
+            return "storage: " + line.split("StorageError: ", 1)[1].strip()
     return text.splitlines()[-1] if text else type(exc).__name__
 
 

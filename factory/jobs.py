@@ -59,8 +59,8 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
     Args:
         job_path: The job spec; it must lie inside ``working_dir``, which is uploaded.
         address: The cluster's job server (dashboard) address, ``http://host:8265``.
-        run_id: Override the run id (default: the spec's, with the season's name; a refresh's
-            gets ``-refresh-<UTC time>``); it is also the submission id.
+        run_id: Override the run id (default: the spec's, else ``submission_id``); it is also
+            the submission id.
         season: A season of the spec, or "none"; default: the one whose dates hold today. The
             choice is validated here and pinned with ``--season``.
         refresh: Run ``factory refresh`` instead of ``factory run``.
@@ -81,9 +81,8 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
         job = job.with_overrides(run_id=run_id) if run_id else job
     except SpecError as exc:
         raise JobsError(str(exc)) from exc
-    if refresh and not run_id:  # factory.refresh's default id, made here: Ray needs it now
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        job = job.with_overrides(run_id=f"{job.run_id}-refresh-{stamp}")
+    if not run_id:  # Ray needs the submission id now, before the cluster reads the manifest
+        job = job.with_overrides(run_id=submission_id(job, refresh=refresh))
     # The season chosen here (by name, or by today's date) is pinned: the run id names it.
     pinned = (job.season or "none") if job.seasons else None
     root = Path(working_dir).resolve()
@@ -112,6 +111,20 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(1.0)
+
+
+def submission_id(job: Any, *, refresh: bool = False,
+                  now: datetime | None = None) -> str:
+    """A new run id for one submission: ``<job>[-<season>]-<spec hash>[-refresh]-<UTC time>``.
+
+    Each submission is its own run (work already in the store is still never rendered again);
+    the id must exist before the cluster has read the manifest, so it cannot be the derived id.
+    """
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    slug = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in job.name)[:64].strip("-")
+    season = f"-{job.season}" if job.season else ""
+    kind = "-refresh" if refresh else ""
+    return f"{slug or 'job'}{season}-{job.spec_hash[:12]}{kind}-{stamp}"
 
 
 def entrypoint(spec_rel: str, run_id: str, *, season: str | None = None,

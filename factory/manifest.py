@@ -10,6 +10,7 @@ here holds the whole manifest: ``scan`` keeps one hash per SKU to find duplicate
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -28,6 +29,10 @@ from factory.s3 import S3Options, is_s3, pyarrow_filesystem
 #: Rows per Arrow block from the reader. Small blocks spread work over a stage's actors and
 #: fix each stage's batch composition by the manifest alone (deterministic bytes per run).
 CHUNK_ROWS = 32
+#: Rows per read task (about): a large manifest is read by several tasks, a small one by one.
+READ_TASK_ROWS = 65_536
+#: Bytes per read from a manifest file (on S3, one ranged GET).
+READ_BUFFER = 1 << 20
 csv.field_size_limit(1 << 24)
 
 
@@ -52,31 +57,113 @@ class ManifestInfo:
     Attributes:
         rows: number of data rows.
         columns: field names in first-seen order.
-        duplicate_rejects: row number -> reason, for duplicate SKU ids.
+        duplicate_rejects: row number -> reason, for rows that repeat a (sku, variant).
+        sha256: fingerprint of every record the scan read (row numbers, fields, parse
+            errors): any change to a row's content changes it.
     """
 
     rows: int
     columns: tuple[str, ...]
     duplicate_rejects: dict[int, str]
+    sha256: str = ""
 
 
-def open_input(uri: str, s3_options: S3Options | None = None) -> Any:
-    """Open a manifest for streaming reads through a pyarrow filesystem (local or S3)."""
+@dataclass(frozen=True)
+class Split:
+    """One read task's share of a manifest: a run of consecutive rows.
+
+    Attributes:
+        first_row: the number of its first row.
+        rows: how many rows it holds; None to the end of the file.
+        offset: CSV/JSONL: the byte offset of its first record (just after a newline).
+        header_end: CSV: the header's length in bytes; the header is re-read before ``offset``.
+        row_groups: Parquet: the row groups it reads.
+    """
+
+    first_row: int = 1
+    rows: int | None = None
+    offset: int = 0
+    header_end: int = 0
+    row_groups: tuple[int, ...] | None = None
+
+
+def _filesystem(uri: str, s3_options: S3Options | None) -> tuple[Any, str]:
     if is_s3(uri):
-        filesystem, path = pyarrow_filesystem(s3_options or S3Options()), uri.removeprefix("s3://")
-    else:
-        filesystem, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+        return pyarrow_filesystem(s3_options or S3Options()), uri.removeprefix("s3://")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def open_input(uri: str, s3_options: S3Options | None = None, *,
+               random_access: bool = False) -> Any:
+    """Open a manifest through a pyarrow filesystem (local or S3).
+
+    A stream reads ahead in 1 MiB pieces (on S3, one ranged GET each, not one per line);
+    ``random_access`` gives a seekable file, which Parquet and split reads need.
+    """
+    filesystem, path = _filesystem(uri, s3_options)
     try:
-        return filesystem.open_input_stream(path)
+        if random_access:
+            return filesystem.open_input_file(path)
+        return filesystem.open_input_stream(path, buffer_size=READ_BUFFER)
     except (FileNotFoundError, OSError) as exc:
         raise ManifestError(f"manifest '{uri}': cannot open: {exc}") from exc
 
 
-def iter_records(uri: str, fmt: str, s3_options: S3Options | None = None) -> Iterator[Record]:
-    """Stream the manifest's rows in order."""
-    readers = {"csv": _iter_csv, "parquet": _iter_parquet, "jsonl": _iter_jsonl}
-    with open_input(uri, s3_options) as stream:
-        yield from readers[fmt](uri, stream)
+def iter_records(uri: str, fmt: str, s3_options: S3Options | None = None, *,
+                 split: Split | None = None) -> Iterator[Record]:
+    """Stream the manifest's rows in order: all of them, or one ``Split``'s."""
+    if fmt == "parquet":
+        with open_input(uri, s3_options, random_access=True) as file:
+            records = _iter_parquet(uri, file, split.row_groups if split else None)
+            yield from _renumbered(records, split)
+        return
+    readers = {"csv": _iter_csv, "jsonl": _iter_jsonl}
+    if split is None or split.offset == 0:
+        with open_input(uri, s3_options) as stream:
+            yield from _renumbered(readers[fmt](uri, stream), split)
+        return
+    with open_input(uri, s3_options, random_access=True) as file:
+        # The same reader as a whole-file pass, over the header's bytes and then the split's
+        # bytes: a split starts just after a record ends, so it parses exactly as it would
+        # have in one pass.
+        header = file.read_at(split.header_end, 0) if split.header_end else b""
+        file.seek(split.offset)
+        stream = io.BufferedReader(_Joined(header, file), READ_BUFFER)
+        yield from _renumbered(readers[fmt](uri, stream), split)
+
+
+def _renumbered(records: Iterator[Record], split: Split | None) -> Iterator[Record]:
+    """A split's records, numbered from its first row, stopping after its last."""
+    if split is None:
+        yield from records
+        return
+    shift, last = split.first_row - 1, None
+    if split.rows is not None:
+        last = split.rows
+    for record in records:
+        if last is not None and record.row > last:
+            return
+        yield Record(record.row + shift, record.fields, record.parse_field,
+                     record.parse_error) if shift else record
+
+
+class _Joined(io.RawIOBase):
+    """A byte stream: ``head`` then the rest of ``file`` from where it stands."""
+
+    def __init__(self, head: bytes, file: Any) -> None:
+        self._head, self._file = memoryview(head), file
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if len(self._head):
+            n = min(len(buffer), len(self._head))
+            buffer[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._file.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _iter_csv(uri: str, stream: Any) -> Iterator[Record]:
@@ -105,20 +192,30 @@ def _iter_csv(uri: str, stream: Any) -> Iterator[Record]:
         yield Record(row, {k: (v if v != "" else None) for k, v in fields.items()})
 
 
-def _iter_parquet(uri: str, stream: Any) -> Iterator[Record]:
+def _parquet_file(uri: str, file: Any) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(pa.BufferReader(stream.read()) if not stream.seekable()
-                                 else stream)
+        # No pre-buffering and a bounded read buffer: column chunks stream page by page, so
+        # memory stays bounded even for a file written as one huge row group.
+        return pq.ParquetFile(file, pre_buffer=False, buffer_size=READ_BUFFER)
     except pa.ArrowInvalid as exc:
         raise ManifestError(f"manifest '{uri}': not a Parquet file: {exc}") from exc
+
+
+def _iter_parquet(uri: str, file: Any, row_groups: tuple[int, ...] | None = None
+                  ) -> Iterator[Record]:
+    """The rows of ``row_groups`` (default all), numbered from 1, one row group at a time."""
+    parquet = _parquet_file(uri, file)
     _check_header(uri, parquet.schema_arrow.names)
+    groups = range(parquet.num_row_groups) if row_groups is None else row_groups
     row = 0
-    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
-        for values in batch.to_pylist():
-            row += 1
-            yield Record(row, {k: _as_text(v) for k, v in values.items()})
+    for group in groups:
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, row_groups=[group],
+                                          use_threads=False):
+            for values in batch.to_pylist():
+                row += 1
+                yield Record(row, {k: _as_text(v) for k, v in values.items()})
 
 
 def _iter_jsonl(uri: str, stream: Any) -> Iterator[Record]:
@@ -165,83 +262,220 @@ def _has_surrogates(value: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
-def scan(uri: str, fmt: str, *, limit: int | None = None,
+def scan(uri: str, fmt: str, *, limit: int | None = None, default_variant: str = "",
          s3_options: S3Options | None = None) -> ManifestInfo:
-    """One streaming pass: count rows, collect columns, find duplicate SKU ids.
+    """One streaming pass: count rows, collect columns, find duplicates, fingerprint content.
 
-    A SKU seen twice with identical fields keeps its first row (later ones are rejected as
-    duplicates); a SKU seen with conflicting fields is ambiguous, so all its rows are rejected.
+    The unit of work is ``(sku, variant)``: one SKU may have ``hero``, ``thumb`` and
+    ``lifestyle`` rows (a row without a ``variant`` has ``default_variant``). A pair seen twice
+    with identical fields keeps its first row (later ones are rejected as duplicates); a pair
+    seen with conflicting fields is ambiguous, so all its rows are rejected.
     """
-    first: dict[str, tuple[int, bytes]] = {}
-    repeats: dict[str, list[tuple[int, bytes]]] = {}
+    first: dict[tuple[str, str], tuple[int, bytes]] = {}
+    repeats: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
     columns: dict[str, None] = {}
+    content = hashlib.sha256()
     rows = 0
     for record in iter_records(uri, fmt, s3_options):
         if limit is not None and record.row > limit:
             break
         rows = record.row
         columns.update(dict.fromkeys(record.fields))
+        encoded = json.dumps(record.fields, sort_keys=True).encode("utf-8",
+                                                                   errors="surrogateescape")
+        parts = (str(record.row), record.parse_field, record.parse_error)
+        content.update(b"\x00".join([p.encode("utf-8", "surrogateescape") for p in parts]
+                                    + [encoded]) + b"\n")
         sku = (record.fields.get("sku") or "").strip()
         if record.parse_error or not sku:
             continue
-        digest = hashlib.blake2b(json.dumps(record.fields, sort_keys=True).encode(
-            "utf-8", errors="surrogateescape"), digest_size=16).digest()
-        if sku in first:
-            repeats.setdefault(sku, []).append((record.row, digest))
+        unit = (sku, (record.fields.get("variant") or "").strip() or default_variant)
+        digest = hashlib.blake2b(encoded, digest_size=16).digest()
+        if unit in first:
+            repeats.setdefault(unit, []).append((record.row, digest))
         else:
-            first[sku] = (record.row, digest)
+            first[unit] = (record.row, digest)
     if rows == 0:
         raise ManifestError(f"manifest '{uri}': no data rows")
     rejects: dict[int, str] = {}
-    for sku, later in repeats.items():
-        first_row, first_digest = first[sku]
+    for (sku, variant), later in repeats.items():
+        first_row, first_digest = first[(sku, variant)]
         occurrences = [(first_row, first_digest), *later]
         if all(digest == first_digest for _, digest in later):
             for row, _ in later:
-                rejects[row] = f"duplicate of row {first_row} (same sku, same fields)"
+                rejects[row] = (f"duplicate of row {first_row} (same sku and variant "
+                                f"'{variant}', same fields)")
         else:
             where = ", ".join(str(row) for row, _ in occurrences)
             for row, _ in occurrences:
-                rejects[row] = f"sku appears in rows {where} with conflicting fields"
-    return ManifestInfo(rows=rows, columns=tuple(columns), duplicate_rejects=rejects)
+                rejects[row] = (f"sku with variant '{variant}' appears in rows {where} with "
+                                "conflicting fields")
+    return ManifestInfo(rows=rows, columns=tuple(columns), duplicate_rejects=rejects,
+                        sha256=content.hexdigest())
 
 
 _SCHEMA = pa.schema([("row", pa.int64()), ("fields", pa.string()),
                      ("parse_field", pa.string()), ("parse_error", pa.string())])
+_COMPRESSED = (".gz", ".bz2", ".zst", ".zstd", ".lz4", ".br")
+
+
+def plan_splits(uri: str, fmt: str, *, rows_per_split: int = READ_TASK_ROWS,
+                limit: int | None = None, s3_options: S3Options | None = None) -> list[Split]:
+    """Cut a manifest into runs of about ``rows_per_split`` consecutive rows, in order.
+
+    Parquet splits at row groups (read from the footer). CSV and JSONL split at record
+    boundaries found by one pass of the same CSV parser (a quoted field may hold newlines, so
+    a byte offset alone cannot say where a record starts); a file too small to hold more than
+    one split's rows, a compressed one, or a CSV the pass cannot cut exactly (a bare ``\\r``
+    line ending) is one split.
+    """
+    if fmt == "parquet":
+        with open_input(uri, s3_options, random_access=True) as file:
+            metadata = _parquet_file(uri, file).metadata
+        sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        return _group_splits(sizes, rows_per_split, limit)
+    filesystem, path = _filesystem(uri, s3_options)
+    if path.lower().endswith(_COMPRESSED):
+        return [Split()]
+    try:
+        size = filesystem.get_file_info(path).size or 0
+    except OSError as exc:
+        raise ManifestError(f"manifest '{uri}': cannot open: {exc}") from exc
+    if size < 2 * rows_per_split:  # every row takes two bytes at least
+        return [Split()]
+    with open_input(uri, s3_options) as stream:
+        marks = (_csv_marks if fmt == "csv" else _jsonl_marks)(stream, rows_per_split, limit)
+    if marks is None:
+        return [Split()]
+    header_end, cuts = marks
+    starts = [(0, 0), *cuts]
+    return [Split(first_row=before + 1, offset=offset, header_end=header_end if offset else 0,
+                  rows=(starts[i + 1][1] - before) if i + 1 < len(starts) else None)
+            for i, (offset, before) in enumerate(starts)]
+
+
+def _group_splits(sizes: list[int], rows_per_split: int, limit: int | None) -> list[Split]:
+    splits, groups, first, count = [], [], 1, 0
+    for index, rows in enumerate(sizes):
+        if limit is not None and first + count > limit:
+            break
+        groups.append(index)
+        count += rows
+        if count >= rows_per_split:
+            splits.append(Split(first_row=first, rows=count, row_groups=tuple(groups)))
+            groups, first, count = [], first + count, 0
+    if groups:
+        splits.append(Split(first_row=first, rows=count, row_groups=tuple(groups)))
+    return splits or [Split(row_groups=())]
+
+
+def _csv_marks(stream: Any, every: int, limit: int | None
+               ) -> tuple[int, list[tuple[int, int]]] | None:
+    """(header length, [(byte offset, rows before it)]) every ``every`` rows, or None.
+
+    csv.reader pulls exactly the lines of one record, so after each record ``position`` is
+    where the next one starts. Lines are split at ``\\n`` only: a bare ``\\r`` outside quotes
+    then makes the parser stop with an error (the whole-file reader splits there too), and
+    the file stays one split rather than risk a row number.
+    """
+    position = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal position
+        encoding = "utf-8-sig"  # as the reader: a BOM is not part of the first header name
+        for line in io.BufferedReader(stream, READ_BUFFER):
+            position += len(line)
+            yield line.decode(encoding, errors="surrogateescape")
+            encoding = "utf-8"
+
+    reader = csv.reader(lines(), strict=False)
+    cuts: list[tuple[int, int]] = []
+    try:
+        if next(reader, None) is None:
+            return None
+        header_end = start = position
+        row = 0
+        for values in reader:
+            if values and not (len(values) == 1 and not values[0].strip()):  # not blank
+                if row and row % every == 0:
+                    cuts.append((start, row))  # the next split starts with this record
+                row += 1
+                if limit is not None and row >= limit:
+                    break
+            start = position
+    except csv.Error:
+        return None
+    return header_end, cuts
+
+
+def _jsonl_marks(stream: Any, every: int, limit: int | None
+                 ) -> tuple[int, list[tuple[int, int]]]:
+    position, row, cuts = 0, 0, []
+    for line in io.BufferedReader(stream, READ_BUFFER):
+        if line.strip():  # as the reader: a blank line is not a row
+            if row and row % every == 0:
+                cuts.append((position, row))
+            row += 1
+            if limit is not None and row >= limit:
+                break
+        position += len(line)
+    return 0, cuts
+
+
+def read_split(uri: str, fmt: str, split: Split, *, limit: int | None = None,
+               s3_options: S3Options | None = None) -> Iterator[pa.Table]:
+    """One split's rows as Arrow tables of ``CHUNK_ROWS`` rows."""
+    chunk: list[Record] = []
+    for record in iter_records(uri, fmt, s3_options, split=split):
+        if limit is not None and record.row > limit:
+            break
+        chunk.append(record)
+        if len(chunk) >= CHUNK_ROWS:
+            yield _to_table(chunk)
+            chunk = []
+    if chunk:
+        yield _to_table(chunk)
 
 
 class ManifestDatasource(Datasource):
     """Ray Data source over one manifest file: numbered rows as Arrow chunks, in order.
 
     Fields travel as one JSON column so any column names (and any mix of columns across JSONL
-    lines) give every block the same schema; the row validator decodes them.
+    lines) give every block the same schema; the row validator decodes them. A large manifest
+    is read by several tasks, one per ``Split`` (``plan_splits``); the file decides how many,
+    not Ray's requested parallelism, so pass ``override_num_blocks=num_read_tasks()``.
     """
 
     def __init__(self, uri: str, fmt: str, *, limit: int | None = None,
-                 s3_options: S3Options | None = None) -> None:
+                 s3_options: S3Options | None = None,
+                 rows_per_task: int = READ_TASK_ROWS) -> None:
         self.uri, self.fmt, self.limit, self.s3_options = uri, fmt, limit, s3_options
+        self.rows_per_task = rows_per_task
+        self._splits: list[Split] | None = None
+
+    def splits(self) -> list[Split]:
+        """The read tasks' splits, planned once (Ray asks for the read tasks several times)."""
+        if self._splits is None:
+            self._splits = plan_splits(self.uri, self.fmt, rows_per_split=self.rows_per_task,
+                                       limit=self.limit, s3_options=self.s3_options)
+        return self._splits
+
+    def num_read_tasks(self) -> int:
+        return len(self.splits())
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        uri, fmt, limit, s3_options = self.uri, self.fmt, self.limit, self.s3_options
-
-        def read() -> Iterator[pa.Table]:
-            chunk: list[Record] = []
-            for record in iter_records(uri, fmt, s3_options):
-                if limit is not None and record.row > limit:
-                    break
-                chunk.append(record)
-                if len(chunk) >= CHUNK_ROWS:
-                    yield _to_table(chunk)
-                    chunk = []
-            if chunk:
-                yield _to_table(chunk)
-
-        meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(uri,))
-        return [ReadTask(read, meta, schema=_SCHEMA)]
+        tasks = []
+        for split in self.splits():
+            read = functools.partial(read_split, self.uri, self.fmt, split, limit=self.limit,
+                                     s3_options=self.s3_options)
+            meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
+                                 input_files=(self.uri,))
+            tasks.append(ReadTask(read, meta, schema=_SCHEMA))
+        return tasks
 
     def get_name(self) -> str:
         return "ReadManifest"

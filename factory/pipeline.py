@@ -1,8 +1,10 @@
 """The pipeline: read → validate → one actor pool per stage → sink → the run's tables.
 
-``build_datasets`` turns a validated ``Job`` into lazy Ray Data plans; ``run_job`` executes them,
-streaming the sink's rows into a ``RunRecorder`` and committing the run at the end. Ray does the
-scheduling, backpressure and actor restarts; nothing here queues or retries on its own.
+``run_job`` scans the manifest (its fingerprint is part of the run's identity,
+``factory.identity``), materialises the validated work list, prints the plan, then executes the
+lazy Ray Data plans of ``build_datasets``, streaming the sink's rows into a ``RunRecorder`` and
+committing the run at the end. Ray does the scheduling, backpressure and actor restarts;
+nothing here queues or retries on its own.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
+from factory.identity import RunInputs, RunInputsMismatch
 from factory.keys import chain_fingerprint, extension
 from factory.manifest import ManifestDatasource, ManifestInfo, scan
 from factory.rows import RowRules, validate_batch
-from factory.runs import Counts, RunRecorder, is_committed, read_summary
-from factory.sink import (IntermediateConfig, SinkConfig, mark_existing, select_rows,
-                          write_assets, write_intermediates)
+from factory.runs import LINEAGE, REJECTS, Counts, RunRecorder, is_committed, read_summary
+from factory.sink import (STATUS_EXISTS, IntermediateConfig, SinkConfig, list_existing,
+                          mark_existing, select_rows, write_assets, write_intermediates)
 from factory.spec import Job
 from factory.storage import Store
+from stages.base import STATUS_OK, STATUS_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,37 @@ class ClusterTooSmall(RuntimeError):
 
 
 @dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, decided before any model loads.
+
+    Attributes:
+        run_id: the run's id (explicit, or derived from ``inputs``).
+        inputs: everything that decides the run's work.
+        rows: manifest rows the run covers.
+        rejected: rows rejected by validation.
+        existing: valid rows whose asset is already in the store (not rendered again).
+        to_render: valid rows that go through the stages.
+    """
+
+    run_id: str
+    inputs: RunInputs
+    rows: int
+    rejected: int
+    existing: int
+    to_render: int
+
+    def line(self) -> str:
+        return (f"plan for run {self.run_id}: {self.rows} rows: {self.rejected} rejected, "
+                f"{self.existing} already in the store, {self.to_render} to render")
+
+
+@dataclass(frozen=True)
 class RunResult:
-    """What a finished run reports."""
+    """What a run reports: counts, paths, and whether it was committed before this call.
+
+    ``already_committed`` is True when the run id had been committed (by an earlier call, or
+    by a concurrent run of the same id that committed first): the counts are that commit's.
+    """
 
     run_id: str
     manifest_rows: int
@@ -51,6 +84,8 @@ class RunResult:
     output_uri: str
     lineage_path: str
     rejects_path: str
+    already_committed: bool = False
+    write_mode: str = ""
 
     @property
     def assets_per_s(self) -> float:
@@ -61,7 +96,7 @@ class RunResult:
         return {"run_id": self.run_id, "manifest_rows": self.manifest_rows, "assets": c.assets,
                 "written": c.written, "failed": c.failed, "rejected": c.rejected,
                 "failures_by_stage": c.failures_by_stage, "wall_s": round(self.wall_s, 3),
-                "assets_per_s": round(self.assets_per_s, 3)}
+                "assets_per_s": round(self.assets_per_s, 3), "write_mode": self.write_mode}
 
 
 def fingerprint(job: Job, upto: int | None = None) -> str:
@@ -85,31 +120,36 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
     """read → validate → mark existing work, materialised once (rows of text, no pixels, in
     the object store, not the driver): each row's fate is decided exactly once, so no row can
     fall between the finished and the to-render plans, even while another run writes."""
-    ds = ray.data.read_datasource(ManifestDatasource(job.manifest_uri, job.manifest_format,
-                                                     limit=limit, s3_options=job.s3),
-                                  override_num_blocks=1)
+    source = ManifestDatasource(job.manifest_uri, job.manifest_format, limit=limit,
+                                s3_options=job.s3)
+    # One read task per split of the file (row groups, or runs of ~64k records): Ray's own
+    # block count would cut every task's output again into pieces.
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks())
     ds = ds.repartition(target_num_rows_per_block=PREPARE_ROWS)
     ds = ds.map_batches(validate_batch, fn_kwargs={"rules": row_rules(job, info)},
                         batch_size=None, batch_format="numpy", num_cpus=0.25)
-    ds = ds.map_batches(mark_existing, fn_kwargs={"store": store}, batch_size=None,
-                        batch_format="numpy", num_cpus=0.25)
+    existing = list_existing(store, rows=info.rows)  # on S3, one LIST per 1,000 assets
+    ds = ds.map_batches(mark_existing, fn_kwargs={"store": store, "existing": existing},
+                        batch_size=None, batch_format="numpy", num_cpus=0.25)
     return ds.materialize()
 
 
-def build_datasets(job: Job, info: ManifestInfo, store: Store, *,
-                   limit: int | None = None) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    """Two lazy Ray Data plans over one work list: the rows whose assets already exist
-    (straight to the sink's lineage, no stage touches them) and the rows to render.
+def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *,
+                   render: bool = True) -> tuple[ray.data.Dataset, ...]:
+    """Lazy Ray Data plans over one materialised work list: the rows whose assets already
+    exist or that were rejected (straight to the sink's lineage, no stage touches them) and,
+    when ``render``, the rows to render through one actor pool per stage.
 
     Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
-    actor pool.
+    actor pool; with nothing to render, no pool starts and no model loads.
     """
-    work = _work_list(job, info, store, limit=limit)
-    done = work.map_batches(select_rows, fn_kwargs={"existing": True}, batch_size=None,
+    done = work.map_batches(select_rows, fn_kwargs={"render": False}, batch_size=None,
                             batch_format="numpy", num_cpus=0.25)
     done = done.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store)},
                             batch_size=None, batch_format="numpy", num_cpus=0.25)
-    ds = work.map_batches(select_rows, fn_kwargs={"existing": False}, batch_size=None,
+    if not render:
+        return (done,)
+    ds = work.map_batches(select_rows, fn_kwargs={"render": True}, batch_size=None,
                           batch_format="numpy", num_cpus=0.25)
     # Blocks of one batch of the largest-batch stage: every actor of a pool gets work, and each
     # stage's batches depend on the manifest alone (same batches, same bytes, run after run).
@@ -154,55 +194,99 @@ def _named(runtime: type, stage_name: str) -> type:
 
 
 def run_job(job: Job, *, limit: int | None = None,
-            on_progress: Callable[[Counts, int], None] | None = None) -> RunResult:
+            on_progress: Callable[[Counts, int], None] | None = None,
+            on_plan: Callable[[RunPlan], None] | None = None) -> RunResult:
     """Run a validated job on the connected Ray and commit its run. Needs ``ray.init`` first.
 
-    The manifest is scanned and the store probed before any model loads. A run whose lineage is
-    already committed is reported and nothing is written.
+    The manifest is scanned (and fingerprinted) and the store probed before any model loads;
+    ``on_plan`` hears what the run will do before the stages start. A run id that is already
+    committed from the same inputs is reported and nothing is written; from other inputs it
+    raises ``RunInputsMismatch``. A store that fails for good (after botocore's retries) stops
+    the run uncommitted with ``StorageError``; running the same run id again resumes it.
     """
     started = time.perf_counter()
     # Ordered execution keeps each stage's batches the same from run to run: batched float
     # maths is then bit-identical too, so the same job yields the same bytes on the same machine.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     store = Store(job.output.uri, job.s3)
-    info = scan(job.manifest_uri, job.manifest_format, limit=limit, s3_options=job.s3)
-    paths = {"lineage_path": store.path(f"runs/{job.run_id}/lineage.parquet"),
-             "rejects_path": store.path(f"runs/{job.run_id}/rejects.parquet")}
-    if is_committed(store, job.run_id):
-        return _committed_result(job, store, paths)
+    info = scan(job.manifest_uri, job.manifest_format, limit=limit, s3_options=job.s3,
+                default_variant=job.variant)
+    inputs = RunInputs(spec_hash=job.spec_hash, manifest_sha256=info.sha256,
+                       manifest_rows=info.rows, limit=limit, season=job.season)
+    run_id = job.run_id or inputs.derived_run_id(job.name)
+    paths = {"lineage_path": store.path(f"runs/{run_id}/{LINEAGE}"),
+             "rejects_path": store.path(f"runs/{run_id}/{REJECTS}")}
+    if is_committed(store, run_id):
+        return _committed_result(job, run_id, inputs, store, paths)
     check_resources(job)
-    store = store.preflight(job.run_id)
-    recorder = RunRecorder(store, job.run_id, job.stages, job.keep_intermediates)
+    store = store.preflight(run_id)
+    log.info("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
+    recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates)
     try:
-        for ds in build_datasets(job, info, store, limit=limit):
+        work = _work_list(job, info, store, limit=limit)
+        plan = _plan(work, run_id, inputs)
+        if on_plan is not None:
+            on_plan(plan)
+        for ds in build_datasets(job, work, store, render=plan.to_render > 0):
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 if batch.num_rows:
                     recorder.add(batch)
                 if on_progress is not None:
                     on_progress(recorder.counts, info.rows)
-        result = RunResult(run_id=job.run_id, manifest_rows=info.rows, counts=recorder.counts,
+        result = RunResult(run_id=run_id, manifest_rows=info.rows, counts=recorder.counts,
                            wall_s=time.perf_counter() - started, output_uri=job.output.uri,
-                           **paths)
+                           write_mode=store.write_mode, **paths)
         if recorder.counts.total != info.rows:
             raise RuntimeError(f"SKU accounting broke: {info.rows} manifest rows but "
                                f"{recorder.counts.total} recorded; run not committed")
-        recorder.commit({**result.summary(), "job": job.name, "spec_hash": job.spec_hash,
-                         "season": job.season or "",
-                         "committed_at": datetime.now(timezone.utc).isoformat()})
-        return result
+        committed = recorder.commit({**result.summary(), "job": job.name,
+                                     "spec_hash": job.spec_hash, "season": job.season or "",
+                                     "inputs": inputs.as_dict(),
+                                     "committed_at": datetime.now(timezone.utc).isoformat()})
     except BaseException:
         recorder.abort()
         raise
+    if not committed:  # a concurrent run of this id committed first: report its result
+        log.warning("run %s was committed by a concurrent run first; reporting its result",
+                    run_id)
+        return _committed_result(job, run_id, inputs, store, paths)
+    return result
 
 
-def _committed_result(job: Job, store: Store, paths: dict[str, str]) -> RunResult:
-    summary = read_summary(store, job.run_id)
-    log.warning("run %s is already committed; nothing to do", job.run_id)
-    counts = Counts(assets=summary.get("assets", 0), written=0,
+def _plan(work: ray.data.Dataset, run_id: str, inputs: RunInputs) -> RunPlan:
+    """Count the work list's fates (one light pass over its status column)."""
+    tally: dict[str, int] = {}
+    for batch in work.select_columns(["status"]).iter_batches(batch_size=None,
+                                                               batch_format="pyarrow"):
+        for status, n in zip(*_value_counts(batch["status"])):
+            tally[status] = tally.get(status, 0) + n
+    return RunPlan(run_id=run_id, inputs=inputs, rows=inputs.manifest_rows,
+                   rejected=tally.get(STATUS_REJECTED, 0), existing=tally.get(STATUS_EXISTS, 0),
+                   to_render=tally.get(STATUS_OK, 0))
+
+
+def _value_counts(column) -> tuple[list[str], list[int]]:
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(column)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
+                      paths: dict[str, str]) -> RunResult:
+    summary = read_summary(store, run_id)
+    if job.run_id is not None or summary.get("inputs") is not None:
+        differences = inputs.differences(summary.get("inputs"))
+        if differences:
+            raise RunInputsMismatch(run_id, differences)
+    log.warning("run %s is already committed; nothing to do", run_id)
+    counts = Counts(assets=summary.get("assets", 0), written=summary.get("written", 0),
                     failed=summary.get("failed", 0), rejected=summary.get("rejected", 0),
                     failures_by_stage=summary.get("failures_by_stage", {}))
-    return RunResult(run_id=job.run_id, manifest_rows=summary.get("manifest_rows", 0),
-                     counts=counts, wall_s=0.0, output_uri=job.output.uri, **paths)
+    return RunResult(run_id=run_id, manifest_rows=summary.get("manifest_rows", 0),
+                     counts=counts, wall_s=float(summary.get("wall_s", 0.0)),
+                     output_uri=job.output.uri, already_committed=True,
+                     write_mode=summary.get("write_mode", ""), **paths)
 
 
 def init_ray(address: str | None, *, logical_cpus: float | None = None) -> None:

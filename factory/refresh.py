@@ -1,22 +1,23 @@
-"""Incremental refresh: render only new and changed SKUs, against the latest committed run.
+"""Incremental refresh: render only new and changed assets, against the latest committed run.
 
-Every SKU's asset key already fingerprints what makes it (the row fields its templates and
-params use, the chain, the season's overlay), so a refresh is a run with a new run id: rows
-whose key exists are skipped before any model runs. The report compares the new lineage with
-the job's latest committed lineage in the same store: unchanged (same key as before), changed
-(the SKU was there with another key), new (the SKU was not there), removed (there before, not
-in the manifest now).
+Every asset's key already fingerprints what makes it (the row fields its templates and params
+use, the chain, the season's overlay), so a refresh is a run like any other: its run id is
+derived from its inputs (or given), and rows whose key exists are skipped before any model
+runs. If nothing changed since the job's latest committed run, the derived run id is that run's
+and nothing is rendered. The report compares the new lineage with the job's latest committed
+lineage in the same store, per ``(sku, variant)``: unchanged (same key as before), changed (the
+pair was there with another key), new (not there before), removed (there before, not in the
+manifest now).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable
 
 import pyarrow.compute as pc
 
-from factory.pipeline import RunResult, run_job
+from factory.pipeline import RunPlan, RunResult, run_job
 from factory.runs import Counts, list_runs, read_lineage, read_rejects
 from factory.spec import Job
 from factory.storage import Store
@@ -49,31 +50,37 @@ def latest_committed(store: Store, job_name: str) -> str | None:
 
 
 def refresh(job: Job, *, run_id: str | None = None, limit: int | None = None,
-            on_progress: Callable[[Counts, int], None] | None = None) -> RefreshReport:
+            on_progress: Callable[[Counts, int], None] | None = None,
+            on_plan: Callable[[RunPlan], None] | None = None) -> RefreshReport:
     """Run ``job`` as a refresh and report what changed since its latest committed run."""
     store = Store(job.output.uri, job.s3)
     previous = latest_committed(store, job.name)
-    before: dict[str, str] = {}
+    before: dict[tuple[str, str], str] = {}
     if previous is not None:
         table, _ = read_lineage(store, previous)
-        table = table.filter(pc.equal(table["status"], "ok")).select(["sku", "output_key"])
-        before = dict(zip(table["sku"].to_pylist(), table["output_key"].to_pylist()))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    job = job.with_overrides(run_id=run_id or f"{job.run_id}-refresh-{stamp}")
-    result = run_job(job, limit=limit, on_progress=on_progress)
-    lineage, _ = read_lineage(store, job.run_id)
-    now_skus = set(lineage["sku"].to_pylist()) | set(read_rejects(store, job.run_id)["sku"].to_pylist())
+        table = table.filter(pc.equal(table["status"], "ok"))
+        before = dict(zip(zip(table["sku"].to_pylist(), table["variant"].to_pylist()),
+                          table["output_key"].to_pylist()))
+    if run_id:
+        job = job.with_overrides(run_id=run_id)
+    result = run_job(job, limit=limit, on_progress=on_progress, on_plan=on_plan)
+    lineage, _ = read_lineage(store, result.run_id)
+    rejected_skus = set(read_rejects(store, result.run_id)["sku"].to_pylist())
+    now = set()
     unchanged = changed = new = 0
-    for sku, status, key in zip(lineage["sku"].to_pylist(), lineage["status"].to_pylist(),
-                                lineage["output_key"].to_pylist()):
+    for sku, variant, status, key in zip(lineage["sku"].to_pylist(),
+                                         lineage["variant"].to_pylist(),
+                                         lineage["status"].to_pylist(),
+                                         lineage["output_key"].to_pylist()):
+        now.add((sku, variant))
         if status != "ok":
             continue
-        if sku not in before:
+        if (sku, variant) not in before:
             new += 1
-        elif before[sku] == key:
+        elif before[(sku, variant)] == key:
             unchanged += 1
         else:
             changed += 1
-    removed = len(set(before) - now_skus)
+    removed = sum(1 for unit in before if unit not in now and unit[0] not in rejected_skus)
     return RefreshReport(previous_run=previous, unchanged=unchanged, changed=changed, new=new,
                          removed=removed, result=result)

@@ -25,6 +25,8 @@ from stages.base import STATUS_FAILED, STATUS_OK, STATUS_REJECTED, StagePlan
 LINEAGE = "lineage.parquet"
 REJECTS = "rejects.parquet"
 SUMMARY_KEY = b"factory.summary"
+#: Rows per row group of the lineage and rejects tables (a 1M-row run: 16 row groups).
+ROW_GROUP_ROWS = 65_536
 
 REJECT_SCHEMA = pa.schema([("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
                            ("field", pa.string()), ("reason", pa.string())])
@@ -62,6 +64,42 @@ class Counts:
         return self.assets + self.failed + self.rejected
 
 
+class _GroupedWriter:
+    """A Parquet writer that buffers small tables into row groups of ``ROW_GROUP_ROWS``.
+
+    The sink hands over one small batch at a time; a row group each would give a 1M-row run
+    ~100k row groups (a footer of tens of MB, slow to read). ``close`` writes what is left.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._writer = pq.ParquetWriter(path, schema)
+        self._rows = ROW_GROUP_ROWS
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def write_table(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self._rows:
+            table = pa.concat_tables(self._pending)
+            full = table.num_rows - table.num_rows % self._rows
+            self._writer.write_table(table.slice(0, full), row_group_size=self._rows)
+            rest = table.slice(full)
+            self._pending, self._pending_rows = [rest] if rest.num_rows else [], rest.num_rows
+
+    def add_key_value_metadata(self, metadata: dict[bytes, str]) -> None:
+        self._writer.add_key_value_metadata(metadata)
+
+    def close(self) -> None:
+        try:
+            if self._pending_rows:
+                self._writer.write_table(pa.concat_tables(self._pending),
+                                         row_group_size=self._rows)
+            self._pending, self._pending_rows = [], 0
+        finally:
+            self._writer.close()
+
+
 class RunRecorder:
     """Streams sink rows into the run's tables; ``commit`` publishes them."""
 
@@ -76,8 +114,8 @@ class RunRecorder:
             self._constants[f"{plan.name}_revision"] = plan.revision
             self._constants[f"{plan.name}_params_hash"] = params_hash(plan)
         self._spool = Path(tempfile.mkdtemp(prefix=f"factory-{run_id}-"))
-        self._rejects = pq.ParquetWriter(self._spool / REJECTS, REJECT_SCHEMA)
-        self._lineage = pq.ParquetWriter(self._spool / LINEAGE, self.schema)
+        self._rejects = _GroupedWriter(self._spool / REJECTS, REJECT_SCHEMA)
+        self._lineage = _GroupedWriter(self._spool / LINEAGE, self.schema)
 
     def add(self, batch: pa.Table) -> None:
         """Record one batch of sink rows."""
@@ -116,15 +154,23 @@ class RunRecorder:
                 stage = rows["failed_stage"][i] or "?"
                 self.counts.failures_by_stage[stage] = self.counts.failures_by_stage.get(stage, 0) + 1
 
-    def commit(self, summary: dict[str, Any]) -> None:
-        """Publish rejects, then the lineage table (the commit point) with the summary."""
+    def commit(self, summary: dict[str, Any]) -> bool:
+        """Publish rejects, then the lineage table (the commit point) with the summary.
+
+        The lineage write is create-only: if a concurrent run of the same id committed first,
+        its lineage stays and False is returned (the rejects it published are the same rows,
+        derived from the same manifest). True when this call committed the run.
+        """
         try:
             self._rejects.close()
             self._lineage.add_key_value_metadata({SUMMARY_KEY: json.dumps(summary, sort_keys=True)})
             self._lineage.close()
             prefix = f"runs/{self.run_id}"
+            if is_committed(self.store, self.run_id):
+                return False  # lost the race before publishing anything
             self.store.publish_file(self._spool / REJECTS, f"{prefix}/{REJECTS}")
-            self.store.publish_file(self._spool / LINEAGE, f"{prefix}/{LINEAGE}")
+            return self.store.publish_file(self._spool / LINEAGE, f"{prefix}/{LINEAGE}",
+                                           create_only=True)
         finally:
             shutil.rmtree(self._spool, ignore_errors=True)
 
@@ -147,15 +193,18 @@ def list_runs(store: Store) -> list[tuple[str, dict[str, Any]]]:
     """Committed runs under the store, with their summaries (uncommitted ones are skipped)."""
     runs = []
     for run_id in store.children("runs"):
-        if is_committed(store, run_id):
+        try:  # the footer read is the existence check: a run without a lineage is not committed
             runs.append((run_id, read_summary(store, run_id)))
+        except FileNotFoundError:
+            continue
     return runs
 
 
 def read_summary(store: Store, run_id: str) -> dict[str, Any]:
-    """A committed run's summary, from the lineage footer."""
-    data = store.read_bytes(f"runs/{run_id}/{LINEAGE}")
-    meta = pq.read_metadata(pa.BufferReader(data)).metadata or {}
+    """A committed run's summary, from the lineage footer alone (on S3, ranged GETs of the
+    file's tail, however many rows the run has)."""
+    with store.open_input_file(f"runs/{run_id}/{LINEAGE}") as file:
+        meta = pq.read_metadata(file).metadata or {}
     return json.loads(meta.get(SUMMARY_KEY, b"{}"))
 
 

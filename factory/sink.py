@@ -46,25 +46,84 @@ class IntermediateConfig:
     fingerprint: str
 
 
-def mark_existing(batch: dict[str, np.ndarray], *, store: Store) -> dict[str, np.ndarray]:
-    """Ray Data task: rows whose asset key exists become ``exists`` with its size and hash."""
+#: Listing the store's assets pays off from this many rows (a LIST costs ~12 HEADs on AWS).
+LIST_MIN_ROWS = 16
+#: Give up listing past this many keys per manifest row: the store holds mostly other work,
+#: and a HEAD per row is cheaper than reading (and holding) its whole listing.
+LIST_KEYS_PER_ROW = 4
+
+
+@dataclass(frozen=True)
+class ExistingAssets:
+    """The store's asset keys from one listing: sorted 16-byte key digests and object sizes."""
+
+    digests: np.ndarray
+    sizes: np.ndarray
+
+    def sizes_of(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's object size, or -1 where the listing did not have it."""
+        if len(self.digests) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        wanted = np.array([_key_digest(k) for k in keys], dtype="S16")
+        at = np.minimum(np.searchsorted(self.digests, wanted), len(self.digests) - 1)
+        return np.where(self.digests[at] == wanted, self.sizes[at], -1)
+
+
+def _key_digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+def list_existing(store: Store, *, rows: int) -> ExistingAssets | None:
+    """On S3, list ``assets/`` once (one LIST request per 1,000 keys) where that is cheaper
+    than a HEAD per row; None where it is not: a local store (a stat per row is cheap), a
+    manifest of a few rows, or a store holding more than ``LIST_KEYS_PER_ROW`` assets per
+    manifest row (the listing stops there and each row gets its HEAD)."""
+    if not store.is_s3 or rows < LIST_MIN_ROWS:
+        return None
+    budget, seen = max(1000, LIST_KEYS_PER_ROW * rows), 0
+    digests: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
+    for page in store.list_sizes("assets"):
+        seen += len(page)
+        if seen > budget:
+            return None
+        digests.append(np.array([_key_digest(key) for key, _ in page], dtype="S16"))
+        sizes.append(np.array([size for _, size in page], dtype=np.int64))
+    if not digests:
+        return ExistingAssets(np.array([], dtype="S16"), np.array([], dtype=np.int64))
+    flat = np.concatenate(digests)
+    order = np.argsort(flat, kind="stable")
+    return ExistingAssets(flat[order], np.concatenate(sizes)[order])
+
+
+def mark_existing(batch: dict[str, np.ndarray], *, store: Store,
+                  existing: ExistingAssets | None = None) -> dict[str, np.ndarray]:
+    """Ray Data task: rows whose asset key exists become ``exists`` with the object's size.
+
+    The lookup is a ``list_existing`` listing where one was made, else a HEAD (locally a stat)
+    per row; nothing is read or hashed again, so ``sha256`` stays empty for these rows: the
+    run that wrote the object has its hash in its lineage.
+    """
     n = len(batch["sku"])
     status = batch["status"].astype(object)
-    sha = np.full(n, "", dtype=object)
     size = np.zeros(n, dtype=np.int64)
-    for i in np.flatnonzero(status == STATUS_OK):
-        key = batch["output_key"][i]
-        head = store.head(key)
-        if head is None:
-            continue
-        status[i], size[i] = STATUS_EXISTS, head.size
-        sha[i] = head.metadata.get(SHA_META) or hashlib.sha256(store.read_bytes(key)).hexdigest()
-    return {**batch, "status": status, "sha256": sha, "bytes": size}
+    todo = np.flatnonzero(status == STATUS_OK)
+    if existing is not None:
+        found = existing.sizes_of(batch["output_key"][todo])
+        for i, stored in zip(todo[found >= 0], found[found >= 0]):
+            status[i], size[i] = STATUS_EXISTS, stored
+    else:
+        for i in todo:
+            head = store.head(batch["output_key"][i])
+            if head is not None:
+                status[i], size[i] = STATUS_EXISTS, head.size
+    return {**batch, "status": status, "sha256": np.full(n, "", dtype=object), "bytes": size}
 
 
-def select_rows(batch: dict[str, np.ndarray], *, existing: bool) -> dict[str, np.ndarray]:
-    """Ray Data task: keep the rows whose asset exists (``existing``) or all the others."""
-    keep = (batch["status"] == STATUS_EXISTS) == existing
+def select_rows(batch: dict[str, np.ndarray], *, render: bool) -> dict[str, np.ndarray]:
+    """Ray Data task: keep the rows to render (``render``: valid, not in the store yet) or
+    all the others (already in the store, or rejected): they need no stage."""
+    keep = (batch["status"] == STATUS_OK) == render
     return {name: column[keep] for name, column in batch.items()}
 
 
@@ -107,16 +166,18 @@ def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[st
                 raise ValueError("no image reached the sink")
             data = images.encode(pixels[i], config.image_format, quality=config.quality,
                                  png_level=config.png_compression)
-            digests[i] = hashlib.sha256(data).hexdigest()
-            row = {k: batch[k][i] for k in batch if k != "image"}
-            written[i] = config.store.put_if_absent(
-                keys[i], data, content_type=content_type,
-                metadata={WORK_META: work_hash(config.chain_fingerprint, row),
-                          SHA_META: digests[i]})
-            sizes[i] = len(data)
-        except Exception as exc:  # an unwritable asset is that SKU's failure, not the batch's
+        except Exception as exc:  # an unencodable image is that SKU's failure, not the batch's
             status[i], error[i], failed_stage[i] = STATUS_FAILED, f"{type(exc).__name__}: {exc}", "sink"
             keys[i], digests[i], sizes[i] = "", "", 0
+            continue
+        digests[i] = hashlib.sha256(data).hexdigest()
+        row = {k: batch[k][i] for k in batch if k != "image"}
+        # A store that fails for good (StorageError, after botocore's retries) is not this
+        # SKU's fault: it propagates, the run stops uncommitted, and a rerun resumes.
+        written[i] = config.store.put_if_absent(
+            keys[i], data, content_type=content_type,
+            metadata={WORK_META: work_hash(config.chain_fingerprint, row), SHA_META: digests[i]})
+        sizes[i] = len(data)
     out = {k: v for k, v in batch.items() if k != "image"}
     out.update(status=status, error=error, failed_stage=failed_stage, output_key=keys,
                sha256=digests, bytes=sizes, written=written)

@@ -141,7 +141,9 @@ class Job:
     name: str
     source: str
     spec_hash: str
-    run_id: str
+    #: An explicit run id (``run_id:`` in the spec, or ``--run-id``); None derives one from
+    #: the run's inputs (``factory.identity``) once the manifest has been scanned.
+    run_id: str | None
     manifest_uri: str
     manifest_format: str
     output: OutputSpec
@@ -162,7 +164,7 @@ class Job:
         """The job inside a season: by ``name``, or the season whose window holds ``today``
         when ``name`` is None; ``"none"`` means no season. The overlay's prompt is appended to
         the prompt template, its palette replaces every recolor stage's, its LoRA every lora
-        stage's; the derived run id gains the season's name."""
+        stage's; the season is one of the run's inputs (the derived run id names it)."""
         if name == "none" or not self.seasons:
             if name not in (None, "none"):
                 raise SpecError(self.source, [f"season '{name}': the spec has no seasons"])
@@ -179,13 +181,9 @@ class Job:
                                               f"{', '.join(s.name for s in self.seasons)})"])
         stages = tuple(_season_stage(plan, season) for plan in self.stages)
         template = self.prompt_template + season.prompt
-        run_id = self.run_id
-        if run_id.endswith(self.spec_hash[:12]):
-            run_id = f"{run_id[:-12]}{season.name}-{self.spec_hash[:12]}"
         return replace(self, stages=stages, prompt_template=template, season=season.name,
                        template_fields=tuple(dict.fromkeys(
-                           self.template_fields + template_fields(season.prompt))),
-                       run_id=run_id)
+                           self.template_fields + template_fields(season.prompt))))
 
     def with_overrides(self, *, output_uri: str | None = None, run_id: str | None = None) -> Job:
         """The same job with the CLI's ``--output``/``--run-id`` applied."""
@@ -269,7 +267,7 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         name=spec.name,
         source=source,
         spec_hash=digest,
-        run_id=spec.run_id or f"{_slug(spec.name)}-{digest[:12]}",
+        run_id=spec.run_id,
         manifest_uri=spec.manifest.uri,
         manifest_format=manifest_format,
         output=spec.output,
@@ -427,7 +425,3 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
         got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err['input']!r})"
         problems.append(f"{key}: {message}{got}"[:500])
     return problems
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:64] or "job"

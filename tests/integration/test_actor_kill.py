@@ -92,8 +92,9 @@ def test_killing_each_stage_actor_mid_run_keeps_exact_accounting(local_ray, mode
     assert all(done < 240 for _, done in killed.values()), killed  # all while rows were pending
 
     store = Store(job.output.uri)
-    lineage, summary = read_lineage(store, job.run_id)
-    rejects = read_rejects(store, job.run_id)
+    run_id = outcome["result"].run_id
+    lineage, summary = read_lineage(store, run_id)
+    rejects = read_rejects(store, run_id)
     rows = lineage.to_pylist()
     assert len(rows) + rejects.num_rows == 240
     assert sorted([r["row"] for r in rows] + rejects["row"].to_pylist()) == list(range(1, 241))

@@ -184,4 +184,8 @@ def test_two_runs_of_the_same_job_at_once_give_one_result(tmp_path, local_ray, m
     assert summary["assets"] == len(ok) == 35 and summary["failed"] == 2
     files = sorted(str(p.relative_to(out)) for p in (out / "assets").rglob("*") if p.is_file())
     assert files == sorted(r["output_key"] for r in ok)  # one object per asset, nothing else
-    assert sum(r.counts.written for r in results) == 35  # each asset written exactly once
+    # one run committed; the other found it committed (before or at its own create-only
+    # commit) and reports the winner's figures instead of overwriting them
+    assert sorted(r.already_committed for r in results) == [False, True]
+    assert [r.counts.assets for r in results] == [35, 35]
+    assert len(list((out / "runs" / "twin").glob("lineage*"))) == 1

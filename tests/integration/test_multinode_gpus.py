@@ -66,8 +66,8 @@ def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path):
                      "prompt": {"template": "a {{ color }} {{ title }}"}, "stages": CHAIN})
     result = run_job(job)
     store = Store(str(tmp_path / "out"))
-    lineage, _ = read_lineage(store, job.run_id)
-    rejects = read_rejects(store, job.run_id)
+    lineage, _ = read_lineage(store, result.run_id)
+    rejects = read_rejects(store, result.run_id)
     rows = lineage.to_pylist()
     assert result.counts.assets == 157 and result.counts.failed == 0
     assert len(rows) + rejects.num_rows == 160

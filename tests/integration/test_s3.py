@@ -92,11 +92,11 @@ def bucket_keys(server, prefix: str) -> list[str]:
     return keys
 
 
-def check_run(server, job, prefix: str) -> list[dict]:
+def check_run(server, job, prefix: str, run_id: str) -> list[dict]:
     """Exact accounting; the bucket holds exactly what the committed lineage lists."""
     store = Store(job.output.uri, job.s3)
-    lineage, summary = read_lineage(store, job.run_id)
-    rejects = read_rejects(store, job.run_id)
+    lineage, summary = read_lineage(store, run_id)
+    rejects = read_rejects(store, run_id)
     rows = lineage.to_pylist()
     assert len(rows) + rejects.num_rows == 40
     assert sorted(r["row"] for r in rows) + [] == sorted(
@@ -114,7 +114,7 @@ def check_run(server, job, prefix: str) -> list[dict]:
         r["sku"] for r in ok)  # one object per SKU: no duplicates
     assert all(t.rsplit("/", 1)[-1] in ("lineage.parquet", "rejects.parquet") for t in tables)
     client = server.client()
-    for r in ok[:10]:
+    for r in [r for r in ok if r["written"]][:10]:  # the run that writes an asset hashes it
         body = client.get_object(Bucket="assets", Key=f"{prefix}/{r['output_key']}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == r["sha256"]
     return rows
@@ -127,10 +127,10 @@ def test_end_to_end_reads_manifest_and_writes_assets_in_s3(server, proxy, catalo
     job = make_job(catalog_uri, proxy.endpoint_url, "e2e", keep_intermediates=["recolor"])
     result = run_job(job)
     assert result.counts.assets == 36
-    rows = check_run(server, job, "e2e")
+    rows = check_run(server, job, "e2e", result.run_id)
     assert all(r["recolor_key"].startswith("intermediates/recolor/") for r in rows
                if r["status"] == "ok")
-    assert [run_id for run_id, _ in list_runs(Store(job.output.uri, job.s3))] == [job.run_id]
+    assert [run_id for run_id, _ in list_runs(Store(job.output.uri, job.s3))] == [result.run_id]
 
 
 def test_slowdown_and_lost_answers_leave_exact_accounting(server, proxy, catalog_uri,
@@ -141,11 +141,11 @@ def test_slowdown_and_lost_answers_leave_exact_accounting(server, proxy, catalog
     proxy.policy = FaultPolicy(put_503_every=3, drop_after_put_every=5, key_filter="/faults/")
     try:
         job = make_job(catalog_uri, proxy.endpoint_url, "faults")
-        run_job(job)
+        result = run_job(job)
     finally:
         proxy.policy = FaultPolicy()
     assert proxy.count(fault="503") > 0 and proxy.count(fault="drop") > 0, proxy.requests[:5]
-    check_run(server, job, "faults")
+    check_run(server, job, "faults", result.run_id)
 
 
 def test_running_the_same_job_again_writes_nothing(server, proxy, catalog_uri, local_ray,
@@ -156,14 +156,15 @@ def test_running_the_same_job_again_writes_nothing(server, proxy, catalog_uri, l
     first = run_job(job)
     keys = sorted(bucket_keys(server, "twice"))
     proxy.reset_log()
-    again = run_job(job)  # same run id: committed, nothing to do
+    again = run_job(job)  # same inputs, same derived run id: committed, nothing to do
     assert proxy.count(method="PUT") == 0
+    assert again.run_id == first.run_id and again.already_committed
     assert again.counts.assets == first.counts.assets
     proxy.reset_log()
     rerun = run_job(job.with_overrides(run_id="second-run"))  # a new run over the same work
     asset_puts = [r for r in proxy.requests if r.method == "PUT" and "/twice/assets/" in r.path]
     assert asset_puts == [] and rerun.counts.written == 0 and rerun.counts.assets == 36
-    lineage_a, _ = read_lineage(Store(job.output.uri, job.s3), job.run_id)
+    lineage_a, _ = read_lineage(Store(job.output.uri, job.s3), first.run_id)
     lineage_b, _ = read_lineage(Store(job.output.uri, job.s3), "second-run")
     assert sorted(lineage_a["output_key"].to_pylist()) == sorted(lineage_b["output_key"].to_pylist())
     assert sorted(k for k in bucket_keys(server, "twice") if "second-run" not in k) == keys
@@ -266,3 +267,96 @@ def test_store_create_only_modes(server, proxy):
     assert checked.put_if_absent("assets/b.png", b"four") is True
     assert settled.read_bytes("assets/a.png") == b"one"
     assert not is_committed(settled, "r")
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_a_store_that_fails_for_good_mid_run_commits_nothing_and_the_rerun_resumes(
+        server, proxy, catalog_uri, local_ray, models_dir, tmp_path, status):
+    """After 12 asset PUTs every further PUT gets 403 or 500 (retried by botocore, then
+    given up): the CLI exits 4, no lineage exists, no SKU is recorded as a 'failure'; the
+    same command again resumes and accounts for every row exactly once."""
+    import yaml
+    from click.testing import CliRunner
+
+    from factory.cli import EXIT_PARTIAL, EXIT_RUN, main
+
+    prefix = f"broken{status}"
+    job = make_job(catalog_uri, proxy.endpoint_url, prefix)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "s3-job", "manifest": {"uri": catalog_uri},
+        "output": {"uri": f"s3://assets/{prefix}"}, "seed": 11,
+        "prompt": {"template": "a {{ color }} {{ title }}"},
+        "storage": {"endpoint_url": proxy.endpoint_url, "addressing_style": "path",
+                    "region": "us-east-1", "max_attempts": 2},
+        "stages": [{"kind": "generate", "model": "synthetic",
+                    "params": {"width": 48, "height": 48}},
+                   {"kind": "recolor", "model": "lab",
+                    "params": {"palette": ["#C8553D", "#2D3047"]}},
+                   {"kind": "identity", "model": "passthrough",
+                    "params": {"fail_skus": [FAIL]}}]}))
+    proxy.reset_log()
+    proxy.policy = FaultPolicy(fail_for_good_after=12, fail_status=status,
+                               key_filter=f"/{prefix}/assets/")
+    try:
+        broken = CliRunner().invoke(main, ["run", str(spec)], catch_exceptions=False)
+    finally:
+        proxy.policy = FaultPolicy()
+    assert broken.exit_code == EXIT_RUN, broken.output
+    assert "did not finish and was not committed" in broken.output
+    assert ("access denied" if status == 403 else "InternalError") in broken.output
+    assert proxy.count(fault=str(status)) > 0
+    keys = bucket_keys(server, prefix)
+    assert not any(k.endswith("lineage.parquet") for k in keys)  # not committed
+    landed = {k for k in keys if k.startswith("assets/")}
+    assert 0 < len(landed) <= 12
+
+    proxy.reset_log()
+    again = CliRunner().invoke(main, ["run", str(spec)], catch_exceptions=False)
+    assert again.exit_code == EXIT_PARTIAL, again.output  # 3 rejected, 1 injected failure
+    (run_id, summary), = list_runs(Store(job.output.uri, job.s3))
+    assert summary["failures_by_stage"] == {"identity": 1}  # no storage 'failure' per SKU
+    rows = check_run(server, job, prefix, run_id)
+    resumed = {r["output_key"] for r in rows if r["status"] == "ok" and not r["written"]}
+    assert resumed == landed  # what landed before is kept, not written again
+    puts = [r for r in proxy.requests if r.method == "PUT" and "/assets/" in r.path
+            and f"/{prefix}/assets/" in r.path]
+    assert len(puts) == 36 - len(landed)
+
+
+def test_preflight_retries_transient_errors_and_never_guesses_the_write_mode(server, proxy):
+    """A 503 on the conditional probe is retried by botocore and still finds If-None-Match; a
+    probe that keeps failing is an error, never a silent switch to the 'checked' mode."""
+    store = Store("s3://assets/probe", S3Options(endpoint_url=proxy.endpoint_url,
+                                                  addressing_style="path", max_attempts=3))
+    proxy.reset_log()
+    proxy.policy = FaultPolicy(put_503_every=2, key_filter="/.preflight-")
+    try:
+        settled = store.preflight("p1")
+    finally:
+        proxy.policy = FaultPolicy()
+    assert proxy.count(fault="503") >= 1
+    assert settled.s3.create_only == "if-none-match" and settled.write_mode == "if-none-match"
+
+    proxy.policy = FaultPolicy(fail_for_good_after=1, fail_status=500, key_filter="/.preflight-")
+    try:
+        with pytest.raises(StorageError, match="probe conditional writes"):
+            store.preflight("p2")
+    finally:
+        proxy.policy = FaultPolicy()
+
+
+def test_two_commits_of_one_run_id_leave_one_lineage(server, proxy):
+    """The lineage write is create-only: the second commit loses and publishes nothing."""
+    from factory.runs import RunRecorder, read_summary
+
+    store = Store("s3://assets/race", S3Options(endpoint_url=proxy.endpoint_url,
+                                                 addressing_style="path")).preflight("race")
+    first, second = RunRecorder(store, "race", ()), RunRecorder(store, "race", ())
+    assert first.commit({"who": "first"}) is True
+    assert second.commit({"who": "second"}) is False
+    assert read_summary(store, "race")["who"] == "first"
+    checked = Store(store.uri, S3Options(endpoint_url=proxy.endpoint_url,
+                                         addressing_style="path", create_only="checked"))
+    assert RunRecorder(checked, "race", ()).commit({"who": "third"}) is False
+    assert read_summary(store, "race")["who"] == "first"

@@ -26,6 +26,8 @@ Behaviour worth knowing:
   the policy was set; PUT number ``n`` gets a 403 AccessDenied when ``n % put_403_every == 0``,
   else a 503 SlowDown when ``n % put_503_every == 0``, else it is forwarded and then dropped
   when ``n % drop_after_put_every == 0`` (first match wins; 0 disables a fault).
+  With ``fail_for_good_after = k``, every matching PUT after the k-th gets ``fail_status``
+  (403 AccessDenied or 500 InternalError): a store that breaks for good mid-run.
 * Assigning ``proxy.policy`` resets that numbering.
 """
 
@@ -43,6 +45,7 @@ from urllib.parse import urlsplit
 HOST = "127.0.0.1"
 
 FAULT_403 = "403"
+FAULT_500 = "500"
 FAULT_503 = "503"
 FAULT_DROP = "drop"
 FAULT_UPSTREAM = "upstream_error"
@@ -50,6 +53,11 @@ FAULT_UPSTREAM = "upstream_error"
 SLOW_DOWN_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
+    "<Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
+)
+INTERNAL_ERROR_BODY = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message>"
     "<Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
 )
 ACCESS_DENIED_BODY = (
@@ -79,6 +87,10 @@ class FaultPolicy:
     without any response."""
     key_filter: str = ""
     """Only PUTs whose path contains this substring count (e.g. ``"/assets/"``)."""
+    fail_for_good_after: int = 0
+    """After this many matching PUTs, answer every later one with ``fail_status`` (0: never)."""
+    fail_status: int = 500
+    """403 (AccessDenied) or 500 (InternalError), for ``fail_for_good_after``."""
     drop_hold_seconds: float = 0.0
     """Before closing a dropped connection, hold it open this long (to look like a read
     timeout to the client instead of a reset; keep it above the client's read_timeout)."""
@@ -166,6 +178,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == FAULT_403:
             log(403, FAULT_403)
             self._send_s3_error(403, "Forbidden", ACCESS_DENIED_BODY)
+            return
+        if fault == FAULT_500:
+            log(500, FAULT_500)
+            self._send_s3_error(500, "Internal Server Error", INTERNAL_ERROR_BODY)
             return
         if fault == FAULT_503:
             log(503, FAULT_503)
@@ -377,6 +393,8 @@ class FaultProxy:
                 return None, 0.0
             self._put_count += 1
             n = self._put_count
+        if policy.fail_for_good_after and n > policy.fail_for_good_after:
+            return (FAULT_403 if policy.fail_status == 403 else FAULT_500), 0.0
         if policy.put_403_every and n % policy.put_403_every == 0:
             return FAULT_403, 0.0
         if policy.put_503_every and n % policy.put_503_every == 0:

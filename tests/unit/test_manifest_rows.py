@@ -21,7 +21,7 @@ HEADER = "sku,title,color,seed,width,height,palette\n"
 
 
 def run_rows(path: Path, fmt: str = "csv", template: str = TEMPLATE) -> list[dict]:
-    info = scan(str(path), fmt)
+    info = scan(str(path), fmt, default_variant="default")
     rules = RowRules(seed=1, variant="default", prompt_template=template,
                      duplicate_rejects=info.duplicate_rejects)
     records = list(iter_records(str(path), fmt))
@@ -102,7 +102,7 @@ def test_blank_lines_are_not_rows(tmp_path):
 def test_identical_duplicate_keeps_the_first(tmp_path):
     rows = run_rows(write(tmp_path, HEADER + "D1,cup,red,,,,\nD2,cup,red,,,,\nD1,cup,red,,,,\n"))
     bad = only_reject(rows, 3)
-    assert bad["error"] == "duplicate of row 1 (same sku, same fields)"
+    assert bad["error"] == "duplicate of row 1 (same sku and variant 'default', same fields)"
 
 
 def test_conflicting_duplicates_are_all_rejected(tmp_path):
@@ -110,6 +110,28 @@ def test_conflicting_duplicates_are_all_rejected(tmp_path):
     bad = [r for r in rows if r["status"] == "rejected"]
     assert [r["row"] for r in bad] == [1, 3]
     assert all("rows 1, 3 with conflicting fields" in r["error"] for r in bad)
+
+
+def test_variants_of_one_sku_are_separate_rows(tmp_path):
+    text = ("sku,variant,title,color\nV1,hero,cup,red\nV1,thumb,cup,red\nV1,lifestyle,cup,red\n"
+            "V1,,cup,red\nV1,thumb,cup,blue\n")
+    rows = run_rows(write(tmp_path, text))
+    ok = [(r["sku"], r["variant"]) for r in rows if r["status"] == "ok"]
+    assert ok == [("V1", "hero"), ("V1", "lifestyle"), ("V1", "default")]
+    bad = {r["row"]: r["error"] for r in rows if r["status"] == "rejected"}
+    assert set(bad) == {2, 5} and "variant 'thumb'" in bad[2]  # thumb conflicts with itself
+    keys = [r["output_key"] for r in rows if r["status"] == "ok"]
+    assert len(set(keys)) == 3 and all(k.startswith("assets/V1/") for k in keys)
+
+
+def test_the_scan_fingerprints_content_not_formatting(tmp_path):
+    a = scan(str(write(tmp_path, "sku,title\nA,mug\nB,cup\n", "a.csv")), "csv")
+    quoted = scan(str(write(tmp_path, 'sku,title\r\n"A","mug"\r\n\r\nB,cup\r\n', "b.csv")), "csv")
+    edited = scan(str(write(tmp_path, "sku,title\nA,mug\nB,bowl\n", "c.csv")), "csv")
+    assert a.sha256 == quoted.sha256  # same records, other bytes
+    assert a.sha256 != edited.sha256 and len(a.sha256) == 64
+    assert scan(str(tmp_path / "c.csv"), "csv", limit=1).sha256 == scan(
+        str(tmp_path / "a.csv"), "csv", limit=1).sha256  # only the rows the run covers
 
 
 def test_missing_template_column_rejects_every_row(tmp_path):

@@ -98,3 +98,42 @@ def test_pixel_columns_round_trip():
     assert [a.shape for a in images.load("image", mixed)] == [(2, 4, 3), (3, 3, 4), (1, 1, 3)]
     with pytest.raises(ValueError, match="expected HxWx3"):
         images.store("image", [np.zeros((2, 2), dtype=np.uint8)])
+
+
+def test_a_local_commit_is_create_only(tmp_path):
+    """Two recorders of one run id: the first commit wins, the second publishes nothing."""
+    from factory.runs import RunRecorder, is_committed, read_summary
+
+    store = Store(str(tmp_path))
+    first, second = RunRecorder(store, "r", ()), RunRecorder(store, "r", ())
+    assert not is_committed(store, "r")
+    assert first.commit({"who": "first"}) is True
+    assert second.commit({"who": "second"}) is False
+    assert read_summary(store, "r")["who"] == "first"
+    assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == [
+        "lineage.parquet", "rejects.parquet"]
+
+
+def test_a_store_failure_in_the_sink_is_not_a_per_sku_failure(tmp_path):
+    """An unwritable store stops the run (StorageError); only an unencodable image is that
+    SKU's own failure."""
+    import numpy as np
+
+    from factory.s3 import StorageError
+    from factory.sink import SinkConfig, write_assets
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the store's directory should be")
+    config = SinkConfig(store=Store(str(blocked)), image_format="png", quality=90,
+                        png_compression=1, chain_fingerprint="f")
+    batch = {"sku": np.array(["A"], object), "variant": np.array(["v"], object),
+             "status": np.array(["ok"], object), "error": np.array([""], object),
+             "failed_stage": np.array([""], object), "output_key": np.array(["assets/A/v.png"], object),
+             "image": np.zeros((1, 4, 4, 3), np.uint8)}
+    with pytest.raises(StorageError, match="cannot write assets/A/v.png"):
+        write_assets(batch, config=config)
+    good = SinkConfig(store=Store(str(tmp_path / "ok")), image_format="png", quality=90,
+                      png_compression=1, chain_fingerprint="f")
+    bad_pixels = {**batch, "image": np.zeros((1, 4, 4, 7), np.uint8)}  # no such image mode
+    out = write_assets(bad_pixels, config=good)
+    assert out["status"][0] == "failed" and out["failed_stage"][0] == "sink"
