@@ -391,6 +391,7 @@ def _execute(job, *, limit: int | None, address: str | None, runner=None) -> int
     from factory.identity import RunInputsMismatch
     from factory.manifest import ManifestError
     from factory.pipeline import init_ray, logical_cpus_needed, run_job
+    from factory.placement import OutputNotShared
 
     season = f" (season {job.season})" if job.season else ""
     click.echo(f"job {job.name}{season}: {' → '.join(p.name for p in job.stages)} "
@@ -408,7 +409,7 @@ def _execute(job, *, limit: int | None, address: str | None, runner=None) -> int
     except ManifestError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_MANIFEST
-    except RunInputsMismatch as exc:
+    except (RunInputsMismatch, OutputNotShared) as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_SPEC
     except Exception as exc:  # noqa: BLE001 - reported with its cause; nothing was committed

@@ -22,6 +22,10 @@ from ray.data import ActorPoolStrategy
 from factory.identity import RunInputs, RunInputsMismatch
 from factory.keys import chain_fingerprint, extension
 from factory.manifest import ManifestDatasource, ManifestInfo, scan
+from factory.placement import (TASK_CPUS, ClusterTooSmall, alive_nodes,  # noqa: F401 - API
+                               check_output_reach, check_resources, driver_node_label,
+                               logical_cpus_needed)
+from factory.s3 import is_s3
 from factory.rows import RowRules, validate_batch
 from factory.runs import LINEAGE, REJECTS, Counts, RunRecorder, is_committed, read_summary
 from factory.sink import (STATUS_EXISTS, IntermediateConfig, SinkConfig, list_existing,
@@ -36,12 +40,6 @@ log = logging.getLogger(__name__)
 SINK_BATCH = 8
 #: Rows per block while reading, validating and looking up existing work: cheap per row.
 PREPARE_ROWS = 256
-#: CPUs the read, validate, existence-check and sink tasks need besides the actor pools.
-TASK_CPUS = 1.0
-
-
-class ClusterTooSmall(RuntimeError):
-    """The job's actor pools cannot all be placed, or would leave no CPU for its tasks."""
 
 
 @dataclass(frozen=True)
@@ -116,15 +114,18 @@ def row_rules(job: Job, info: ManifestInfo) -> RowRules:
 
 
 def _work_list(job: Job, info: ManifestInfo, store: Store, *,
-               limit: int | None) -> ray.data.Dataset:
+               limit: int | None, nodes: int = 1) -> ray.data.Dataset:
     """read → validate → mark existing work, materialised once (rows of text, no pixels, in
     the object store, not the driver): each row's fate is decided exactly once, so no row can
     fall between the finished and the to-render plans, even while another run writes."""
     source = ManifestDatasource(job.manifest_uri, job.manifest_format, limit=limit,
                                 s3_options=job.s3)
+    # A local manifest is where the driver is: on a multi-node Ray its read stays there.
+    pinned = driver_node_label() if nodes > 1 and not is_s3(job.manifest_uri) else None
     # One read task per split of the file (row groups, or runs of ~64k records): Ray's own
     # block count would cut every task's output again into pieces.
-    ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks())
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(),
+                                  label_selector=pinned)
     ds = ds.repartition(target_num_rows_per_block=PREPARE_ROWS)
     ds = ds.map_batches(validate_batch, fn_kwargs={"rules": row_rules(job, info)},
                         batch_size=None, batch_format="numpy", num_cpus=0.25)
@@ -218,12 +219,14 @@ def run_job(job: Job, *, limit: int | None = None,
              "rejects_path": store.path(f"runs/{run_id}/{REJECTS}")}
     if is_committed(store, run_id):
         return _committed_result(job, run_id, inputs, store, paths)
+    nodes = len(alive_nodes())
+    check_output_reach(job, nodes)
     check_resources(job)
     store = store.preflight(run_id)
     log.info("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
     recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates)
     try:
-        work = _work_list(job, info, store, limit=limit)
+        work = _work_list(job, info, store, limit=limit, nodes=nodes)
         plan = _plan(work, run_id, inputs)
         if on_plan is not None:
             on_plan(plan)
@@ -308,25 +311,3 @@ def init_ray(address: str | None, *, logical_cpus: float | None = None) -> None:
              configure_logging=True, logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-
-
-def check_resources(job: Job) -> None:
-    """Fail fast where Ray would wait forever: actor pools that hold every CPU starve the
-    read and sink tasks, and a pool asking for more GPUs than exist never starts."""
-    total = ray.cluster_resources()
-    cpus_needed = logical_cpus_needed(job) + TASK_CPUS
-    gpus_needed = sum(p.resources.num_gpus * p.resources.concurrency for p in job.stages)
-    problems = []
-    if total.get("CPU", 0.0) < cpus_needed:
-        problems.append(f"{cpus_needed:g} CPUs (actor pools {cpus_needed - TASK_CPUS:g} + "
-                        f"{TASK_CPUS:g} for read/validate/sink tasks), the cluster has "
-                        f"{total.get('CPU', 0.0):g}; lower the stages' num_cpus")
-    if total.get("GPU", 0.0) < gpus_needed:
-        problems.append(f"{gpus_needed:g} GPUs, the cluster has {total.get('GPU', 0.0):g}")
-    if problems:
-        raise ClusterTooSmall(f"job '{job.name}' needs " + "; and ".join(problems))
-
-
-def logical_cpus_needed(job: Job) -> float:
-    """Logical CPUs the job's actor pools hold."""
-    return sum(p.resources.num_cpus * p.resources.concurrency for p in job.stages)

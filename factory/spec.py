@@ -51,6 +51,9 @@ class ManifestSpec(_Strict):
 
 class OutputSpec(_Strict):
     uri: str = Field(min_length=1)
+    #: A local ``uri`` that every node of the cluster mounts (NFS, a PersistentVolume): only
+    #: then may a multi-node Ray write to a local path.
+    shared_mount: bool = False
     image_format: Literal["png", "webp", "jpeg"] = "png"
     quality: int = Field(92, ge=1, le=100)
     png_compression: int = Field(1, ge=0, le=9)

@@ -321,7 +321,36 @@ def make_tiny_u2net_onnx(out_path: Path, *, seed: int = 0) -> Path:
     return out_path
 
 
-def make_all(out_dir: Path) -> dict[str, Path]:
+def ensure(out_dir: Path, name: str) -> Path:
+    """The tiny model ``name`` under ``out_dir``, built here first if it is not complete.
+
+    Used where a ``tiny:NAME`` source is loaded: on a cluster every node builds its own copy
+    (the weights are deterministic, so every copy is the same model). A file lock keeps two
+    actors of one node from building it at once.
+
+    Raises:
+        ValueError: ``name`` is not a tiny model.
+    """
+    import fcntl
+
+    out_dir = Path(out_dir)
+    path = out_dir / name
+    if is_complete(path):
+        return path
+    if name not in TINY_MODELS:
+        raise ValueError(f"no tiny model '{name}' (tiny models: {', '.join(TINY_MODELS)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        make_all(out_dir, only=(name,))
+    return path
+
+
+#: Every tiny model ``make_all`` builds, by name.
+TINY_MODELS = ("sd-tiny", "sd-tiny-lora", "swin2sr-tiny-x2", "swin2sr-tiny-x4", "u2net-tiny.onnx")
+
+
+def make_all(out_dir: Path, *, only: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Build every tiny model under ``out_dir``, skipping complete ones.
 
     Directories without the :data:`MARKER` file (e.g. an interrupted build)
@@ -329,6 +358,7 @@ def make_all(out_dir: Path) -> dict[str, Path]:
 
     Args:
         out_dir: Parent directory for all models.
+        only: build just these (and what they need); default all.
 
     Returns:
         Mapping of model name (``sd-tiny``, ``sd-tiny-lora``,
@@ -336,10 +366,7 @@ def make_all(out_dir: Path) -> dict[str, Path]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        name: out_dir / name
-        for name in ("sd-tiny", "sd-tiny-lora", "swin2sr-tiny-x2", "swin2sr-tiny-x4", "u2net-tiny.onnx")
-    }
+    paths = {name: out_dir / name for name in TINY_MODELS}
     builders = {
         "sd-tiny": lambda p: make_tiny_sd(p),
         "sd-tiny-lora": lambda p: make_tiny_lora(paths["sd-tiny"], p),
@@ -347,7 +374,10 @@ def make_all(out_dir: Path) -> dict[str, Path]:
         "swin2sr-tiny-x4": lambda p: make_tiny_swin2sr(p, upscale=4),
         "u2net-tiny.onnx": lambda p: make_tiny_u2net_onnx(p),
     }
+    wanted = set(only or TINY_MODELS)
+    if "sd-tiny-lora" in wanted:
+        wanted.add("sd-tiny")  # the LoRA is built against the base model
     for name, build in builders.items():
-        if not is_complete(paths[name]):
+        if name in wanted and not is_complete(paths[name]):
             build(paths[name])
     return paths

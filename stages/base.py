@@ -147,8 +147,9 @@ class Stage(ABC):
         self.params = plan.params
         self.device = "cpu"
         try:
-            if plan.source.startswith("s3://"):
-                self.plan = replace(plan, source=self.fetch(plan.source))
+            # the weights as this node has them: the driver resolved the source on its own
+            # machine (tiny: models are built here, s3:// ones copied into the cache)
+            self.plan = replace(plan, source=self.fetch(plan.source, ref=plan.source_ref))
             self._load()
         except Exception as exc:
             raise RuntimeError(
@@ -158,11 +159,13 @@ class Stage(ABC):
         self.placement = _placement(self.device)
         log.info("stage %s: %s loaded, %s", plan.name, plan.card.name, self.placement)
 
-    def fetch(self, source: str) -> str:
-        """A local path for a weights reference (``s3://`` is copied into the cache once)."""
-        from stages.weights import materialize
+    def fetch(self, source: str, *, ref: str = "") -> str:
+        """Where this node finds ``source`` (the driver's resolution of ``ref``): ``s3://`` is
+        copied into the cache once, ``tiny:`` models are built here if missing."""
+        from stages.weights import locate
 
-        return materialize(source, s3_options=self.plan.s3, cache_dir=self.plan.cache_dir)
+        return locate(source, ref=ref or source, s3_options=self.plan.s3,
+                      cache_dir=self.plan.cache_dir)
 
     def _load(self) -> None:
         """Load weights once per actor. Default: nothing to load."""

@@ -94,7 +94,8 @@ class LoraImg2Img(Stage):
         self.background = np.array(parse_hex_colour(self.params.background), dtype=np.float32)
 
     def _load_lora(self, use_safetensors: bool | None) -> None:
-        ref = self.fetch(resolve_source(self.params.lora, Path(self.plan.models_dir)))
+        ref = self.fetch(resolve_source(self.params.lora, Path(self.plan.models_dir)),
+                         ref=self.params.lora)
         check_local_weights(ref, allow_pickle=self.plan.allow_pickle)
         location, weight_name = ref, self.params.weight_name
         if Path(ref).is_file():  # the loader takes a directory plus a file name

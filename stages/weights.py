@@ -1,8 +1,11 @@
 """Where weights come from and what we refuse to load.
 
-Sources are resolved on the driver, when the job spec is validated, so actors receive a plain
-path or hub id: ``tiny:NAME`` is a tiny model built by ``factory models make-tiny`` under the
-models directory; anything else is a local path (if it exists) or a hub id.
+Sources are resolved on the driver, when the job spec is validated (``resolve_source``):
+``tiny:NAME`` is a tiny model built by ``factory models make-tiny`` under the models directory;
+anything else is a local path (if it exists) or a hub id. The node that loads a model then
+finds it with ``locate``: the driver's path where this node has it, else ``tiny:NAME`` in this
+node's own models directory (built there if missing), ``s3://`` through the local cache; a
+local path the node does not have is an error that says so.
 """
 
 from __future__ import annotations
@@ -27,6 +30,39 @@ def resolve_source(source: str, models_dir: Path) -> str:
     if path.exists():
         return str(path.resolve())
     return source
+
+
+def locate(source: str, *, ref: str, s3_options: object | None, cache_dir: str) -> str:
+    """Where this node finds the weights the driver resolved as ``source`` from ``ref``.
+
+    Args:
+        source: the driver's resolution (``resolve_source``) of ``ref``.
+        ref: the card's or spec's reference (``tiny:NAME``, a path, a hub id, ``s3://``).
+        s3_options: how to reach ``s3://`` sources.
+        cache_dir: this node's cache for ``s3://`` sources.
+
+    Raises:
+        WeightsError: a local path that this node does not have.
+    """
+    if source.startswith("s3://"):
+        return materialize(source, s3_options=s3_options, cache_dir=cache_dir)
+    if not ref or ref == source and not _looks_local(ref) or Path(source).exists():
+        return source  # a hub id, or a path this node has
+    if ref.startswith("tiny:"):
+        from factory import settings
+        from factory.tiny_models import ensure
+
+        return str(ensure(settings.models_dir(), ref.removeprefix("tiny:")))
+    import socket
+
+    raise WeightsError(
+        f"weights source '{ref}' is '{source}' on the driver, which does not exist on node "
+        f"{socket.gethostname()}: give an s3:// URI or a hub id, or a path every node mounts")
+
+
+def _looks_local(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).suffix.lower() in (
+        ".onnx", ".safetensors")
 
 
 def check_local_weights(source: str, *, allow_pickle: bool) -> None:

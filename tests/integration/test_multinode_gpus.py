@@ -62,7 +62,8 @@ def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path):
 
     catalog = write_catalog(tmp_path / "catalog.csv", 160)  # five blocks: work for every actor
     job = parse_job({"name": "gpus", "manifest": {"uri": str(catalog)},
-                     "output": {"uri": str(tmp_path / "out")}, "seed": 3,
+                     # one machine: every node writes to the same directory
+                     "output": {"uri": str(tmp_path / "out"), "shared_mount": True}, "seed": 3,
                      "prompt": {"template": "a {{ color }} {{ title }}"}, "stages": CHAIN})
     result = run_job(job)
     store = Store(str(tmp_path / "out"))
@@ -96,3 +97,16 @@ def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path):
     assert any(len(users) == 2 for users in fractional)
     # the models ran on CPU: Ray gave logical GPUs, CUDA is absent
     assert all(p.endswith("device=cpu") for p in lineage["generate_placement"].to_pylist())
+
+
+def test_a_local_output_on_two_nodes_is_refused_before_any_model(cluster, models_dir, tmp_path):
+    from factory.pipeline import run_job
+    from factory.placement import OutputNotShared
+
+    catalog = write_catalog(tmp_path / "catalog.csv", 10)
+    job = parse_job({"name": "split", "manifest": {"uri": str(catalog)},
+                     "output": {"uri": str(tmp_path / "out")},
+                     "prompt": {"template": "a {{ color }} {{ title }}"}, "stages": CHAIN[:1]})
+    with pytest.raises(OutputNotShared, match="has 2 nodes"):
+        run_job(job)
+    assert not (tmp_path / "out").exists()  # nothing written, no preflight probe either
