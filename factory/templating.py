@@ -37,8 +37,10 @@ def _compiled(template: str) -> jinja2.Template:
         raise TemplateError(f"template does not parse: {exc.message} (line {exc.lineno})") from exc
 
 
+@lru_cache(maxsize=64)
 def template_fields(template: str) -> tuple[str, ...]:
-    """The row fields a template reads, in sorted order; raises on a syntax error."""
+    """The row fields a template reads, in sorted order; raises on a syntax error. Cached:
+    ``render`` asks for every row, and parsing the template again was most of validation."""
     if not template:
         return ()
     _compiled(template)
