@@ -30,6 +30,26 @@ def job(directory: Path, manifest: Path, stages: list[dict[str, Any]], **extra: 
     return parse_job(spec, source=f"<{directory.name}>")
 
 
+def work_rows(job_: Job, limit: int | None = None) -> dict[str, Any]:
+    """The job's manifest rows as the stages see them (numpy columns, every row ``ok``), made
+    the way a user's own script would: read the CSV, render each row's prompt and seed."""
+    import csv
+
+    import numpy as np
+
+    from factory.rows import RowRules, validate_row
+
+    rules = RowRules(seed=job_.seed, variant=job_.variant, prompt_template=job_.prompt_template,
+                     negative_template=job_.negative_template)
+    with open(job_.manifest_uri, newline="", encoding="utf-8") as handle:
+        items = [validate_row(fields, rules) for fields in csv.DictReader(handle)][:limit]
+    columns = {key: np.array([item[key] for item in items],
+                             dtype=np.int64 if key in ("seed", "width", "height") else object)
+               for key in items[0]}
+    columns["status"] = np.array(["ok"] * len(items), dtype=object)
+    return columns
+
+
 def start_ray(job_: Job) -> None:
     from factory.pipeline import init_ray, logical_cpus_needed
 

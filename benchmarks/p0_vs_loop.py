@@ -26,7 +26,6 @@ upscale swin2sr-tiny-x4 → recolor → LoRA img2img at 256 px, strength 0.5); `
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -98,31 +97,25 @@ def run_loop(spec_path: Path, out_dir: Path) -> dict[str, float]:
     """What a user would write: load each model once, loop over batches, encode, write."""
     import numpy as np
 
+    from _common import work_rows
     from factory import images
-    from factory.rows import RowRules, validate_row
     from factory.spec import load_job
 
     job = load_job(spec_path)
-    rules = RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
-                     negative_template=job.negative_template)
-    with open(job.manifest_uri, newline="", encoding="utf-8") as handle:
-        items = [validate_row(fields, rules) for fields in csv.DictReader(handle)]
+    rows = work_rows(job)  # read the CSV, render each row's prompt and seed
+    n = len(rows["sku"])
     stages = [plan.card.runtime(plan=plan) for plan in job.stages]  # load each model once
     chunk = max(plan.resources.batch_size for plan in job.stages)
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = {plan.name: 0.0 for plan in job.stages}
     seconds["encode+write"] = 0.0
-    for start in range(0, len(items), chunk):
-        part = items[start:start + chunk]
-        batch: dict[str, Any] = {key: np.array([item[key] for item in part],
-                                               dtype=np.int64 if key in ("seed", "width", "height")
-                                               else object) for key in part[0]}
-        batch["status"] = np.array(["ok"] * len(part), dtype=object)
+    for start in range(0, n, chunk):
+        batch: dict[str, Any] = {k: v[start:start + chunk] for k, v in rows.items()}
         for plan, stage in zip(job.stages, stages):
             size = plan.resources.batch_size
             started = time.perf_counter()
             outs = [stage({k: v[i:i + size] for k, v in batch.items()})
-                    for i in range(0, len(part), size)]
+                    for i in range(0, len(batch["sku"]), size)]
             batch = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
             seconds[plan.name] += time.perf_counter() - started
         started = time.perf_counter()
@@ -133,7 +126,7 @@ def run_loop(spec_path: Path, out_dir: Path) -> dict[str, float]:
                                  png_level=job.output.png_compression)
             (out_dir / f"{sku}.{ext}").write_bytes(data)
         seconds["encode+write"] += time.perf_counter() - started
-    return {name: s * 1000.0 / len(items) for name, s in seconds.items()}
+    return {name: s * 1000.0 / n for name, s in seconds.items()}
 
 
 # --------------------------------------------------------------------------- the two processes

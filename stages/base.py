@@ -11,9 +11,12 @@ checks columns, skips rows that are not ``ok``, times the call, turns per-row ex
 from __future__ import annotations
 
 import logging
+import math
+import os
+import sys
 import time
-from abc import ABC, abstractmethod
 import traceback
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -146,18 +149,22 @@ class Stage(ABC):
         self.plan = plan
         self.params = plan.params
         self.device = "cpu"
+        self.threads = use_cores(plan.resources)
         try:
             # the weights as this node has them: the driver resolved the source on its own
             # machine (tiny: models are built here, s3:// ones copied into the cache)
             self.plan = replace(plan, source=self.fetch(plan.source, ref=plan.source_ref))
             self._load()
+            if self.threads and "torch" in sys.modules:  # imported before we set the variable
+                sys.modules["torch"].set_num_threads(self.threads)
         except Exception as exc:
             raise RuntimeError(
                 f"stage '{plan.name}': model '{plan.card.name}' from '{plan.source}' "
                 f"failed to load: {type(exc).__name__}: {exc}"
             ) from exc
         self.placement = _placement(self.device)
-        log.info("stage %s: %s loaded, %s", plan.name, plan.card.name, self.placement)
+        log.info("stage %s: %s loaded, %s, %s CPU threads", plan.name, plan.card.name,
+                 self.placement, self.threads or "default")
 
     def fetch(self, source: str, *, ref: str = "") -> str:
         """Where this node finds ``source`` (the driver's resolution of ``ref``): ``s3://`` is
@@ -264,6 +271,89 @@ def render_by_size(sizes: Sequence[tuple[int, int]],
         for i, result in zip(idx, render(idx, size)):
             out[i] = result
     return out
+
+
+def usable_cores() -> int:
+    """CPU cores this process may be scheduled on (its affinity mask)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def intra_op_threads(resources: Resources, *, cores: int, node_cpus: float) -> int:
+    """Threads a CPU actor's maths (torch, onnxruntime) should use: the cores it may really use.
+
+    Ray sets ``OMP_NUM_THREADS`` to an actor's share of its node's *logical* CPUs (the floor of
+    ``num_cpus``, at least 1). Where logical CPUs are the node's cores, that share is what Ray
+    holds for the actor, and it keeps it. A node with more logical CPUs than cores (the
+    factory's local Ray, sized so that every pool fits) holds nothing for anyone: all its actors
+    time-share all its cores, and an actor limited to its share leaves cores idle while it is
+    the bottleneck (a ``num_cpus: 0.5`` LoRA pass ran on one thread of two). There, every actor
+    may use every core; the stages that are not the bottleneck are idle most of the time.
+
+    Args:
+        resources: the stage's resources.
+        cores: cores this process may run on.
+        node_cpus: the node's logical CPUs, as Ray counts them.
+
+    Returns:
+        The thread count, at least 1.
+    """
+    if node_cpus > cores:  # time-shared node
+        return cores
+    return max(1, min(cores, math.floor(resources.num_cpus)))
+
+
+#: Spins an idle OpenMP thread waits before it sleeps, on a time-shared node (libgomp's own
+#: default, 300,000, is ~0.1-1 ms). There the actors' threads outnumber the cores whenever two
+#: stages are busy at once, and a thread spinning at a barrier holds the core that its peer,
+#: or another stage, needs: a LoRA batch at 2 threads ran 2.0x slower than at 1 thread on a
+#: loaded machine with the default, 1.2x with 10,000 (and 3.3x with OMP_WAIT_POLICY=PASSIVE,
+#: whose every wake-up waits for the scheduler). A user's GOMP_SPINCOUNT wins.
+SHARED_SPINCOUNT = "10000"
+
+
+def use_cores(resources: Resources) -> int:
+    """Set this Ray actor's intra-op threads (``intra_op_threads``) before its model loads.
+
+    Sets ``OMP_NUM_THREADS`` (read by torch when it initialises and by rembg for its
+    onnxruntime session) and, after loading, torch's own setting; on a time-shared node also
+    a bounded OpenMP spin (``SHARED_SPINCOUNT``). Outside a Ray worker, and for GPU stages
+    (the GPU does the maths), nothing changes and 0 is returned.
+    """
+    if resources.num_gpus > 0:
+        return 0
+    node_cpus = _node_cpus()
+    if node_cpus is None:
+        return 0
+    cores = usable_cores()
+    threads = intra_op_threads(resources, cores=cores, node_cpus=node_cpus)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if node_cpus > cores and threads > 1:
+        os.environ.setdefault("GOMP_SPINCOUNT", SHARED_SPINCOUNT)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return threads
+
+
+def _node_cpus() -> float | None:
+    """Logical CPUs of the Ray node this worker runs on; None outside a Ray worker."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        context = ray.get_runtime_context()
+        if context.worker.mode != ray.WORKER_MODE:
+            return None
+        node_id = context.get_node_id()
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id:
+                return float(node.get("Resources", {}).get("CPU", 0.0))
+    except Exception:  # noqa: BLE001 - thread tuning is an optimisation; never fail a stage on it
+        log.debug("could not read the Ray node's CPUs", exc_info=True)
+    return None
 
 
 def _placement(device: str) -> str:
