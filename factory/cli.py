@@ -9,8 +9,8 @@ does not load, storage, Ray); nothing was committed; 5 no such committed run (``
 from __future__ import annotations
 
 import logging
+import os
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -48,8 +48,9 @@ def validate(job_path: str) -> None:
 @click.option("--season", help="Season to apply (default: the one whose dates hold today; "
                                 "'none' for no season).")
 @click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
+@click.option("--no-dashboard", is_flag=True, help="A local Ray without its dashboard.")
 def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
-        season: str | None, address: str | None) -> None:
+        season: str | None, address: str | None, no_dashboard: bool) -> None:
     """Run the job in JOB_PATH and commit its run.
 
     The run id is derived from the spec, the manifest's content, --limit and the season, so
@@ -58,7 +59,7 @@ def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | 
     other inputs is an error (exit 2).
     """
     job = _seasoned(_load(job_path, output_uri=output_uri), season, run_id)
-    sys.exit(_execute(job, limit=limit, address=address))
+    sys.exit(_execute(job, limit=limit, address=address, dashboard=not no_dashboard))
 
 
 @main.command()
@@ -68,13 +69,14 @@ def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | 
 @click.option("--run-id", help="Run id of the refresh (default: derived from its inputs).")
 @click.option("--season", help="Season to apply (default: by today's date; 'none').")
 @click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
+@click.option("--no-dashboard", is_flag=True, help="A local Ray without its dashboard.")
 def refresh(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
-            season: str | None, address: str | None) -> None:
+            season: str | None, address: str | None, no_dashboard: bool) -> None:
     """Render only new and changed SKUs since the job's latest committed run."""
     from factory.refresh import refresh as run_refresh
 
     job = _seasoned(_load(job_path, output_uri=output_uri), season, None)
-    report = _execute(job, limit=limit, address=address,
+    report = _execute(job, limit=limit, address=address, dashboard=not no_dashboard,
                       runner=lambda j, **kw: run_refresh(j, run_id=run_id, **kw))
     sys.exit(report)
 
@@ -213,7 +215,9 @@ def submit(job_path: str, address: str, run_id: str | None, season: str | None, 
     submitted = _jobs_call(jobs.submit, job_path, address=address, run_id=run_id, season=season,
                            refresh=refresh, working_dir=working_dir)
     click.echo(f"submitted run {submitted} to {address}\n"
-               f"  follow: factory logs {submitted} --follow --address {address}")
+               f"  follow: factory logs {submitted} --follow --address {address}\n"
+               f"  dashboard: {address.rstrip('/')}/#/jobs/{submitted}  (with token auth on, "
+               "`ray get-auth-token` prints the token the page asks for)")
 
 
 @main.command("status")
@@ -387,25 +391,29 @@ def _load(job_path: str, **overrides):
     return job
 
 
-def _execute(job, *, limit: int | None, address: str | None, runner=None) -> int:
+def _execute(job, *, limit: int | None, address: str | None, runner=None,
+             dashboard: bool = True) -> int:
     from factory.identity import RunInputsMismatch
     from factory.manifest import ManifestError
+    from factory.console import RunProgress, dashboard_line
     from factory.pipeline import init_ray, logical_cpus_needed, run_job
     from factory.placement import OutputNotShared
 
     season = f" (season {job.season})" if job.season else ""
     click.echo(f"job {job.name}{season}: {' → '.join(p.name for p in job.stages)} "
                f"→ {job.output.uri}", err=True)
-    progress = _Progress()
     report = None
     plan_line = lambda plan: click.echo(plan.line(), err=True)  # noqa: E731
     try:
-        init_ray(address, logical_cpus=logical_cpus_needed(job))
-        if runner is None:
-            result = run_job(job, limit=limit, on_progress=progress, on_plan=plan_line)
-        else:
-            report = runner(job, limit=limit, on_progress=progress, on_plan=plan_line)
-            result = report.result
+        url = init_ray(address, logical_cpus=logical_cpus_needed(job), dashboard=dashboard)
+        if line := dashboard_line(url, token_auth=os.environ.get("RAY_AUTH_MODE") == "token"):
+            click.echo(line, err=True)
+        with RunProgress() as progress:
+            if runner is None:
+                result = run_job(job, limit=limit, on_progress=progress, on_plan=plan_line)
+            else:
+                report = runner(job, limit=limit, on_progress=progress, on_plan=plan_line)
+                result = report.result
     except ManifestError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_MANIFEST
@@ -433,23 +441,6 @@ def _execute(job, *, limit: int | None, address: str | None, runner=None) -> int
     if report is not None:
         click.echo(f"  {report.line()}")
     return EXIT_OK if c.failed == 0 and c.rejected == 0 else EXIT_PARTIAL
-
-
-class _Progress:
-    """One line on stderr every few seconds: rows accounted for, rate."""
-
-    def __init__(self, every_s: float = 3.0) -> None:
-        self.started = self.last = time.perf_counter()
-        self.every_s = every_s
-
-    def __call__(self, counts, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_s and counts.total < total:
-            return
-        self.last = now
-        rate = counts.assets / max(now - self.started, 1e-9)
-        click.echo(f"  {counts.total}/{total} rows: {counts.assets} assets, {counts.failed} "
-                   f"failed, {counts.rejected} rejected ({rate:.2f} assets/s)", err=True)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -21,6 +21,7 @@ from ray.data import ActorPoolStrategy
 
 from factory.identity import RunInputs, RunInputsMismatch
 from factory.keys import chain_fingerprint, extension
+from factory.metrics import RunLabels
 from factory.manifest import ManifestDatasource, ManifestInfo, scan
 from factory.placement import (TASK_CPUS, ClusterTooSmall, alive_nodes,  # noqa: F401 - API
                                check_output_reach, check_resources, driver_node_label,
@@ -135,8 +136,8 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
     return ds.materialize()
 
 
-def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *,
-                   render: bool = True) -> tuple[ray.data.Dataset, ...]:
+def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bool = True,
+                   labels: RunLabels = RunLabels()) -> tuple[ray.data.Dataset, ...]:
     """Lazy Ray Data plans over one materialised work list: the rows whose assets already
     exist or that were rejected (straight to the sink's lineage, no stage touches them) and,
     when ``render``, the rows to render through one actor pool per stage.
@@ -146,7 +147,7 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *,
     """
     done = work.map_batches(select_rows, fn_kwargs={"render": False}, batch_size=None,
                             batch_format="numpy", num_cpus=0.25)
-    done = done.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store)},
+    done = done.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store, labels)},
                             batch_size=None, batch_format="numpy", num_cpus=0.25)
     if not render:
         return (done,)
@@ -159,7 +160,7 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *,
         r = plan.resources
         ds = ds.map_batches(
             _named(plan.card.runtime, plan.name),
-            fn_constructor_kwargs={"plan": plan},
+            fn_constructor_kwargs={"plan": plan, "labels": labels},
             batch_size=r.batch_size,
             batch_format="numpy",
             compute=ActorPoolStrategy(size=r.concurrency),
@@ -171,16 +172,16 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *,
                                         fingerprint=fingerprint(job, upto=index + 1))
             ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
                                 batch_size=None, batch_format="numpy", num_cpus=0.5)
-    ds = ds.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store)},
+    ds = ds.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store, labels)},
                         batch_size=SINK_BATCH, batch_format="numpy", num_cpus=0.5)
     return done, ds
 
 
-def sink_config(job: Job, store: Store) -> SinkConfig:
+def sink_config(job: Job, store: Store, labels: RunLabels = RunLabels()) -> SinkConfig:
     """The sink's frozen settings for a job."""
     return SinkConfig(store=store, image_format=job.output.image_format,
                       quality=job.output.quality, png_compression=job.output.png_compression,
-                      chain_fingerprint=fingerprint(job))
+                      chain_fingerprint=fingerprint(job), labels=labels)
 
 
 def block_rows(job: Job) -> int:
@@ -227,13 +228,19 @@ def run_job(job: Job, *, limit: int | None = None,
     recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates)
     try:
         work = _work_list(job, info, store, limit=limit, nodes=nodes)
+        work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
         plan = _plan(work, run_id, inputs)
         if on_plan is not None:
             on_plan(plan)
-        for ds in build_datasets(job, work, store, render=plan.to_render > 0):
+        labels = RunLabels(job=job.name, run_id=run_id)
+        stage_names = [p.name for p in job.stages]
+        for ds, role in zip(build_datasets(job, work, store, render=plan.to_render > 0,
+                                           labels=labels), ("finished", "render")):
+            ds.set_name(f"{run_id}:{role}")
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 if batch.num_rows:
                     recorder.add(batch)
+                    _add_stage_ms(recorder.counts, batch, stage_names)
                 if on_progress is not None:
                     on_progress(recorder.counts, info.rows)
         result = RunResult(run_id=run_id, manifest_rows=info.rows, counts=recorder.counts,
@@ -254,6 +261,21 @@ def run_job(job: Job, *, limit: int | None = None,
                     run_id)
         return _committed_result(job, run_id, inputs, store, paths)
     return result
+
+
+def _add_stage_ms(counts: Counts, batch, stages: list[str]) -> None:
+    """Per-stage milliseconds and rows rendered so far (for the progress display)."""
+    import pyarrow.compute as pc
+
+    for stage in stages:
+        column = f"ms_{stage}"
+        if column in batch.column_names:
+            column = batch[column]
+            done = pc.filter(column, pc.greater(pc.fill_null(column, 0.0), 0.0))
+            total = pc.sum(done).as_py() or 0.0
+            if total:
+                counts.stage_ms[stage] = counts.stage_ms.get(stage, 0.0) + total
+                counts.stage_rows[stage] = counts.stage_rows.get(stage, 0) + len(done)
 
 
 def _plan(work: ray.data.Dataset, run_id: str, inputs: RunInputs) -> RunPlan:
@@ -292,22 +314,30 @@ def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
                      write_mode=summary.get("write_mode", ""), **paths)
 
 
-def init_ray(address: str | None, *, logical_cpus: float | None = None) -> None:
-    """Connect to a cluster, or start a local Ray of our own (no dashboard).
+def init_ray(address: str | None, *, logical_cpus: float | None = None,
+             dashboard: bool = True) -> str | None:
+    """Connect to a cluster, or start a local Ray of our own; return the dashboard's URL.
 
     A local Ray gets at least as many logical CPUs as the job's actor pools ask for, plus one
-    for the read, validate and sink tasks; they time-share the real cores.
+    for the read, validate and sink tasks; they time-share the real cores. Its dashboard
+    (``dashboard``) listens on 127.0.0.1 only, behind Ray's token authentication.
     """
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    import os
+    from factory.console import quiet_ray, quiet_ray_data
 
-    cpus = max(os.cpu_count() or 1, int(logical_cpus or 0) + int(TASK_CPUS) + 1)
-    # address="local": always a new Ray of our own, never one found on the machine
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True,
-             configure_logging=True, logging_level=logging.WARNING)
+    if ray.is_initialized():
+        return None
+    quiet_ray()
+    if address:
+        context = ray.init(address=address, log_to_driver=True)
+    else:
+        import os
+
+        cpus = max(os.cpu_count() or 1, int(logical_cpus or 0) + int(TASK_CPUS) + 1)
+        # address="local": always a new Ray of our own, never one found on the machine
+        context = ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", log_to_driver=True,
+                           configure_logging=True, logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False  # one progress display per run: the factory's own
+    quiet_ray_data()
+    return getattr(context, "dashboard_url", None) or None

@@ -58,6 +58,9 @@ class Counts:
     failed: int = 0
     rejected: int = 0
     failures_by_stage: dict[str, int] = field(default_factory=dict)
+    #: milliseconds and rows per stage among the rows recorded so far (rendered rows only)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    stage_rows: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from factory import images
+from factory import metrics
 from factory.keys import intermediate_key, work_hash
+from factory.metrics import RunLabels
 from factory.storage import Store
 from stages.base import STATUS_FAILED, STATUS_OK
 
@@ -35,6 +37,7 @@ class SinkConfig:
     quality: int
     png_compression: int
     chain_fingerprint: str
+    labels: RunLabels = RunLabels()
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,11 @@ def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[st
             keys[i], data, content_type=content_type,
             metadata={WORK_META: work_hash(config.chain_fingerprint, row), SHA_META: digests[i]})
         sizes[i] = len(data)
+    ok = status == STATUS_OK
+    tags = config.labels.tags()
+    metrics.inc("factory_sink_assets_written", int(written.sum()), tags)
+    metrics.inc("factory_sink_assets_skipped", int(ok.sum() - written.sum()), tags)
+    metrics.inc("factory_sink_bytes_written", int(sizes[written].sum()), tags)
     out = {k: v for k, v in batch.items() if k != "image"}
     out.update(status=status, error=error, failed_stage=failed_stage, output_key=keys,
                sha256=digests, bytes=sizes, written=written)

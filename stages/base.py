@@ -23,7 +23,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from factory import images
+from factory import images, metrics
+from factory.metrics import RunLabels
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,9 @@ class Stage(ABC):
 
     image_columns: ClassVar[tuple[str, ...]] = ("image",)
 
-    def __init__(self, *, plan: StagePlan) -> None:
+    def __init__(self, *, plan: StagePlan, labels: RunLabels = RunLabels()) -> None:
         self.plan = plan
+        self.labels = labels
         self.params = plan.params
         self.device = "cpu"
         self.threads = use_cores(plan.resources)
@@ -216,7 +218,20 @@ class Stage(ABC):
         done = status == STATUS_OK
         result[f"ms_{self.plan.name}"] = np.where(done, per_row, 0.0)
         result[f"{self.plan.name}_placement"] = np.where(done, self.placement, "").astype(object)
+        self._record(n, ok.size, int(done.sum()), elapsed_ms / 1000.0)
         return result
+
+    def _record(self, rows_in: int, attempted: int, passed: int, seconds: float) -> None:
+        """This batch's metrics (Ray's metrics agent; see ``factory.metrics``)."""
+        tags = self.labels.tags(stage=self.plan.name, model=self.plan.card.name,
+                                device=self.device)
+        metrics.inc("factory_stage_rows_in", rows_in, tags)
+        metrics.inc("factory_stage_rows_out", passed, tags)
+        metrics.inc("factory_stage_failures", attempted - passed, tags)
+        if attempted:
+            for _ in range(passed):
+                metrics.observe("factory_stage_asset_seconds", seconds / attempted, tags)
+            metrics.inc("factory_stage_gpu_seconds", seconds * self.plan.resources.num_gpus, tags)
 
     def _run_rows(self, batch, ok, outputs, status, error, failed_stage) -> None:
         try:

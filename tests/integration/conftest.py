@@ -11,6 +11,6 @@ def local_ray():
 
     from factory.pipeline import init_ray
 
-    init_ray(None, logical_cpus=4)
+    init_ray(None, logical_cpus=4, dashboard=False)
     yield ray
     ray.shutdown()
