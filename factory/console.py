@@ -3,15 +3,14 @@
 One progress display per run (rows done of total, assets/s, ETA, failures, the slowest stage):
 a ``rich`` live bar on a terminal, a line every few seconds otherwise (a log file, CI, a Ray
 job's driver log). Ray Data's own progress bars stay off, so there is never a second set.
-``quiet_ray`` hides what a user cannot act on: Ray Data's per-dataset INFO lines, its notice
-that its bars are off, and the driver's C++ advisories (``RAY_BACKEND_LOG_LEVEL`` brings them
-back).
+``quiet_ray`` hides what a user cannot act on: Ray's notice that token auth is on (the
+dashboard line says how to use it), Ray Data's per-dataset INFO lines and its notice that its
+bars are off. Their full logs stay in the Ray session's log directory.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from typing import Any, TextIO
@@ -23,9 +22,7 @@ _NOISE = ("Progress bars disabled",
 
 
 def quiet_ray() -> None:
-    """Before ``ray.init``: no C++ advisories on the driver's terminal (errors that end the
-    run still surface as exceptions), and no notice that token auth is on."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    """Before ``ray.init``: no notice that token auth is on (the dashboard line says it)."""
     logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if _drop_noise not in logger.filters:
         logger.addFilter(_drop_noise)
