@@ -3,29 +3,54 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-# A CPU build of torch where there is no CUDA, so pip pulls no CUDA wheels. Override TORCH
-# (e.g. TORCH=torch) on a GPU machine; TORCH_INDEX adds an index for the torch wheel only.
-TORCH       ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+# The one lock (requirements/lock.py writes it): every runtime dependency's exact version, for
+# Python 3.11 (the image's). `setup` installs with it as constraints where the venv's Python is
+# 3.11 (elsewhere pip resolves freely); the image installs it; cluster/runtime-env.yaml lists it.
+LOCK   := requirements/lock.txt
+LOCKED  = $(shell $(PYTHON) -c 'import sys; print("-c $(LOCK)" if sys.version_info[:2] == (3, 11) else "")')
+# torch first, at the locked version: a CPU build where there is no CUDA (TORCH_INDEX may add
+# an index for the torch wheel only), so pip pulls no CUDA wheels; the lock then holds it.
+TORCH       ?= $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' $(LOCK))
 TORCH_INDEX ?=
+# ONNX Runtime's CPU build, or its GPU build where there is CUDA (never both).
+EXTRAS      ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu,test || echo cpu,test)
+# `make image`: the Ray 2.60 CUDA image + the lock + this repository (Dockerfile).
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE       ?= asset-factory:$(VERSION)
 # Nothing may download weights: tiny models are built locally and loaded from disk.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test bench s3-server clean
+.PHONY: setup demo test bench s3-server clean lock image
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet $(LOCKED) -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+# Rewrite the lock and cluster/runtime-env.yaml from the installed environment (after a
+# dependency change in pyproject.toml: `pip install` it into .venv, run the tests, then this).
+lock: $(STAMP)
+	$(PY) requirements/lock.py
+
+# Needs a Docker daemon; nothing else here does. Push with `docker push $(IMAGE)`.
+image:
+	docker build --tag $(IMAGE) .
 
 demo: $(STAMP)
 	$(VENV)/bin/factory demo
 
+# The report's browser test needs Chromium: installed where missing and the machine allows
+# (root with apt-get); elsewhere that test is skipped and says why.
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+	  && [ "$$(id -u)" = 0 ] && { apt-get install -y --no-install-recommends chromium \
+	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }; }; } \
+	  >/dev/null 2>&1 || echo "chromium not installed: the report's browser test will be skipped"
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

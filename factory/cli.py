@@ -325,25 +325,34 @@ def schedule_run(job_path: str, address: str, once: bool) -> None:
 
 
 @schedule.command("export")
-@click.argument("job_path", type=click.Path(dir_okay=False))
+@click.argument("job_path", type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cluster/schedules",
               show_default=True, help="Directory for the manifests.")
-@click.option("--image", default="asset-factory:latest", show_default=True,
-              help="Image holding this repository and the factory command.")
-@click.option("--address", default="http://asset-factory-head-svc:8265", show_default=True,
-              help="The Ray job server as seen from inside the Kubernetes cluster.")
-def schedule_export(job_path: str, out_dir: str, image: str, address: str) -> None:
-    """Write a Kubernetes CronJob and a KubeRay RayJob per schedule of JOB_PATH.
+@click.option("--cluster", "cluster_path", type=click.Path(dir_okay=False, exists=True),
+              default="cluster/raycluster.yaml", show_default=True,
+              help="The RayCluster the RayJobs copy and the fallback CronJob submits to.")
+@click.option("--image", help="Image with the factory (`make image`); default: the RayCluster's.")
+@click.option("--address", help="The Ray job server the fallback CronJob submits to, as seen "
+              "inside Kubernetes; default: the RayCluster's head Service.")
+@click.option("--deadline", "deadline_s", type=click.IntRange(min=60), default=6 * 3600,
+              show_default=True, help="activeDeadlineSeconds of each RayJob.")
+def schedule_export(job_path: str, out_dir: str, cluster_path: str, image: str | None,
+                    address: str | None, deadline_s: int) -> None:
+    """Write a KubeRay RayJob for JOB_PATH, and per schedule a RayCronJob and a fallback CronJob.
 
-    Give JOB_PATH relative to the repository root: the manifests run it inside the image.
+    Give JOB_PATH relative to the repository root: the manifests run it from the image.
     """
-    from pathlib import Path as _Path
+    from factory import kubernetes
 
-    from factory.schedule import export_kubernetes
-
-    job = _scheduled(job_path)
-    for path in export_kubernetes(job_path, job.name, job.schedules, _Path(out_dir),
-                                  image=image, address=address):
+    job = _load(job_path)
+    try:
+        paths = kubernetes.export(job_path, job.name, job.schedules, Path(out_dir),
+                                  cluster=kubernetes.load_cluster(cluster_path), image=image,
+                                  address=address, deadline_s=deadline_s)
+    except kubernetes.ExportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_SPEC)
+    for path in paths:
         click.echo(path)
 
 

@@ -1,6 +1,6 @@
 """Cron schedules for jobs: which slot is due, fire it once, remember the fire in the store.
 
-``Scheduler`` runs in one long-lived process (``factory schedule run``); ``export_kubernetes``
+``Scheduler`` runs in one long-lived process (``factory schedule run``); ``factory.kubernetes``
 writes the same schedules as Kubernetes objects instead. Times are UTC; slots have minute
 resolution (5-field cron or an ``@`` macro).
 
@@ -33,32 +33,24 @@ import importlib
 import json
 import logging
 import re
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from croniter import croniter
 
+from factory.cron import MACROS, validate_cron
 from factory.storage import Store
 
 log = logging.getLogger(__name__)
 
-MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+__all__ = ["MACROS", "AlreadySubmitted", "Fire", "Scheduler", "due_slot", "jobs_submitter",
+           "run_id_for", "validate_cron"]
+
 SLOT_FORMAT = "%Y%m%dT%H%MZ"
-CLUSTER_NAME = "asset-factory"  # metadata.name in cluster/raycluster.yaml
-#: Token auth as in cluster/raycluster.yaml: the token by reference to its Secret, never inline;
-#: RAY_AUTH_MODE=token makes clients send it to a non-loopback address.
-AUTH_ENV = ({"name": "RAY_AUTH_MODE", "value": "token"},
-            {"name": "RAY_AUTH_TOKEN",
-             "valueFrom": {"secretKeyRef": {"name": "ray-auth-token", "key": "token"}}})
 _SLOT = re.compile(r"^\d{8}T\d{4}Z$")
-_NAMES = re.compile(r"(?i)\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|"
-                    r"sun|mon|tue|wed|thu|fri|sat)\b")
 
 #: ``submit(schedule_name, run_id, season, slot)``; raises ``AlreadySubmitted`` for a duplicate.
 SubmitFn = Callable[[str, str, str | None, datetime], None]
@@ -87,31 +79,6 @@ class Fire:
     slot: datetime
     run_id: str
     season: str | None = None
-
-
-def validate_cron(expr: str) -> str | None:
-    """None if ``expr`` is a cron expression both croniter and Kubernetes accept, else why not.
-
-    Only 5 fields: run ids have minute resolution, and a Kubernetes CronJob takes no seconds
-    field, nor croniter's ``L``, ``W`` and ``#`` extensions.
-    """
-    text = expr.strip() if isinstance(expr, str) else ""
-    if not text:
-        return "empty cron expression"
-    if text.startswith("@"):
-        return None if text in MACROS else f"unknown macro; use one of {', '.join(MACROS)}"
-    if len(text.split()) != 5:
-        return (f"expected 5 fields (minute hour day-of-month month day-of-week), "
-                f"got {len(text.split())}")
-    if re.search(r"[A-Za-z#]", _NAMES.sub("", text)):
-        return "uses a croniter extension (L, W, #, H) that a Kubernetes CronJob rejects"
-    try:
-        croniter(text)
-    except (ValueError, KeyError) as exc:  # CroniterError is a ValueError
-        return f"not a valid cron expression: {exc}"
-    if not croniter.is_valid(text, strict=True):
-        return "matches no date (such as 31 February)"
-    return None
 
 
 def due_slot(cron: str, last_fired: datetime | None, now: datetime, *,
@@ -292,77 +259,6 @@ def jobs_submitter(job_path: str, *, address: str | None, working_dir: str = "."
     return submit
 
 
-def export_kubernetes(job_path: str, job_name: str, schedules: Sequence[ScheduleLike],
-                      out_dir: Path, *, image: str, address: str,
-                      starting_deadline_s: int = 3600) -> list[Path]:
-    """Write ``<job>-<schedule>-cronjob.yaml`` and ``-rayjob.yaml`` per schedule.
-
-    Args:
-        job_path: The job spec's path inside the image's working directory.
-        job_name: The job's name (names the objects and files).
-        schedules: The schedules to export.
-        out_dir: Where the files go (created if missing).
-        image: An image holding the repository and the ``factory`` command.
-        address: The Ray job server the CronJob's pod submits to (``http://host:8265``).
-        starting_deadline_s: How late a missed CronJob slot may still start (once).
-
-    Returns:
-        The files written, CronJob then RayJob for each schedule.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for schedule in schedules:
-        if why := validate_cron(schedule.cron):
-            raise ValueError(f"schedule {schedule.name}: {why}")
-        season = ["--season", schedule.season] if schedule.season else []
-        base = _k8s_name(job_name, schedule.name, limit=200)
-        labels = {"app.kubernetes.io/part-of": CLUSTER_NAME,
-                  "asset-factory/job": _k8s_name(job_name, limit=63),
-                  "asset-factory/schedule": _k8s_name(schedule.name, limit=63)}
-        command = ["factory", "submit", job_path, "--address", address, "--refresh", *season]
-        pod = {"restartPolicy": "Never", "containers": [
-            {"name": "submit", "image": image, "command": command, "env": list(AUTH_ENV)}]}
-        submitter = {"restartPolicy": "Never", "containers": [
-            {"name": "ray-job-submitter", "image": image, "env": list(AUTH_ENV)}]}
-        cronjob = {"apiVersion": "batch/v1", "kind": "CronJob",
-                   "metadata": {"name": _k8s_name(job_name, schedule.name, limit=52),
-                                "labels": labels},
-                   "spec": {"schedule": schedule.cron, "timeZone": "Etc/UTC",
-                            "concurrencyPolicy": "Forbid",
-                            "startingDeadlineSeconds": starting_deadline_s,
-                            "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
-                            "jobTemplate": {"spec": {"backoffLimit": 2, "template": {
-                                "metadata": {"labels": dict(labels)}, "spec": pod}}}}}
-        rayjob = {"apiVersion": "ray.io/v1", "kind": "RayJob",
-                  "metadata": {"generateName": _k8s_name(job_name, schedule.name, limit=40) + "-",
-                               "labels": labels},
-                  "spec": {"entrypoint": shlex.join(["python", "-m", "factory.cli", "refresh",
-                                                     job_path, *season]),
-                           "clusterSelector": {"ray.io/cluster": CLUSTER_NAME},
-                           "submitterPodTemplate": {"spec": submitter}}}
-        for suffix, doc, header in (("cronjob", cronjob, _CRONJOB_HEADER),
-                                    ("rayjob", rayjob, _RAYJOB_HEADER)):
-            path = out_dir / f"{base}-{suffix}.yaml"
-            path.write_text(header.format(job=job_name, schedule=schedule.name, cron=schedule.cron)
-                            + yaml.safe_dump(doc, sort_keys=False, width=100), encoding="utf-8")
-            written.append(path)
-    return written
-
-
-_CRONJOB_HEADER = """\
-# Generated by factory.schedule.export_kubernetes (job {job}, schedule {schedule}: {cron} UTC).
-# Each slot's pod submits one refresh to the Ray cluster; the image must hold the repository
-# (the job spec and its manifest are uploaded from it). Use this OR `factory schedule run`.
-"""
-_RAYJOB_HEADER = """\
-# Generated by factory.schedule.export_kubernetes (job {job}, schedule {schedule}): one refresh
-# on the RayCluster asset-factory, whose image must hold the factory package. Each
-# `kubectl create -f` is one run (generateName; `kubectl apply` cannot). To run it on {cron}
-# UTC, a CronJob can create it: kubectl in its container, a ServiceAccount allowed to create
-# rayjobs, this file mounted from a ConfigMap.
-"""
-
-
 def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{moment!r} has no timezone; schedules need aware datetimes (UTC)")
@@ -372,11 +268,3 @@ def _utc(moment: datetime) -> datetime:
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "x"
 
-
-def _k8s_name(*parts: str, limit: int) -> str:
-    """A DNS-1123 name within ``limit``; a hash suffix keeps truncated names distinct."""
-    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-") or "x"
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:limit - 9].rstrip('-')}-{digest}"

@@ -348,7 +348,7 @@ def _check_chain(spec: JobSpec, plans: list[StagePlan], problems: list[str],
 
 
 def _check_seasons(spec: JobSpec, problems: list[str]) -> None:
-    from factory.schedule import validate_cron
+    from factory.cron import validate_cron
     from stages.colour import parse_palette
 
     names = [s.name for s in spec.seasons]
