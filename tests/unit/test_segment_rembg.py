@@ -151,7 +151,7 @@ def test_missing_custom_model_names_stage_and_model(tmp_path):
 @pytest.mark.parametrize("source, message", [
     ("rembg:no-such-model", "rembg has no session 'no-such-model'"),
     ("rembg:withoutbg", "remote service"),
-    ("tiny:u2net-tiny.onnx", "neither 'rembg:<name>' nor an .onnx path"),
+    ("someone/some-hub-model", "neither 'rembg:<name>' nor an .onnx path"),
 ])
 def test_bad_sources_are_refused_before_any_download(source, message):
     with pytest.raises(RuntimeError, match=message):
