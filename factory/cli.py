@@ -180,6 +180,44 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
         click.echo(f"rejected row {r['row']:<6} {r['sku'][:24]:24} {r['field']}: {r['reason']}")
 
 
+@runs.command("open")
+@click.argument("run_id")
+@_store_option
+@click.option("--print", "print_only", is_flag=True, help="Print where the report is; open "
+              "no browser.")
+def runs_open(run_id: str, output_uri: str | None, job_path: str | None,
+              print_only: bool) -> None:
+    """Open a committed run's report (runs/RUN/report.html) in a browser.
+
+    A run committed without one gets it written first. On S3 it prints the s3:// URI and the
+    object's https URL (it opens where the bucket serves a static site or public reads).
+    """
+    import webbrowser
+
+    from factory.report import object_url, report_key, write_report
+    from factory.runs import is_committed
+
+    store = _store(output_uri, job_path)
+    if not is_committed(store, run_id):
+        click.echo(f"run {run_id} is not committed in {store.uri} (unknown, running, or "
+                   "stopped before its commit)", err=True)
+        sys.exit(EXIT_NO_RUN)
+    key = report_key(run_id)
+    if not store.exists(key):
+        click.echo(f"writing the report of run {run_id}…", err=True)
+        write_report(store, run_id)
+    url = object_url(store, key)
+    click.echo(f"{store.path(key)}\n{url}" if store.is_s3 else store.path(key))
+    if store.is_s3 or print_only:
+        return
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        click.echo("no browser here: open the file above", err=True)
+
+
 def _jobs_address_option(f):
     return click.option("--address", envvar=settings.JOBS_ADDRESS,
                         default=settings.DEFAULT_JOBS_ADDRESS, show_default=True,
@@ -443,7 +481,8 @@ def _execute(job, *, limit: int | None, address: str | None, runner=None,
         f"{c.rejected} rejected in {result.wall_s:.1f} s ({result.assets_per_s:.2f} assets/s)\n"
         f"  assets:  {result.output_uri.rstrip('/')}/assets/\n"
         f"  lineage: {result.lineage_path}\n"
-        f"  rejects: {result.rejects_path}")
+        f"  rejects: {result.rejects_path}"
+        + (f"\n  report:  {result.report_path}" if result.report_path else ""))
     if c.failures_by_stage:
         click.echo("  failures by stage: " + ", ".join(
             f"{k}={v}" for k, v in sorted(c.failures_by_stage.items())))
