@@ -25,8 +25,13 @@ from stages.base import STATUS_FAILED, STATUS_OK, STATUS_REJECTED, StagePlan
 LINEAGE = "lineage.parquet"
 REJECTS = "rejects.parquet"
 SUMMARY_KEY = b"factory.summary"
-#: Rows per row group of the lineage and rejects tables (a 1M-row run: 16 row groups).
+#: Rows per row group of the lineage and rejects tables, unless ``ROW_GROUP_BYTES`` of Arrow
+#: data come first (a lineage row is ~0.5 kB: a 1M-row run has ~60 row groups). The bytes
+#: bound the driver's buffer: P4's memory ratio counts it.
 ROW_GROUP_ROWS = 65_536
+ROW_GROUP_BYTES = 8 << 20
+#: Small sink tables gathered before they are compacted into one.
+_COMPACT_TABLES = 64
 
 REJECT_SCHEMA = pa.schema([("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
                            ("field", pa.string()), ("reason", pa.string())])
@@ -68,37 +73,42 @@ class Counts:
 
 
 class _GroupedWriter:
-    """A Parquet writer that buffers small tables into row groups of ``ROW_GROUP_ROWS``.
+    """A Parquet writer that gathers small tables into row groups of ``ROW_GROUP_ROWS`` rows
+    (or ``ROW_GROUP_BYTES``, whichever comes first).
 
     The sink hands over one small batch at a time; a row group each would give a 1M-row run
-    ~100k row groups (a footer of tens of MB, slow to read). ``close`` writes what is left.
+    ~100k row groups (a footer of tens of MB, slow to read). Small tables are compacted into
+    one as they arrive: thousands of tiny Arrow tables cost far more memory than their rows.
+    ``close`` writes what is left.
     """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self._writer = pq.ParquetWriter(path, schema)
-        self._rows = ROW_GROUP_ROWS
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
 
     def write_table(self, table: pa.Table) -> None:
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        if self._pending_rows >= self._rows:
+        if len(self._pending) >= _COMPACT_TABLES:
+            self._pending = [pa.concat_tables(self._pending).combine_chunks()]
+            if self._pending[0].nbytes >= ROW_GROUP_BYTES:
+                self._flush()
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending_rows:
             table = pa.concat_tables(self._pending)
-            full = table.num_rows - table.num_rows % self._rows
-            self._writer.write_table(table.slice(0, full), row_group_size=self._rows)
-            rest = table.slice(full)
-            self._pending, self._pending_rows = [rest] if rest.num_rows else [], rest.num_rows
+            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self._pending, self._pending_rows = [], 0
 
     def add_key_value_metadata(self, metadata: dict[bytes, str]) -> None:
         self._writer.add_key_value_metadata(metadata)
 
     def close(self) -> None:
         try:
-            if self._pending_rows:
-                self._writer.write_table(pa.concat_tables(self._pending),
-                                         row_group_size=self._rows)
-            self._pending, self._pending_rows = [], 0
+            self._flush()
         finally:
             self._writer.close()
 
