@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -85,6 +85,7 @@ class RunResult:
     rejects_path: str
     already_committed: bool = False
     write_mode: str = ""
+    report_path: str = ""
 
     @property
     def assets_per_s(self) -> float:
@@ -260,7 +261,20 @@ def run_job(job: Job, *, limit: int | None = None,
         log.warning("run %s was committed by a concurrent run first; reporting its result",
                     run_id)
         return _committed_result(job, run_id, inputs, store, paths)
-    return result
+    return replace(result, report_path=_write_report(store, run_id))
+
+
+def _write_report(store: Store, run_id: str) -> str:
+    """The committed run's HTML report; a report that cannot be written is logged, never
+    a reason to call the committed run failed (``factory runs open`` writes it later)."""
+    from factory.report import write_report
+
+    try:
+        return write_report(store, run_id)
+    except Exception as exc:  # noqa: BLE001 - the run is committed either way
+        log.warning("run %s: the report could not be written (%s); `factory runs open %s` "
+                    "tries again", run_id, exc, run_id)
+        return ""
 
 
 def _add_stage_ms(counts: Counts, batch, stages: list[str]) -> None:
@@ -308,10 +322,14 @@ def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
     counts = Counts(assets=summary.get("assets", 0), written=summary.get("written", 0),
                     failed=summary.get("failed", 0), rejected=summary.get("rejected", 0),
                     failures_by_stage=summary.get("failures_by_stage", {}))
+    from factory.report import report_key
+
+    report = report_key(run_id)
     return RunResult(run_id=run_id, manifest_rows=summary.get("manifest_rows", 0),
                      counts=counts, wall_s=float(summary.get("wall_s", 0.0)),
                      output_uri=job.output.uri, already_committed=True,
-                     write_mode=summary.get("write_mode", ""), **paths)
+                     write_mode=summary.get("write_mode", ""),
+                     report_path=store.path(report) if store.exists(report) else "", **paths)
 
 
 def init_ray(address: str | None, *, logical_cpus: float | None = None,

@@ -112,7 +112,9 @@ def check_run(server, job, prefix: str, run_id: str) -> list[dict]:
     assert len(keys) == len(set(keys))
     assert Counter(k.split("/")[1] for k in keys if k.startswith("assets/")) == Counter(
         r["sku"] for r in ok)  # one object per SKU: no duplicates
-    assert all(t.rsplit("/", 1)[-1] in ("lineage.parquet", "rejects.parquet") for t in tables)
+    run_files = {"lineage.parquet", "rejects.parquet", "report.html"}
+    run_files |= {f"thumbs/{r['row']}.webp" for r in ok}  # the report's contact sheet
+    assert {t.split("/", 2)[2] for t in tables} <= run_files, tables
     client = server.client()
     for r in [r for r in ok if r["written"]][:10]:  # the run that writes an asset hashes it
         body = client.get_object(Bucket="assets", Key=f"{prefix}/{r['output_key']}")["Body"].read()
