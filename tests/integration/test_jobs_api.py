@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import pytest
 from factory import jobs
 from factory.runs import is_committed, read_lineage
 from factory.storage import Store
+from tests.support.ray_nodes import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +39,6 @@ class Head:
     temp_dir: Path
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _reset_token_cache() -> None:
     from ray._raylet import AuthenticationTokenLoader
 
@@ -59,7 +49,7 @@ def _reset_token_cache() -> None:
 def head(models_dir):
     """A Ray head with the dashboard (job server) on a free loopback port, token auth on."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # AF_UNIX paths stay short
-    gcs, dash, client, node, objects, agent, agent_grpc, metrics, renv = _free_ports(9)
+    gcs, dash, client, node, objects, agent, agent_grpc, metrics, renv = free_ports(9)
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # models_dir has set FACTORY_MODELS_DIR; the head and so the job drivers inherit it.
@@ -245,7 +235,7 @@ def test_clear_errors_for_unknown_run_and_unreachable_address(head):
         jobs.status("nope-1", address=head.address)
     with pytest.raises(jobs.JobsError, match="no run nope-1"):
         jobs.stop("nope-1", address=head.address)
-    closed = f"http://127.0.0.1:{_free_ports(1)[0]}"
+    closed = f"http://127.0.0.1:{free_ports(1)[0]}"
     with pytest.raises(jobs.JobsError, match=f"cannot reach the Ray job server at {closed}"):
         jobs.list_jobs(address=closed)
 
