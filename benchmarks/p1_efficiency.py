@@ -107,6 +107,44 @@ def machine_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def tree_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process and its descendants (the local Ray's daemons and
+    workers), summed by role: a stage's actors, the driver, the rest of Ray."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                raw = handle.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmd = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        stats[int(entry)] = (int(fields[1]), cmd, (int(fields[11]) + int(fields[12])) / ticks)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    totals: dict[str, float] = {}
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        if pid not in stats:
+            continue
+        _, cmd, seconds = stats[pid]
+        if pid == os.getpid():
+            role = "driver"
+        elif "MapWorker(MapBatches(" in cmd:
+            role = "stage " + cmd.split("MapBatches(", 1)[1].split(")", 1)[0].split("_")[-1]
+        else:  # a task worker's title changes with its task: count them together
+            role = "Ray tasks (read, validate, sink), daemons"
+        totals[role] = totals.get(role, 0.0) + seconds
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200)
@@ -123,8 +161,13 @@ def main() -> None:
     from factory.pipeline import run_job
 
     seen: list[tuple[float, int, tuple[float, float]]] = []
-    result = run_job(the_job, on_progress=lambda c, _: seen.append(
-        (time.perf_counter(), c.assets, machine_busy())))
+    cpu_at: list[dict[str, float]] = []
+
+    def progress(counts, _rows) -> None:
+        seen.append((time.perf_counter(), counts.assets, machine_busy()))
+        cpu_at[min(len(cpu_at), 1):] = [tree_cpu()]  # keep the first and the latest
+
+    result = run_job(the_job, on_progress=progress)
     assert result.counts.assets == args.rows, result.summary()
     (t0, a0, b0), (t1, a1, b1) = seen[0], seen[-1]
     steady = (a1 - a0) / (t1 - t0) if t1 > t0 else float("nan")
@@ -141,6 +184,14 @@ def main() -> None:
           f"(wall {result.wall_s:.1f} s, incl. Ray Data and actor start-up)")
     print(f"  steady state (first to last asset):   {steady:8.2f} assets/s "
           f"({a1 - a0} assets in {t1 - t0:.1f} s; machine CPU busy {busy:.0%})")
+    if len(cpu_at) == 2 and t1 > t0:
+        print(f"  where the cores went in the steady state (CPU s per asset, {a1 - a0} assets):")
+        first, last = cpu_at
+        for role in sorted(last, key=lambda r: -(last[r] - first.get(r, 0.0))):
+            used = last[role] - first.get(role, 0.0)
+            if used > 0.005 * (t1 - t0):
+                print(f"    {role:42} {used * 1000 / (a1 - a0):8.1f} ms  "
+                      f"({used / (t1 - t0):.2f} cores)")
     print(f"  P1 whole run:   {e2e / ideal:.2f} of the all-cores ideal")
     print(f"  P1 steady state: {steady / ideal:.2f} of the all-cores ideal   (goal >= 0.80)")
 
