@@ -2,7 +2,7 @@
 
 Stage actors and sink tasks record them with ``ray.util.metrics``; Ray Data's own per-operator
 metrics (``ray_data_*``) keep the stage names the pools already carry. Every factory metric is
-tagged with the job and the run id; stage metrics also with the stage, the model and the device.
+tagged with the job's name (``job_name``) and the run id; stage metrics also with the stage, the model and the device.
 
 Ray prefixes names with ``ray_`` and gives counters a ``_total`` suffix: the counter
 ``factory_stage_rows_in`` is scraped as ``ray_factory_stage_rows_in_total``, the histogram
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping
 
-STAGE_TAGS = ("job", "run_id", "stage", "model", "device")
-SINK_TAGS = ("job", "run_id")
+# "job_name", not "job": Prometheus renames a scraped "job" label (its own scrape job wins).
+STAGE_TAGS = ("job_name", "run_id", "stage", "model", "device")
+SINK_TAGS = ("job_name", "run_id")
 
 #: name -> (kind, tag keys, description)
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -57,7 +58,7 @@ class RunLabels:
     run_id: str = ""
 
     def tags(self, **more: str) -> dict[str, str]:
-        return {"job": self.job, "run_id": self.run_id, **more}
+        return {"job_name": self.job, "run_id": self.run_id, **more}
 
 
 @lru_cache(maxsize=None)

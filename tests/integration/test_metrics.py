@@ -51,7 +51,7 @@ def scrape() -> dict[str, dict[tuple, float]]:
         for sample in family.samples:
             if sample.name.startswith("ray_factory_"):
                 keep = {k: v for k, v in sample.labels.items()
-                        if k in ("job", "run_id", "stage", "model", "device", "le")}
+                        if k in ("job_name", "run_id", "stage", "model", "device", "le")}
                 # one series per worker process: sum them
                 series[sample.name][tuple(sorted(keep.items()))] += sample.value
     return series
@@ -91,7 +91,7 @@ def test_metrics_on_the_node_endpoint_match_the_lineage(ray_with_dashboard, tmp_
         ("factory_stage_failures", "identity"): len(FAIL),
         ("factory_stage_failures", "generate"): 0,
     }
-    run = {"run_id": result.run_id, "job": "metered"}
+    run = {"run_id": result.run_id, "job_name": "metered"}
     deadline = time.monotonic() + 60
     while True:  # the metrics agent exports on a period: wait for the final figures
         series = scrape()
@@ -100,7 +100,7 @@ def test_metrics_on_the_node_endpoint_match_the_lineage(ray_with_dashboard, tmp_
                 total(series, "ray_factory_sink_bytes_written_total", **run),
                 total(series, "ray_factory_sink_assets_skipped_total", **run),
                 total(series, "ray_factory_sink_assets_skipped_total",
-                      run_id="metered-again", job="metered"))
+                      run_id="metered-again", job_name="metered"))
         want_sink = (summary["written"], sum(r["bytes"] for r in ok if r["written"]),
                      summary["assets"] - summary["written"], again.counts.assets)
         if (seen == expect and sink == want_sink) or time.monotonic() > deadline:
