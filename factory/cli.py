@@ -401,13 +401,21 @@ def models() -> None:
 
 @models.command("list")
 def models_list() -> None:
-    """Every registered model card."""
+    """Every registered model card, with the defaults a job spec overrides key by key."""
     from stages.registry import CARDS
 
     for card in CARDS:
         r = card.resources
         click.echo(f"{card.name:28} {card.source or '-':36} gpus={r.num_gpus:<4g} "
                    f"batch={r.batch_size:<3} cost={card.cost_weight:<5g} {card.description}")
+        params = card.make_params(card.example_params).model_dump(mode="json")
+        if "dtype" in params and params["dtype"] == "auto":
+            params["dtype"] = f"auto ({card.cuda_dtype} on CUDA, float32 on CPU)"
+        shown = ", ".join(f"{k}={v}" for k, v in params.items()
+                          if k in card.defaults or k in ("dtype", "width", "height", "steps",
+                                                         "guidance", "lora", "tile"))
+        click.echo(f"{'':28} defaults: num_cpus={r.num_cpus:g} concurrency={r.concurrency}"
+                   + (f"; {shown}" if shown else ""))
 
 
 @models.command("make-tiny")

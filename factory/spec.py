@@ -307,7 +307,7 @@ def _plan_stages(spec: JobSpec, problems: list[str], s3_options: S3Options) -> l
             problems.append(f"{where}.name: stage name '{name}' is used twice; give each a name")
         names.add(name)
         try:
-            params = card.params.model_validate(stage.params)
+            params = card.make_params(stage.params)  # the card's defaults, key by key
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, prefix=f"{where}.params"))
             continue

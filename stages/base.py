@@ -18,6 +18,7 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -86,6 +87,12 @@ class StageCard:
         description: one line for ``factory models list``.
         example_params: params that make a valid stage, for cards whose params have required
             fields (a recolor palette); the contract suite and the docs use them.
+        defaults: the card's own param defaults (size, steps, guidance, ...), over the params
+            class's; a job spec overrides them key by key (``make_params``).
+        family: the model architecture (``sd``, ``sdxl``, ``flux``, ``swin2sr``, ``u2net``):
+            what the tiny stand-in of the contract suite is built as.
+        cuda_dtype: the dtype its model card advises on a GPU; ``dtype: auto`` (the default)
+            resolves to it on CUDA and to float32 on a CPU.
     """
 
     name: str
@@ -102,6 +109,14 @@ class StageCard:
     cost_weight: float = 1.0
     description: str = ""
     example_params: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    family: str = ""
+    cuda_dtype: str = "float32"
+
+    def make_params(self, overrides: Mapping[str, Any] = MappingProxyType({})) -> StageParams:
+        """The typed params: the params class's defaults, then the card's, then ``overrides``
+        (a job spec's ``params``), key by key."""
+        return self.params.model_validate({**self.defaults, **overrides})
 
 
 @dataclass(frozen=True)

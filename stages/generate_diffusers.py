@@ -6,26 +6,48 @@ with this runtime; the card's source names the weights.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from stages.base import Stage, StageParams, render_by_size
-from stages.weights import check_local_weights, quiet_loaders, torch_device
+from stages.weights import (check_local_weights, compile_denoiser, quiet_loaders, to_device,
+                            torch_device, torch_dtype)
+
+#: ``auto``: the card's advised dtype on CUDA (``StageCard.cuda_dtype``), float32 on a CPU.
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
 class GenerateParams(StageParams):
-    """Parameters of a text-to-image stage.
+    """Parameters of a text-to-image stage; a card's ``defaults`` replace these defaults.
 
-    Rows may override ``width`` and ``height`` with manifest columns of the same name.
+    Rows may override ``width`` and ``height`` with manifest columns of the same name; they
+    must then be multiples of ``size_multiple`` too (the row fails otherwise).
+
+    Attributes:
+        compile: ``torch.compile`` the denoiser at load (pays off over long runs of one size).
     """
+
+    #: Image sides are multiples of this: SD and SDXL VAEs downsample by 8.
+    size_multiple: ClassVar[int] = 8
 
     width: int = Field(512, ge=8, le=8192, multiple_of=8)
     height: int = Field(512, ge=8, le=8192, multiple_of=8)
     steps: int = Field(4, ge=1, le=200)
     guidance: float = Field(0.0, ge=0.0, le=50.0)
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Dtype = "auto"
+    compile: bool = False
+
+
+class FluxGenerateParams(GenerateParams):
+    """Flux packs 2x2 patches of latents from a VAE that downsamples by 8: sides are
+    multiples of 16."""
+
+    size_multiple: ClassVar[int] = 16
+
+    width: int = Field(1024, ge=16, le=8192, multiple_of=16)
+    height: int = Field(1024, ge=16, le=8192, multiple_of=16)
 
 
 class DiffusersGenerator(Stage):
@@ -33,19 +55,25 @@ class DiffusersGenerator(Stage):
 
     def _load(self) -> None:
         quiet_loaders()  # before the hub libraries' imports, which warn on import
-        import torch
-        from diffusers import AutoPipelineForText2Image
-
         check_local_weights(self.plan.source, allow_pickle=self.plan.allow_pickle)
         self.device = torch_device(self.plan.resources.num_gpus)
-        dtype = getattr(torch, self.params.dtype)
-        self.pipe = AutoPipelineForText2Image.from_pretrained(
+        self.dtype = torch_dtype(self.params.dtype, device=self.device,
+                                 cuda_dtype=self.plan.card.cuda_dtype)
+        self.pipe = to_device(self._from_pretrained(self.dtype), self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        if self.params.compile:
+            compile_denoiser(self.pipe)
+
+    def _from_pretrained(self, dtype: Any) -> Any:
+        """The pipeline, on the CPU, in ``dtype``."""
+        from diffusers import AutoPipelineForText2Image
+
+        return AutoPipelineForText2Image.from_pretrained(
             self.plan.source,
             revision=None if self.plan.revision in ("", "local") else self.plan.revision,
             dtype=dtype,
             use_safetensors=True if not self.plan.allow_pickle else None,  # None: prefer safetensors
-        ).to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        )
 
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
         n = len(rows["sku"])
@@ -77,6 +105,10 @@ class DiffusersGenerator(Stage):
     def _size(self, rows: dict[str, Any], i: int) -> tuple[int, int]:
         width = _row_int(rows, "width", i) or self.params.width
         height = _row_int(rows, "height", i) or self.params.height
+        multiple = self.params.size_multiple
+        if width % multiple or height % multiple:
+            raise ValueError(f"size {width}x{height} (row width/height): "
+                             f"'{self.plan.card.name}' needs multiples of {multiple}")
         return width, height
 
 

@@ -17,8 +17,9 @@ from pydantic import Field, field_validator, model_validator
 
 from stages.base import Stage, StageParams, render_by_size
 from stages.colour import parse_hex_colour
-from stages.weights import (PICKLE_SUFFIXES, WeightsError, check_local_weights, quiet_loaders,
-                            resolve_source, torch_device)
+from stages.weights import (PICKLE_SUFFIXES, WeightsError, check_local_weights,
+                            compile_denoiser, quiet_loaders, resolve_source, to_device,
+                            torch_device, torch_dtype)
 
 ADAPTER_NAME = "brand"
 #: XORed into each row's seed so img2img noise is independent of the generate stage's noise.
@@ -40,8 +41,13 @@ class LoraParams(StageParams):
             the scheduler is set to ``ceil(steps / strength)`` points so that ``strength`` picks
             where on it they start, and ``steps * strength < 1`` cannot silently run zero steps.
         guidance: classifier-free guidance scale; negative prompts apply only above 1.
-        dtype: torch dtype of the pipeline.
+        dtype: torch dtype of the pipeline; ``auto`` is the card's advised dtype on CUDA and
+            float32 on a CPU.
         background: hex colour RGBA inputs are composited over before diffusion.
+        fuse: fuse the adapter into the base weights at load (``fuse_lora``), so it costs
+            nothing per denoising step. The scale is fixed for a run (a season with its own
+            ``lora_scale`` is its own run); ``false`` keeps the adapter as a separate layer.
+        compile: ``torch.compile`` the denoiser at load.
     """
 
     lora: str | None = None
@@ -50,8 +56,10 @@ class LoraParams(StageParams):
     strength: float = Field(0.35, gt=0.0, le=1.0)
     steps: int = Field(4, ge=1, le=200)
     guidance: float = Field(0.0, ge=0.0, le=50.0)
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     background: str = "#FFFFFF"
+    fuse: bool = True
+    compile: bool = False
 
     @field_validator("background")
     @classmethod
@@ -71,27 +79,35 @@ class LoraImg2Img(Stage):
 
     def _load(self) -> None:
         quiet_loaders()  # before the hub libraries' imports, which warn on import
-        import torch
-        from diffusers import AutoPipelineForImage2Image
-
         allow_pickle = self.plan.allow_pickle
         # diffusers reads use_safetensors=False as "pickle files only"; None means "prefer
         # safetensors, fall back to pickle", which is what allow_pickle should widen to.
         use_safetensors = None if allow_pickle else True
         check_local_weights(self.plan.source, allow_pickle=allow_pickle)
         self.device = torch_device(self.plan.resources.num_gpus)
-        self.pipe = AutoPipelineForImage2Image.from_pretrained(
-            self.plan.source,
-            revision=None if self.plan.revision in ("", "local") else self.plan.revision,
-            dtype=getattr(torch, self.params.dtype),
-            use_safetensors=use_safetensors,
-        ).to(self.device)
+        self.dtype = torch_dtype(self.params.dtype, device=self.device,
+                                 cuda_dtype=self.plan.card.cuda_dtype)
+        self.pipe = to_device(self._from_pretrained(self.dtype, use_safetensors), self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        self.fused = False
         if self.params.lora:
             self._load_lora(use_safetensors)
+        if self.params.compile:
+            compile_denoiser(self.pipe)
         self.multiple = math.lcm(SIZE_MULTIPLE, int(self.pipe.vae_scale_factor))
         self.schedule = schedule_length(self.params.steps, self.params.strength)
         self.background = np.array(parse_hex_colour(self.params.background), dtype=np.float32)
+
+    def _from_pretrained(self, dtype: Any, use_safetensors: bool | None) -> Any:
+        """The base pipeline, on the CPU, in ``dtype``."""
+        from diffusers import AutoPipelineForImage2Image
+
+        return AutoPipelineForImage2Image.from_pretrained(
+            self.plan.source,
+            revision=None if self.plan.revision in ("", "local") else self.plan.revision,
+            dtype=dtype,
+            use_safetensors=use_safetensors,
+        )
 
     def _load_lora(self, use_safetensors: bool | None) -> None:
         ref = self.fetch(resolve_source(self.params.lora, Path(self.plan.models_dir)),
@@ -108,7 +124,13 @@ class LoraImg2Img(Stage):
             )
         self.pipe.load_lora_weights(location, adapter_name=ADAPTER_NAME, weight_name=weight_name,
                                     use_safetensors=use_safetensors)
-        self.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[self.params.adapter_scale])
+        if self.params.fuse:
+            # W + scale * BA once, then drop the adapter layers: plain weights at every step
+            self.pipe.fuse_lora(lora_scale=self.params.adapter_scale, adapter_names=[ADAPTER_NAME])
+            self.pipe.unload_lora_weights()
+            self.fused = True
+        else:
+            self.pipe.set_adapters([ADAPTER_NAME], adapter_weights=[self.params.adapter_scale])
 
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
         n = len(rows["sku"])

@@ -6,7 +6,7 @@ Adding a model of an existing family is adding a card here, no new class.
 from __future__ import annotations
 
 from stages.base import Resources, StageCard
-from stages.generate_diffusers import DiffusersGenerator, GenerateParams
+from stages.generate_diffusers import DiffusersGenerator, FluxGenerateParams, GenerateParams
 from stages.lora_diffusers import LoraImg2Img, LoraParams
 from stages.recolor_lab import LabRecolor, RecolorParams
 from stages.segment_rembg import RembgSegmenter, SegmentParams
@@ -18,6 +18,8 @@ _TEXT = ("prompt", "negative_prompt", "seed")
 _IMG2IMG = ("image", "prompt", "negative_prompt", "seed")
 _ALPHA = (("alpha_coverage", "float64"),)
 _LOCAL = Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1)
+#: What the turbo model cards advise: 512 px, 1 step (img2img: 2), no guidance, float16.
+_TURBO = {"width": 512, "height": 512, "steps": 1, "guidance": 0.0}
 
 CARDS: tuple[StageCard, ...] = (
     StageCard(
@@ -33,6 +35,8 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1),
         cost_weight=0.1,
         description="Tiny random-weight Stable Diffusion (real architecture) for tests and demo",
+        family="sd",
+        cuda_dtype="float16",
     ),
     StageCard(
         name="generate/sd-turbo",
@@ -47,6 +51,9 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=1, num_cpus=1, batch_size=8, concurrency=1),
         cost_weight=1.0,
         description="SD-Turbo 512px, 1-4 steps, guidance 0: cheap thumbnails",
+        family="sd",
+        cuda_dtype="float16",
+        defaults=_TURBO,
     ),
     StageCard(
         name="generate/sdxl-turbo",
@@ -61,12 +68,15 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=1, num_cpus=1, batch_size=4, concurrency=1),
         cost_weight=3.0,
         description="SDXL-Turbo 512px, 1-4 steps",
+        family="sdxl",
+        cuda_dtype="float16",
+        defaults=_TURBO,
     ),
     StageCard(
         name="generate/flux-schnell",
         kind="generate",
         runtime=DiffusersGenerator,
-        params=GenerateParams,
+        params=FluxGenerateParams,
         source="black-forest-labs/FLUX.1-schnell",
         revision="main",
         weight_format="safetensors",
@@ -75,6 +85,9 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=1, num_cpus=1, batch_size=4, concurrency=1),
         cost_weight=10.0,
         description="FLUX.1-schnell 1024px, 4 steps, bf16: hero shots",
+        family="flux",
+        cuda_dtype="bfloat16",
+        defaults={"width": 1024, "height": 1024, "steps": 4, "guidance": 0.0},
     ),
     StageCard(
         name="generate/synthetic",
@@ -101,6 +114,7 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=0, num_cpus=1, batch_size=16),
         cost_weight=0.01,
         description="Tiny random-weight ONNX with u2net's contract, for tests and demo",
+        family="u2net",
     ),
     StageCard(
         name="segment/u2net",
@@ -116,6 +130,7 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=0.25, num_cpus=0.25, batch_size=16),
         cost_weight=0.05,
         description="U^2-Net 320px (Apache-2.0): fast general cutouts, batched",
+        family="u2net",
     ),
     StageCard(
         name="segment/isnet-general-use",
@@ -131,6 +146,7 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=0.5, num_cpus=0.25, batch_size=8),
         cost_weight=0.15,
         description="ISNet/DIS 1024px (Apache-2.0): sharper edges than u2net, batched",
+        family="isnet",
     ),
     StageCard(
         name="segment/birefnet-general",
@@ -146,6 +162,7 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=1, num_cpus=0.25, batch_size=8),
         cost_weight=0.5,
         description="BiRefNet general 1024px (MIT): best edges, one image per call",
+        family="birefnet",
     ),
     StageCard(
         name="segment/bria-rmbg",
@@ -161,6 +178,7 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=1, num_cpus=0.25, batch_size=8),
         cost_weight=0.5,
         description="BRIA RMBG-2.0 1024px, one image per call; CC BY-NC 4.0: non-commercial unless licensed",
+        family="bria",
     ),
     StageCard(
         name="upscale/swin2sr-tiny-x2",
@@ -175,6 +193,8 @@ CARDS: tuple[StageCard, ...] = (
         resources=_LOCAL,
         cost_weight=0.05,
         description="Tiny random-weight Swin2SR x2 (real architecture) for tests and demo",
+        family="swin2sr",
+        cuda_dtype="bfloat16",
     ),
     StageCard(
         name="upscale/swin2sr-tiny-x4",
@@ -189,6 +209,8 @@ CARDS: tuple[StageCard, ...] = (
         resources=_LOCAL,
         cost_weight=0.05,
         description="Tiny random-weight Swin2SR x4 (real architecture) for tests and demo",
+        family="swin2sr",
+        cuda_dtype="bfloat16",
     ),
     StageCard(
         name="upscale/swin2sr-x2",
@@ -203,6 +225,8 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=0.5, num_cpus=0.25, batch_size=4),
         cost_weight=0.5,
         description="Swin2SR classical x2: clean 2x of generated or studio images",
+        family="swin2sr",
+        cuda_dtype="bfloat16",
     ),
     StageCard(
         name="upscale/swin2sr-x4",
@@ -217,6 +241,8 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=0.5, num_cpus=0.25, batch_size=4),
         cost_weight=1.0,
         description="Swin2SR real-world x4 (BSRGAN degradations): 4x of noisy or compressed images",
+        family="swin2sr",
+        cuda_dtype="bfloat16",
     ),
     StageCard(
         name="upscale/lanczos",
@@ -257,6 +283,8 @@ CARDS: tuple[StageCard, ...] = (
         cost_weight=0.1,
         description="Tiny random SD img2img with the tiny brand LoRA (lora: tiny:sd-tiny-lora)",
         example_params={"lora": "tiny:sd-tiny-lora"},
+        family="sd",
+        cuda_dtype="float16",
     ),
     StageCard(
         name="lora/sd-turbo-brand",
@@ -271,6 +299,9 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=1, num_cpus=0.25, batch_size=4),
         cost_weight=1.0,
         description="SD-Turbo img2img with a brand LoRA trained for SD 2.1 (params.lora)",
+        family="sd",
+        cuda_dtype="float16",
+        defaults={"steps": 2, "guidance": 0.0},
     ),
     StageCard(
         name="lora/sdxl-turbo-brand",
@@ -285,6 +316,9 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_gpus=1, num_cpus=0.25, batch_size=4),
         cost_weight=3.0,
         description="SDXL-Turbo img2img with a brand LoRA trained for SDXL (params.lora)",
+        family="sdxl",
+        cuda_dtype="float16",
+        defaults={"steps": 2, "guidance": 0.0},
     ),
     StageCard(
         name="identity/passthrough",

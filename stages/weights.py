@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,53 @@ def check_local_weights(source: str, *, allow_pickle: bool) -> None:
 
 
 def torch_device(num_gpus: float) -> str:
-    """The device Ray gave this actor: CUDA if it asked for a GPU and one is visible."""
+    """The device Ray gave this actor: CUDA if it asked for a GPU and one is visible.
+
+    On CUDA, float32 matmuls and convolutions run on TF32 tensor cores (``enable_tf32``).
+    """
     import torch
 
     if num_gpus > 0 and torch.cuda.is_available():
+        enable_tf32()
         return "cuda"
     if num_gpus > 0:
         log.warning("stage asked for %s GPU but CUDA is not available; running on CPU", num_gpus)
     return "cpu"
+
+
+def enable_tf32() -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions: what is left in float32 on a GPU
+    (a VAE upcast, the blend of upscale tiles) runs on tensor cores; precision ~1e-3."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def torch_dtype(name: str, *, device: str, cuda_dtype: str) -> Any:
+    """A stage's torch dtype: ``auto`` is the card's advised ``cuda_dtype`` on CUDA and float32
+    on a CPU (half precision is slow or unsupported there); any other name is taken as is."""
+    import torch
+
+    if name == "auto":
+        name = cuda_dtype if device == "cuda" else "float32"
+    return getattr(torch, name)
+
+
+def to_device(model: Any, device: str) -> Any:
+    """Move a model or pipeline to ``device``: the one call where weights reach the GPU."""
+    return model.to(device)
+
+
+def compile_denoiser(pipe: Any) -> None:
+    """``torch.compile`` a diffusers pipeline's denoiser (``transformer`` or ``unet``) in
+    place; it compiles on its first call, once per input shape."""
+    for name in ("transformer", "unet"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.compile()
+            return
+    raise ValueError(f"{type(pipe).__name__} has no transformer or unet to compile")
 
 
 def quiet_loaders() -> None:

@@ -1,0 +1,79 @@
+"""Cards carry defaults (params and resources); a spec overrides them key by key; ``dtype:
+auto`` is the card's half precision on CUDA and float32 on a CPU; TF32 is on under CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factory.spec import SpecError, parse_job
+from stages import weights
+from stages.generate_diffusers import FluxGenerateParams
+from stages.registry import CARDS, REGISTRY
+
+
+def spec(*stages: dict) -> dict:
+    return {"name": "t", "manifest": {"uri": "m.csv"}, "output": {"uri": "out"},
+            "prompt": {"template": "a {{ title }}"}, "stages": list(stages)}
+
+
+def test_a_spec_overrides_card_defaults_key_by_key():
+    job = parse_job(spec({"kind": "generate", "model": "flux-schnell",
+                          "params": {"steps": 2}, "resources": {"batch_size": 2}}))
+    plan = job.stages[0]
+    card = REGISTRY["generate/flux-schnell"]
+    assert (plan.params.width, plan.params.height) == (1024, 1024)  # the card's
+    assert plan.params.steps == 2 and plan.params.guidance == 0.0  # the spec's, the card's
+    assert plan.params.dtype == "auto" and card.cuda_dtype == "bfloat16"
+    assert plan.resources.batch_size == 2  # the spec's
+    assert plan.resources.num_gpus == card.resources.num_gpus  # the card's
+    turbo = parse_job(spec({"kind": "generate", "model": "sd-turbo"})).stages[0].params
+    assert (turbo.width, turbo.steps, turbo.guidance) == (512, 1, 0.0)
+
+
+def test_every_card_default_is_a_valid_param():
+    for card in CARDS:
+        params = card.make_params(card.example_params)
+        for key, value in card.defaults.items():
+            assert getattr(params, key) == value, (card.name, key)
+
+
+@pytest.mark.parametrize("key", ["width", "height"])
+def test_flux_sizes_must_be_multiples_of_16_naming_the_key(key):
+    with pytest.raises(SpecError, match=rf"stages\[0\]\.params\.{key}: .*multiple of 16"):
+        parse_job(spec({"kind": "generate", "model": "flux-schnell", "params": {key: 1000}}))
+    parse_job(spec({"kind": "generate", "model": "sdxl-turbo", "params": {key: 1000}}))
+    assert FluxGenerateParams.size_multiple == 16
+
+
+def test_diffusion_and_upscale_cards_name_a_half_precision_for_cuda():
+    for card in CARDS:
+        if card.family in ("sd", "sdxl", "flux", "swin2sr"):
+            assert card.cuda_dtype in ("float16", "bfloat16"), card.name
+            assert card.make_params(card.example_params).dtype == "auto", card.name
+    assert REGISTRY["generate/flux-schnell"].cuda_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", torch.float32),
+                                              ("cuda", torch.bfloat16)])
+def test_auto_dtype_is_half_on_cuda_and_float32_on_cpu(device, expected):
+    assert weights.torch_dtype("auto", device=device, cuda_dtype="bfloat16") is expected
+    assert weights.torch_dtype("float16", device="cpu", cuda_dtype="bfloat16") is torch.float16
+
+
+@pytest.fixture
+def tf32_off():
+    """TF32 off for the test, and as it was afterwards (the flags are process-wide)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_forced_cuda_turns_tf32_on(monkeypatch, tf32_off):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert weights.torch_device(1) == "cpu" and not torch.backends.cuda.matmul.allow_tf32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert weights.torch_device(0) == "cpu"  # no GPU reserved: no CUDA
+    assert weights.torch_device(0.5) == "cuda"
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
