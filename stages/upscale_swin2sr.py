@@ -21,7 +21,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from stages.base import Stage, StageParams
-from stages.weights import check_local_weights, quiet_loaders, torch_device
+from stages.weights import (check_local_weights, quiet_loaders, to_device, torch_device,
+                            torch_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class UpscaleParams(StageParams):
         overlap: overlap of neighbouring tiles in input pixels, rounded up to a multiple of
             the window; the outputs cross-fade over it.
         min_tile: smallest tile side the out-of-memory retry may halve down to.
-        tile_batch: tiles per forward pass (all tiles of one image have the same shape).
-        dtype: weights and activations dtype; blending is always float32.
+        tile_batch: tiles per forward pass; tiles of one shape from every image of a batch
+            share passes.
+        dtype: weights and activations dtype (``auto``: the card's advised dtype on CUDA,
+            float32 on a CPU); blending is always float32.
     """
 
     scale: Literal[2, 4] | None = None
@@ -49,7 +52,7 @@ class UpscaleParams(StageParams):
     overlap: int = Field(16, ge=0)
     min_tile: int = Field(64, ge=8)
     tile_batch: int = Field(4, ge=1)
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> UpscaleParams:
@@ -73,18 +76,11 @@ class Swin2SRUpscaler(Stage):
 
     def _load(self) -> None:
         quiet_loaders()  # before the hub libraries' imports, which warn on import
-        import torch
-        from transformers import Swin2SRForImageSuperResolution
-
         check_local_weights(self.plan.source, allow_pickle=self.plan.allow_pickle)
         self.device = torch_device(self.plan.resources.num_gpus)
-        self.dtype = getattr(torch, self.params.dtype)
-        model = Swin2SRForImageSuperResolution.from_pretrained(
-            self.plan.source,
-            revision=None if self.plan.revision in ("", "local") else self.plan.revision,
-            use_safetensors=True if not self.plan.allow_pickle else None,  # None: prefer safetensors
-            dtype=self.dtype,
-        )
+        self.dtype = torch_dtype(self.params.dtype, device=self.device,
+                                 cuda_dtype=self.plan.card.cuda_dtype)
+        model = self._from_pretrained(self.dtype)
         model_scale = int(model.config.upscale)
         if self.params.scale is not None and self.params.scale != model_scale:
             raise ValueError(
@@ -94,10 +90,21 @@ class Swin2SRUpscaler(Stage):
             )
         self.scale = model_scale
         self.window = int(model.config.window_size)
-        self.model = model.to(self.device).eval()
+        self.model = to_device(model, self.device).eval()
+
+    def _from_pretrained(self, dtype: Any) -> Any:
+        """The model, on the CPU, in ``dtype``."""
+        from transformers import Swin2SRForImageSuperResolution
+
+        return Swin2SRForImageSuperResolution.from_pretrained(
+            self.plan.source,
+            revision=None if self.plan.revision in ("", "local") else self.plan.revision,
+            use_safetensors=True if not self.plan.allow_pickle else None,  # None: prefer safetensors
+            dtype=dtype,
+        )
 
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
-        return {"image": [self.upscale(image) for image in rows["image"]]}
+        return {"image": self.upscale_batch(list(rows["image"]))}
 
     def upscale(self, image: np.ndarray) -> np.ndarray:
         """Upscale one ``HxWxC`` uint8 image (C 3 or 4) by ``self.scale``.
@@ -108,32 +115,54 @@ class Swin2SRUpscaler(Stage):
         Returns:
             A ``(H*scale)x(W*scale)xC`` uint8 array; alpha, if any, is Lanczos-resized.
         """
-        height, width, channels = image.shape
-        rgb = self._upscale_rgb(image[..., :3])
-        if channels == 4:
-            size = (width * self.scale, height * self.scale)
-            alpha = lanczos_resize(np.ascontiguousarray(image[..., 3]), size)
-            rgb = np.concatenate([rgb, alpha[..., None]], axis=2)
-        return rgb
+        return self.upscale_batch([image])[0]
 
-    def _upscale_rgb(self, rgb: np.ndarray) -> np.ndarray:
-        height, width = rgb.shape[:2]
-        padded = np.pad(rgb, ((0, -height % self.window), (0, -width % self.window), (0, 0)),
-                        mode="reflect" if min(height, width) > 1 else "edge")
-        tile = self._tile_size(padded.shape[:2], self.params.tile)
+    def upscale_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Upscale a batch: the tiles of all images share forward passes (``tile_batch`` tiles
+        of one shape each), the feathered blend stays on the device, and the results come
+        back to the host in one transfer.
+
+        Args:
+            images: ``HxWxC`` uint8 arrays, C 3 or 4, of any sizes.
+
+        Returns:
+            One ``(H*scale)x(W*scale)xC`` uint8 array per image.
+        """
+        rgbs = self._upscale_rgb([np.ascontiguousarray(image[..., :3]) for image in images])
+        out = []
+        for image, rgb in zip(images, rgbs):
+            height, width, channels = image.shape
+            if channels == 4:
+                size = (width * self.scale, height * self.scale)
+                alpha = lanczos_resize(np.ascontiguousarray(image[..., 3]), size)
+                rgb = np.concatenate([rgb, alpha[..., None]], axis=2)
+            out.append(rgb)
+        return out
+
+    def _upscale_rgb(self, rgbs: list[np.ndarray]) -> list[np.ndarray]:
+        padded = []
+        for rgb in rgbs:
+            height, width = rgb.shape[:2]
+            padded.append(np.pad(rgb, ((0, -height % self.window), (0, -width % self.window),
+                                       (0, 0)),
+                                 mode="reflect" if min(height, width) > 1 else "edge"))
+        tile = self.params.tile
         floor = max(self.params.min_tile, self.window)
         while True:
             try:
-                out = self._run_tiles(padded, tile)
-                return out[: height * self.scale, : width * self.scale]
+                with _inference_mode():
+                    outs = self._run_tiles(padded, tile)
+                return [out[: rgb.shape[0] * self.scale, : rgb.shape[1] * self.scale]
+                        for out, rgb in zip(outs, rgbs)]
             except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
                 if not _is_out_of_memory(exc):
                     raise
-                smaller = self._tile_size(padded.shape[:2], tile // 2)
-                if smaller < floor or smaller >= tile:
+                current = max(self._tile_size(p.shape[:2], tile) for p in padded)
+                smaller = max(self._tile_size(p.shape[:2], current // 2) for p in padded)
+                if smaller < floor or smaller >= current:
                     raise
                 log.warning("stage %s: out of memory at tile %d; retrying at tile %d",
-                            self.plan.name, tile, smaller)
+                            self.plan.name, current, smaller)
             # Outside the except block, so the failed attempt's tensors are already released.
             _release_cuda_cache()
             tile = smaller
@@ -145,36 +174,76 @@ class Swin2SRUpscaler(Stage):
             return longest
         return max(self.window, tile - tile % self.window)
 
-    def _run_tiles(self, padded: np.ndarray, tile: int) -> np.ndarray:
-        """Run every tile of a window-aligned image and feather-blend the outputs."""
+    def _run_tiles(self, padded: list[np.ndarray], tile: int) -> list[np.ndarray]:
+        """Run every tile of window-aligned images and feather-blend the outputs on the device.
+
+        Tiles of equal shape, from any image, share forward passes of up to ``tile_batch``.
+        Each image accumulates ``sum(weight * tile)`` and ``sum(weight)`` in float32 on the
+        device; the uint8 results cross to the host in one copy, the batch's only sync.
+        """
         import torch
 
-        height, width = padded.shape[:2]
-        tile_h, tile_w = min(tile, height), min(tile, width)
-        overlap = -(-self.params.overlap // self.window) * self.window  # round up
-        overlap = min(overlap, tile - self.window)
-        boxes = [(y, x) for y in _starts(height, tile_h, tile_h - overlap)
-                 for x in _starts(width, tile_w, tile_w - overlap)]
         s = self.scale
-        source = torch.from_numpy(padded).to(self.device).permute(2, 0, 1)
-        if len(boxes) == 1:
-            return _to_uint8(self._forward(source[None])[0])
-        total = np.zeros((height * s, width * s, 3), dtype=np.float32)
-        weights = np.zeros((height * s, width * s, 1), dtype=np.float32)
-        for first in range(0, len(boxes), self.params.tile_batch):
-            chunk = boxes[first: first + self.params.tile_batch]
-            tiles = torch.stack([source[:, y: y + tile_h, x: x + tile_w] for y, x in chunk])
-            for (y, x), pixels in zip(chunk, self._forward(tiles)):
-                weight = np.outer(
-                    _feather(tile_h * s, overlap * s, y > 0, y + tile_h < height),
-                    _feather(tile_w * s, overlap * s, x > 0, x + tile_w < width),
-                )[..., None]
-                total[y * s: (y + tile_h) * s, x * s: (x + tile_w) * s] += pixels * weight
-                weights[y * s: (y + tile_h) * s, x * s: (x + tile_w) * s] += weight
-        return _to_uint8(total / weights)
+        work: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # shape -> (image, y, x)
+        plans = []
+        for i, image in enumerate(padded):
+            height, width = image.shape[:2]
+            size = self._tile_size((height, width), tile)
+            tile_h, tile_w = min(size, height), min(size, width)
+            overlap = -(-self.params.overlap // self.window) * self.window  # round up
+            overlap = min(overlap, size - self.window)
+            boxes = [(y, x) for y in _starts(height, tile_h, tile_h - overlap)
+                     for x in _starts(width, tile_w, tile_w - overlap)]
+            plans.append((height, width, tile_h, tile_w, overlap, len(boxes)))
+            work.setdefault((tile_h, tile_w), []).extend((i, y, x) for y, x in boxes)
+        sources = [torch.from_numpy(image).to(self.device).permute(2, 0, 1) for image in padded]
+        totals: list[Any] = [None] * len(padded)
+        weights: list[Any] = [None] * len(padded)
+        ramps: dict[tuple[int, int, bool, bool], Any] = {}
 
-    def _forward(self, tiles: Any) -> np.ndarray:
-        """NCHW uint8 tiles (window multiples) -> NHWC float32 [0, 1] outputs, cropped to scale."""
+        def ramp(size: int, overlap: int, lead: bool, trail: bool) -> Any:
+            key = (size, overlap, lead, trail)
+            if key not in ramps:
+                ramps[key] = torch.from_numpy(_feather(size, overlap, lead, trail)).to(self.device)
+            return ramps[key]
+
+        for (tile_h, tile_w), tiles in work.items():
+            for first in range(0, len(tiles), self.params.tile_batch):
+                chunk = tiles[first: first + self.params.tile_batch]
+                batch = torch.stack([sources[i][:, y: y + tile_h, x: x + tile_w]
+                                     for i, y, x in chunk])
+                for (i, y, x), pixels in zip(chunk, self._forward(batch)):
+                    height, width, _, _, overlap, count = plans[i]
+                    if count == 1:  # the whole image in one tile: nothing to blend
+                        totals[i] = pixels
+                        continue
+                    if totals[i] is None:
+                        totals[i] = torch.zeros((3, height * s, width * s),
+                                                dtype=torch.float32, device=self.device)
+                        weights[i] = torch.zeros((1, height * s, width * s),
+                                                 dtype=torch.float32, device=self.device)
+                    weight = torch.outer(
+                        ramp(tile_h * s, overlap * s, y > 0, y + tile_h < height),
+                        ramp(tile_w * s, overlap * s, x > 0, x + tile_w < width))[None]
+                    box = (slice(None), slice(y * s, (y + tile_h) * s),
+                           slice(x * s, (x + tile_w) * s))
+                    totals[i][box] += pixels * weight
+                    weights[i][box] += weight
+        outs = [total if weight is None else total / weight
+                for total, weight in zip(totals, weights)]
+        pixels = [out.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+                  for out in outs]
+        flat = torch.cat([p.reshape(-1) for p in pixels]).cpu().numpy()  # the one sync
+        results, offset = [], 0
+        for p in pixels:
+            n = p.numel()
+            results.append(flat[offset: offset + n].reshape(tuple(p.shape)))
+            offset += n
+        return results
+
+    def _forward(self, tiles: Any) -> Any:
+        """NCHW uint8 tiles (window multiples) -> NCHW float32 [0, 1] outputs on the device,
+        cropped to scale."""
         import torch
 
         height, width = tiles.shape[2:]
@@ -182,7 +251,7 @@ class Swin2SRUpscaler(Stage):
             pixel_values = tiles.to(self.dtype).div_(255.0)
             out = self.model(pixel_values=pixel_values).reconstruction
             out = out[:, :, : height * self.scale, : width * self.scale]
-            return out.float().clamp_(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
+            return out.float().clamp_(0.0, 1.0)
 
 
 class LanczosUpscaler(Stage):
@@ -239,8 +308,10 @@ def _feather(size: int, overlap: int, lead: bool, trail: bool) -> np.ndarray:
     return weight
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    return np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+def _inference_mode() -> Any:
+    import torch
+
+    return torch.inference_mode()
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

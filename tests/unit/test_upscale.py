@@ -240,3 +240,24 @@ def test_cards_are_well_formed_with_valid_default_params():
         assert card.resources.num_gpus == (0.5 if card.source.startswith("caidas/") else 0)
     assert CARD["upscale/swin2sr-tiny-x4"].source == "tiny:swin2sr-tiny-x4"
     assert CARD["upscale/swin2sr-tiny-x2"].revision == "local"
+
+
+def test_a_batch_shares_forward_passes_across_images_and_copies_to_the_host_once(
+        tiny_x2, monkeypatch):
+    arrays = [noise(80, 72, seed=i) for i in range(3)] + [noise(37, 53, 4, seed=3)]
+    one_by_one = swin(tiny_x2, tile=48, overlap=8, min_tile=16)
+    expected = [one_by_one.upscale(a) for a in arrays]
+    stage = swin(tiny_x2, tile=48, overlap=8, min_tile=16, tile_batch=8)
+    shapes, copies = [], []
+    forward = stage.model.forward
+    stage.model.forward = lambda pixel_values, **kw: (
+        shapes.append(tuple(pixel_values.shape)) or forward(pixel_values, **kw))
+    to_host = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu",
+                        lambda self, *a, **kw: copies.append(1) or to_host(self, *a, **kw))
+    out = run(stage, arrays)
+    # 3 images x 4 tiles of 48x48 in passes of 8, then the RGBA image's 2 tiles of 40x48
+    assert shapes == [(8, 3, 48, 48), (4, 3, 48, 48), (2, 3, 40, 48)]
+    assert len(copies) == 1  # the blend stays on the device; one copy per batch
+    for a, b in zip(out, expected):
+        np.testing.assert_array_equal(a, b)  # batching changes nothing
