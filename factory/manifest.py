@@ -1,10 +1,12 @@
-"""Manifests: CSV, Parquet and JSONL catalogs streamed as numbered records.
+"""Manifests: CSV, Parquet and JSONL catalogs, and commerce exports, streamed as numbered records.
 
 Rows are numbered from 1 (the first data record; a CSV header and blank lines are not rows).
 ``iter_records`` streams one file through a pyarrow filesystem and yields each row's fields as
 strings, or the reason it could not be parsed (bad UTF-8, wrong field count, bad JSON). Nothing
 here holds the whole manifest: ``scan`` keeps one hash per SKU to find duplicates, and
-``ManifestDatasource`` hands Ray Data the same stream as Arrow tables.
+``ManifestDatasource`` hands Ray Data the same stream as Arrow tables. Shopify and Merchant
+Center exports are read by ``factory.commerce_formats`` into the same records; a CSV whose
+header has no ``sku`` column but is a Shopify export's is read as one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import functools
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from pathlib import Path
@@ -24,6 +26,9 @@ import pyarrow.fs as pafs
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
+from factory.commerce_formats import (COMMERCE_FORMATS, READERS, CatalogOptions, csv_reader,
+                                      csv_rows, is_shopify_header, shopify_records)
+from factory.records import ManifestError, Record
 from factory.s3 import S3Options, is_s3, pyarrow_filesystem
 
 #: Rows per Arrow block from the reader. Small blocks spread work over a stage's actors and
@@ -36,36 +41,25 @@ READ_BUFFER = 1 << 20
 csv.field_size_limit(1 << 24)
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be read at all (missing, empty, no header)."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One manifest row: its number, its fields, or why it could not be parsed."""
-
-    row: int
-    fields: dict[str, str | None]
-    parse_field: str = ""
-    parse_error: str = ""
-
-
 @dataclass(frozen=True)
 class ManifestInfo:
     """What one streaming pass over the manifest found, before any model runs.
 
     Attributes:
-        rows: number of data rows.
+        rows: number of manifest rows (each becomes an asset, a failure or a reject).
         columns: field names in first-seen order.
         duplicate_rejects: row number -> reason, for rows that repeat a (sku, variant).
         sha256: fingerprint of every record the scan read (row numbers, fields, parse
-            errors): any change to a row's content changes it.
+            errors, skip reasons): any change to a row's content changes it.
+        skipped: reason -> count of a catalog export's rows that are not manifest rows
+            (image-only rows, products filtered out by status); not in ``rows``.
     """
 
     rows: int
     columns: tuple[str, ...]
     duplicate_rejects: dict[int, str]
     sha256: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,14 +104,24 @@ def open_input(uri: str, s3_options: S3Options | None = None, *,
 
 
 def iter_records(uri: str, fmt: str, s3_options: S3Options | None = None, *,
-                 split: Split | None = None) -> Iterator[Record]:
-    """Stream the manifest's rows in order: all of them, or one ``Split``'s."""
+                 split: Split | None = None, catalog: CatalogOptions | None = None
+                 ) -> Iterator[Record]:
+    """Stream the manifest's rows in order: all of them, or one ``Split``'s.
+
+    A commerce export (``COMMERCE_FORMATS``) is one split; its skipped rows are yielded too,
+    with ``skip`` set (``scan`` counts them, ``read_split`` drops them).
+    """
+    catalog = catalog or CatalogOptions()
+    if fmt in COMMERCE_FORMATS:
+        with open_input(uri, s3_options) as stream:
+            yield from READERS[fmt](uri, stream, catalog)
+        return
     if fmt == "parquet":
         with open_input(uri, s3_options, random_access=True) as file:
             records = _iter_parquet(uri, file, split.row_groups if split else None)
             yield from _renumbered(records, split)
         return
-    readers = {"csv": _iter_csv, "jsonl": _iter_jsonl}
+    readers = {"csv": functools.partial(_iter_csv, catalog=catalog), "jsonl": _iter_jsonl}
     if split is None or split.offset == 0:
         with open_input(uri, s3_options) as stream:
             yield from _renumbered(readers[fmt](uri, stream), split)
@@ -144,7 +148,7 @@ def _renumbered(records: Iterator[Record], split: Split | None) -> Iterator[Reco
         if last is not None and record.row > last:
             return
         yield Record(record.row + shift, record.fields, record.parse_field,
-                     record.parse_error) if shift else record
+                     record.parse_error, record.skip) if shift else record
 
 
 class _Joined(io.RawIOBase):
@@ -166,30 +170,19 @@ class _Joined(io.RawIOBase):
         return len(data)
 
 
-def _iter_csv(uri: str, stream: Any) -> Iterator[Record]:
-    # surrogateescape keeps undecodable bytes so the row holding them can be rejected alone.
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    reader = csv.reader(text, strict=False)
+def _iter_csv(uri: str, stream: Any, *, catalog: CatalogOptions) -> Iterator[Record]:
+    reader = csv_reader(stream)
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise ManifestError(f"manifest '{uri}': empty file or no header row")
     header = [h.strip() for h in header]
+    if "sku" not in header and is_shopify_header(header):
+        yield from shopify_records(uri, header, reader, catalog)
+        return
     _check_header(uri, header)
-    row = 0
-    for values in reader:
-        if not values or (len(values) == 1 and not values[0].strip()):
-            continue  # a blank line is not a row
-        row += 1
-        if len(values) != len(header):
-            yield Record(row, {}, "(row)", f"expected {len(header)} fields as in the header, "
-                                           f"got {len(values)}")
-            continue
-        fields = dict(zip(header, values))
-        bad = next((k for k, v in fields.items() if _has_surrogates(v)), None)
-        if bad is not None:
-            yield Record(row, {}, bad, "not valid UTF-8")
-            continue
-        yield Record(row, {k: (v if v != "" else None) for k, v in fields.items()})
+    for row, fields, reject in csv_rows(header, reader):
+        yield reject or Record(row, {k: (v if v != "" else None)
+                                     for k, v in (fields or {}).items()})
 
 
 def _parquet_file(uri: str, file: Any) -> Any:
@@ -258,34 +251,38 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
-def _has_surrogates(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
-
-
 def scan(uri: str, fmt: str, *, limit: int | None = None, default_variant: str = "",
-         s3_options: S3Options | None = None) -> ManifestInfo:
+         s3_options: S3Options | None = None, catalog: CatalogOptions | None = None
+         ) -> ManifestInfo:
     """One streaming pass: count rows, collect columns, find duplicates, fingerprint content.
 
     The unit of work is ``(sku, variant)``: one SKU may have ``hero``, ``thumb`` and
     ``lifestyle`` rows (a row without a ``variant`` has ``default_variant``). A pair seen twice
     with identical fields keeps its first row (later ones are rejected as duplicates); a pair
-    seen with conflicting fields is ambiguous, so all its rows are rejected.
+    seen with conflicting fields is ambiguous, so all its rows are rejected. A commerce
+    export's skipped rows are counted by reason, not as rows; ``limit`` counts the file's rows.
     """
     first: dict[tuple[str, str], tuple[int, bytes]] = {}
     repeats: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
     columns: dict[str, None] = {}
     content = hashlib.sha256()
-    rows = 0
-    for record in iter_records(uri, fmt, s3_options):
+    rows, skipped = 0, {}
+    for record in iter_records(uri, fmt, s3_options, catalog=catalog):
         if limit is not None and record.row > limit:
             break
-        rows = record.row
-        columns.update(dict.fromkeys(record.fields))
         encoded = json.dumps(record.fields, sort_keys=True).encode("utf-8",
                                                                    errors="surrogateescape")
-        parts = (str(record.row), record.parse_field, record.parse_error)
+        # A skip reason joins the parts only where there is one: plain manifests keep the
+        # fingerprint (and so the derived run ids) they had before skipped rows existed.
+        parts = (str(record.row), record.parse_field, record.parse_error) + (
+            (record.skip,) if record.skip else ())
         content.update(b"\x00".join([p.encode("utf-8", "surrogateescape") for p in parts]
                                     + [encoded]) + b"\n")
+        if record.skip:
+            skipped[record.skip] = skipped.get(record.skip, 0) + 1
+            continue
+        rows += 1
+        columns.update(dict.fromkeys(record.fields))
         sku = (record.fields.get("sku") or "").strip()
         if record.parse_error or not sku:
             continue
@@ -296,7 +293,8 @@ def scan(uri: str, fmt: str, *, limit: int | None = None, default_variant: str =
         else:
             first[unit] = (record.row, digest)
     if rows == 0:
-        raise ManifestError(f"manifest '{uri}': no data rows")
+        why = "; ".join(f"{n} skipped: {reason}" for reason, n in sorted(skipped.items()))
+        raise ManifestError(f"manifest '{uri}': no data rows" + (f" ({why})" if why else ""))
     rejects: dict[int, str] = {}
     for (sku, variant), later in repeats.items():
         first_row, first_digest = first[(sku, variant)]
@@ -311,7 +309,7 @@ def scan(uri: str, fmt: str, *, limit: int | None = None, default_variant: str =
                 rejects[row] = (f"sku with variant '{variant}' appears in rows {where} with "
                                 "conflicting fields")
     return ManifestInfo(rows=rows, columns=tuple(columns), duplicate_rejects=rejects,
-                        sha256=content.hexdigest())
+                        sha256=content.hexdigest(), skipped=skipped)
 
 
 _SCHEMA = pa.schema([("row", pa.int64()), ("fields", pa.string()),
@@ -327,8 +325,11 @@ def plan_splits(uri: str, fmt: str, *, rows_per_split: int = READ_TASK_ROWS,
     boundaries found by one pass of the same CSV parser (a quoted field may hold newlines, so
     a byte offset alone cannot say where a record starts); a file too small to hold more than
     one split's rows, a compressed one, or a CSV the pass cannot cut exactly (a bare ``\\r``
-    line ending) is one split.
+    line ending) is one split. So is a commerce export (a Shopify product's rows continue its
+    first row) and a CSV without a ``sku`` column (a Shopify export read as one).
     """
+    if fmt in COMMERCE_FORMATS:
+        return [Split()]
     if fmt == "parquet":
         with open_input(uri, s3_options, random_access=True) as file:
             metadata = _parquet_file(uri, file).metadata
@@ -391,7 +392,8 @@ def _csv_marks(stream: Any, every: int, limit: int | None
     reader = csv.reader(lines(), strict=False)
     cuts: list[tuple[int, int]] = []
     try:
-        if next(reader, None) is None:
+        header = next(reader, None)
+        if header is None or "sku" not in (h.strip() for h in header):
             return None
         header_end = start = position
         row = 0
@@ -423,12 +425,15 @@ def _jsonl_marks(stream: Any, every: int, limit: int | None
 
 
 def read_split(uri: str, fmt: str, split: Split, *, limit: int | None = None,
-               s3_options: S3Options | None = None) -> Iterator[pa.Table]:
+               s3_options: S3Options | None = None, catalog: CatalogOptions | None = None
+               ) -> Iterator[pa.Table]:
     """One split's rows as Arrow tables of ``CHUNK_ROWS`` rows."""
     chunk: list[Record] = []
-    for record in iter_records(uri, fmt, s3_options, split=split):
+    for record in iter_records(uri, fmt, s3_options, split=split, catalog=catalog):
         if limit is not None and record.row > limit:
             break
+        if record.skip:
+            continue  # not a manifest row (``ManifestInfo.skipped``)
         chunk.append(record)
         if len(chunk) >= CHUNK_ROWS:
             yield _to_table(chunk)
@@ -448,8 +453,10 @@ class ManifestDatasource(Datasource):
 
     def __init__(self, uri: str, fmt: str, *, limit: int | None = None,
                  s3_options: S3Options | None = None,
-                 rows_per_task: int = READ_TASK_ROWS) -> None:
+                 rows_per_task: int = READ_TASK_ROWS,
+                 catalog: CatalogOptions | None = None) -> None:
         self.uri, self.fmt, self.limit, self.s3_options = uri, fmt, limit, s3_options
+        self.catalog = catalog
         self.rows_per_task = rows_per_task
         self._splits: list[Split] | None = None
 
@@ -471,7 +478,7 @@ class ManifestDatasource(Datasource):
         tasks = []
         for split in self.splits():
             read = functools.partial(read_split, self.uri, self.fmt, split, limit=self.limit,
-                                     s3_options=self.s3_options)
+                                     s3_options=self.s3_options, catalog=self.catalog)
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
                                  input_files=(self.uri,))
             tasks.append(ReadTask(read, meta, schema=_SCHEMA))

@@ -121,7 +121,7 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
     the object store, not the driver): each row's fate is decided exactly once, so no row can
     fall between the finished and the to-render plans, even while another run writes."""
     source = ManifestDatasource(job.manifest_uri, job.manifest_format, limit=limit,
-                                s3_options=job.s3)
+                                s3_options=job.s3, catalog=job.catalog)
     # A local manifest is where the driver is: on a multi-node Ray its read stays there.
     pinned = driver_node_label() if nodes > 1 and not is_s3(job.manifest_uri) else None
     # One read task per split of the file (row groups, or runs of ~64k records): Ray's own
@@ -213,7 +213,7 @@ def run_job(job: Job, *, limit: int | None = None,
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     store = Store(job.output.uri, job.s3)
     info = scan(job.manifest_uri, job.manifest_format, limit=limit, s3_options=job.s3,
-                default_variant=job.variant)
+                default_variant=job.variant, catalog=job.catalog)
     inputs = RunInputs(spec_hash=job.spec_hash, manifest_sha256=info.sha256,
                        manifest_rows=info.rows, limit=limit, season=job.season)
     run_id = job.run_id or inputs.derived_run_id(job.name)

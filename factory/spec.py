@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from factory import settings
+from factory.commerce_formats import CatalogOptions
 from factory.s3 import S3Options
 from factory.templating import TemplateError, template_fields
 from stages.base import StagePlan
@@ -45,8 +46,16 @@ class _Strict(BaseModel):
 
 
 class ManifestSpec(_Strict):
+    """The catalog: a manifest file, or a Shopify / Merchant Center export as exported."""
+
     uri: str = Field(min_length=1)
-    format: Literal["csv", "parquet", "jsonl"] | None = None
+    format: Literal["csv", "parquet", "jsonl", "shopify", "merchant-tsv",
+                    "merchant-xml"] | None = None
+    #: Shopify product statuses rendered; other products' rows are skipped (not rows).
+    status: tuple[Literal["active", "draft", "archived", "unlisted"], ...] = Field(
+        ("active",), min_length=1)
+    #: A Shopify variant without a SKU: a stable id from handle and option values, or a reject.
+    missing_sku: Literal["derive", "reject"] = "derive"
 
 
 class OutputSpec(_Strict):
@@ -158,6 +167,8 @@ class Job:
     stages: tuple[StagePlan, ...]
     s3: S3Options = S3Options()
     keep_intermediates: tuple[str, ...] = ()
+    #: How a commerce export becomes manifest rows (status filter, SKU-less variants).
+    catalog: CatalogOptions = CatalogOptions()
     seasons: tuple[SeasonSpec, ...] = ()
     schedules: tuple[ScheduleSpec, ...] = ()
     season: str | None = None
@@ -282,6 +293,8 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         stages=tuple(plans),
         s3=s3_options,
         keep_intermediates=tuple(dict.fromkeys(spec.keep_intermediates)),
+        catalog=CatalogOptions(statuses=tuple(dict.fromkeys(spec.manifest.status)),
+                               missing_sku=spec.manifest.missing_sku),
         seasons=tuple(spec.seasons),
         schedules=tuple(spec.schedules),
         warnings=tuple(warnings),
@@ -405,12 +418,14 @@ def _check_run_id(run_id: str, source: str) -> None:
 
 
 def _infer_format(uri: str, problems: list[str]) -> str:
+    # A .csv whose header is a Shopify product export's is read as one (factory.manifest).
     for suffix, fmt in ((".csv", "csv"), (".parquet", "parquet"), (".jsonl", "jsonl"),
-                        (".ndjson", "jsonl")):
+                        (".ndjson", "jsonl"), (".tsv", "merchant-tsv"), (".txt", "merchant-tsv"),
+                        (".xml", "merchant-xml"), (".rss", "merchant-xml")):
         if uri.lower().endswith(suffix):
             return fmt
-    problems.append(f"manifest.format: cannot tell the format of '{uri}'; "
-                    "set it to csv, parquet or jsonl")
+    problems.append(f"manifest.format: cannot tell the format of '{uri}'; set it to csv, "
+                    "parquet, jsonl, shopify, merchant-tsv or merchant-xml")
     return ""
 
 
