@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Mapping
 
 import ray
 import ray.data
@@ -54,6 +54,8 @@ class RunPlan:
         rejected: rows rejected by validation.
         existing: valid rows whose asset is already in the store (not rendered again).
         to_render: valid rows that go through the stages.
+        skipped: a catalog export's rows that are not manifest rows, by reason (not in
+            ``rows``: image-only rows, products filtered out by status).
     """
 
     run_id: str
@@ -62,10 +64,13 @@ class RunPlan:
     rejected: int
     existing: int
     to_render: int
+    skipped: Mapping[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
+        skipped = "".join(f"; {n} export rows skipped: {why}"
+                          for why, n in sorted(self.skipped.items()))
         return (f"plan for run {self.run_id}: {self.rows} rows: {self.rejected} rejected, "
-                f"{self.existing} already in the store, {self.to_render} to render")
+                f"{self.existing} already in the store, {self.to_render} to render{skipped}")
 
 
 @dataclass(frozen=True)
@@ -230,7 +235,7 @@ def run_job(job: Job, *, limit: int | None = None,
     try:
         work = _work_list(job, info, store, limit=limit, nodes=nodes)
         work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
-        plan = _plan(work, run_id, inputs)
+        plan = _plan(work, run_id, inputs, info.skipped)
         if on_plan is not None:
             on_plan(plan)
         labels = RunLabels(job=job.name, run_id=run_id)
@@ -252,6 +257,7 @@ def run_job(job: Job, *, limit: int | None = None,
                                f"{recorder.counts.total} recorded; run not committed")
         committed = recorder.commit({**result.summary(), "job": job.name,
                                      "spec_hash": job.spec_hash, "season": job.season or "",
+                                     **({"skipped": info.skipped} if info.skipped else {}),
                                      "inputs": inputs.as_dict(),
                                      "committed_at": datetime.now(timezone.utc).isoformat()})
     except BaseException:
@@ -292,7 +298,8 @@ def _add_stage_ms(counts: Counts, batch, stages: list[str]) -> None:
                 counts.stage_rows[stage] = counts.stage_rows.get(stage, 0) + len(done)
 
 
-def _plan(work: ray.data.Dataset, run_id: str, inputs: RunInputs) -> RunPlan:
+def _plan(work: ray.data.Dataset, run_id: str, inputs: RunInputs,
+          skipped: Mapping[str, int]) -> RunPlan:
     """Count the work list's fates (one light pass over its status column)."""
     tally: dict[str, int] = {}
     for batch in work.select_columns(["status"]).iter_batches(batch_size=None,
@@ -301,7 +308,7 @@ def _plan(work: ray.data.Dataset, run_id: str, inputs: RunInputs) -> RunPlan:
             tally[status] = tally.get(status, 0) + n
     return RunPlan(run_id=run_id, inputs=inputs, rows=inputs.manifest_rows,
                    rejected=tally.get(STATUS_REJECTED, 0), existing=tally.get(STATUS_EXISTS, 0),
-                   to_render=tally.get(STATUS_OK, 0))
+                   to_render=tally.get(STATUS_OK, 0), skipped=dict(skipped))
 
 
 def _value_counts(column) -> tuple[list[str], list[int]]:

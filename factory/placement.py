@@ -14,7 +14,7 @@ Checked before any model loads:
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from factory.s3 import is_s3
 from factory.spec import Job
@@ -77,7 +77,12 @@ def capacity_verdict(job: Job, now: Mapping[str, float],
 
 
 def check_resources(job: Job) -> None:
-    """Fail fast where Ray would wait forever; say so where an autoscaler will add nodes."""
+    """Fail fast where Ray would wait forever; say so where an autoscaler will add nodes.
+
+    Also refuses an ONNX stage that reserves a GPU its nodes' ONNX Runtime cannot use
+    (``onnx_gpu_problems``), asked on the GPU nodes themselves: the driver's own onnxruntime
+    says nothing about the workers' (a CPU head node, a laptop).
+    """
     import ray
 
     now = ray.cluster_resources()
@@ -86,6 +91,62 @@ def check_resources(job: Job) -> None:
         log.warning("job '%s' needs more than the cluster has now (%s); its autoscaler can "
                     "grow to fit, so the stages wait for new nodes",
                     job.name, "; ".join(resource_problems(job, now)))
+    if _onnx_gpu_stages(job):
+        problems = onnx_gpu_problems(job, onnx_providers_on_gpu_nodes())
+        if problems:
+            raise GpuUnusable(f"job '{job.name}': " + "; ".join(problems))
+
+
+class GpuUnusable(RuntimeError):
+    """A stage reserves a GPU that the runtime on the GPU nodes cannot use."""
+
+
+def _onnx_gpu_stages(job: Job) -> list:
+    return [p for p in job.stages if p.card.weight_format == "onnx" and p.resources.num_gpus > 0]
+
+
+def onnx_gpu_problems(job: Job, providers_by_node: Mapping[str, Sequence[str]]) -> list[str]:
+    """ONNX stages (rembg) that reserve a GPU where ONNX Runtime has no CUDA provider.
+
+    Args:
+        job: the validated job.
+        providers_by_node: ``onnxruntime.get_available_providers()`` on each GPU node (an
+            empty list where onnxruntime is missing). No GPU nodes yet (an autoscaler will
+            add them): nothing to check here; the actor's load refuses instead.
+
+    Returns:
+        One line per stage that would hold a GPU idle; empty if none.
+    """
+    lacking = sorted(node for node, providers in providers_by_node.items()
+                     if "CUDAExecutionProvider" not in providers)
+    if not lacking:
+        return []
+    seen = ", ".join(f"{node}: {list(providers_by_node[node])}" for node in lacking)
+    return [f"stage '{p.name}' ({p.card.name}) reserves {p.resources.num_gpus:g} GPU, but "
+            f"onnxruntime on GPU node(s) has no CUDAExecutionProvider ({seen}); install "
+            "onnxruntime-gpu there (the 'gpu' extra; the image has it) or set the stage's "
+            "resources.num_gpus to 0" for p in _onnx_gpu_stages(job)]
+
+
+def onnx_providers_on_gpu_nodes() -> dict[str, list[str]]:
+    """``onnxruntime.get_available_providers()`` on every live node with GPUs, asked by a task
+    pinned there that holds no CPU or GPU (the providers an ONNX Runtime build was compiled
+    with: a CPU build never lists CUDA, on any machine)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def providers() -> list[str]:
+        try:
+            import onnxruntime
+        except ImportError:
+            return []
+        return list(onnxruntime.get_available_providers())
+
+    nodes = [n for n in alive_nodes() if n.get("Resources", {}).get("GPU", 0) > 0]
+    refs = {n["NodeID"][:12]: providers.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote() for n in nodes}
+    return {node: ray.get(ref, timeout=120) for node, ref in refs.items()}
 
 
 def autoscaler_maximum() -> dict[str, float] | None:

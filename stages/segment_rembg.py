@@ -10,6 +10,7 @@ families (BiRefNet, BRIA, BEN, SAM) go through ``rembg.remove`` one image at a t
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from stages.base import Stage, StageParams
 from stages.weights import check_local_weights
 
 REMBG_PREFIX = "rembg:"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+log = logging.getLogger(__name__)
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _HALF = ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
@@ -79,9 +82,15 @@ class RembgSegmenter(Stage):
         from rembg.sessions import sessions
 
         providers = ["CPUExecutionProvider"]
-        wants_gpu = self.plan.resources.num_gpus > 0
-        if wants_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        if self.plan.resources.num_gpus > 0:  # the actor holds a GPU: ONNX Runtime runs on it
+            available = ort.get_available_providers()
+            if CUDA_PROVIDER not in available:
+                raise RuntimeError(
+                    f"the stage reserves {self.plan.resources.num_gpus:g} GPU, but onnxruntime "
+                    f"{ort.__version__} here has no {CUDA_PROVIDER} (providers: "
+                    f"{', '.join(available)}): install onnxruntime-gpu (the 'gpu' extra; the "
+                    "image has it) or set the stage's resources.num_gpus to 0")
+            providers.insert(0, CUDA_PROVIDER)
         source = self.plan.source
         if source.startswith(REMBG_PREFIX):
             name = source.removeprefix(REMBG_PREFIX)
@@ -108,9 +117,13 @@ class RembgSegmenter(Stage):
             with _rembg_home(model_path.parent):
                 self.session = new_session(self.params.custom_family, model_path=str(model_path),
                                            providers=providers)
-        # What the session got, not what was asked: onnxruntime falls back to CPU quietly.
+        # What the session got, not what was asked: onnxruntime falls back to CPU quietly
+        # (no CUDA libraries, no device), and the placement column then says cpu.
         active = self.session.inner_session.get_providers()
-        self.device = "cuda" if "CUDAExecutionProvider" in active else "cpu"
+        self.device = "cuda" if CUDA_PROVIDER in active else "cpu"
+        if providers[0] == CUDA_PROVIDER and self.device == "cpu":
+            log.warning("stage %s: onnxruntime fell back to the CPU (providers %s) although the "
+                        "actor holds a GPU", self.plan.name, active)
         self._batch_spec = _batch_spec(self.session)
 
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:

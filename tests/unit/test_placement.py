@@ -68,3 +68,22 @@ def test_weights_the_node_has_or_hub_ids_pass_and_missing_paths_are_named(tmp_pa
                   cache_dir="") == "stabilityai/sd-turbo"
     with pytest.raises(WeightsError, match="does not exist on node .*s3://"):
         locate("/gone/model.onnx", ref="/gone/model.onnx", s3_options=None, cache_dir="")
+
+
+def test_an_onnx_stage_reserving_a_gpu_its_nodes_cannot_use_is_refused():
+    from factory.placement import onnx_gpu_problems
+
+    segment = parse_job({
+        "name": "cut", "manifest": {"uri": "m.csv"}, "output": {"uri": "/data/out"},
+        "stages": [{"kind": "generate", "model": "synthetic"},
+                   {"kind": "segment", "model": "u2net"},  # the card reserves 0.25 GPU
+                   {"kind": "segment", "model": "u2net", "name": "cpu_cut",
+                    "resources": {"num_gpus": 0}}]})
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    cpu_only = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_gpu_problems(segment, {"node-a": cuda}) == []
+    assert onnx_gpu_problems(segment, {}) == []  # no GPU node yet: the actor's load checks
+    (problem,) = onnx_gpu_problems(segment, {"node-a": cuda, "node-b": cpu_only})
+    assert "stage 'segment' (segment/u2net) reserves 0.25 GPU" in problem
+    assert "node-b" in problem and "node-a" not in problem and "onnxruntime-gpu" in problem
+    assert onnx_gpu_problems(job(), {"node-b": cpu_only}) == []  # no ONNX stage

@@ -279,3 +279,16 @@ def test_cards_are_segment_cards_with_the_coverage_metric():
         assert card.weight_format == "onnx" and card.metrics == (("alpha_coverage", "float64"),)
         assert card.inputs == ("image",) and card.outputs == ("image",)
         assert card.source.startswith("tiny:" if card.revision == "local" else "rembg:")
+
+
+def test_a_gpu_reservation_without_a_cuda_onnxruntime_is_refused_at_load(tiny_model):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(RuntimeError, match=r"reserves 0.25 GPU, but onnxruntime .* has no "
+                                           r"CUDAExecutionProvider.*onnxruntime-gpu"):
+        stage(tiny_model, num_gpus=0.25)
+    cpu = stage(tiny_model, num_gpus=0)  # the real provider list of a CPU session
+    assert cpu.session.inner_session.get_providers() == ["CPUExecutionProvider"]
+    assert cpu.device == "cpu" and "device=cpu" in cpu.placement
