@@ -224,3 +224,23 @@ def test_cards_are_constructible_from_their_examples():
         assert card.inputs == ("image", "prompt", "negative_prompt", "seed")
         assert card.outputs == ("image",) and isinstance(params, LoraParams)
     assert CARDS[0].example_params["lora"] == "tiny:sd-tiny-lora"
+
+
+def test_the_lora_is_fused_at_load_and_renders_as_the_separate_adapter(models_root):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    fused = make_stage(models_root, adapter_scale=0.8)
+    separate = make_stage(models_root, adapter_scale=0.8, fuse=False)
+    assert fused.fused and not separate.fused
+    assert not any(isinstance(m, BaseTunerLayer) for m in fused.pipe.unet.modules())
+    assert any(isinstance(m, BaseTunerLayer) for m in separate.pipe.unet.modules())
+    batch = make_batch([image(32, 32), image(28, 20, 4)], seeds=[3, 4])
+    base = run(make_stage(models_root, lora=None), batch)
+    for a, b, c in zip(run(fused, batch), run(separate, batch), base):
+        assert np.abs(a.astype(int) - b).max() <= 1  # W + 0.8 BA once == per step
+        assert not np.array_equal(a, c)
+
+
+def test_compile_true_compiles_the_denoiser(models_root):
+    assert make_stage(models_root, compile=True).pipe.unet._compiled_call_impl is not None
+    assert make_stage(models_root).pipe.unet._compiled_call_impl is None
