@@ -511,5 +511,10 @@ def _root_cause(exc: BaseException) -> str:
     return text.splitlines()[-1] if text else type(exc).__name__
 
 
+from factory.cli_lora import lora  # noqa: E402 - `factory lora` (issue 15)
+
+main.add_command(lora)
+
+
 if __name__ == "__main__":
     main()

@@ -49,6 +49,8 @@ def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = ()) -> 
                    (f"{plan.name}_params_hash", pa.string()), (f"ms_{plan.name}", pa.float64()),
                    (f"{plan.name}_placement", pa.string())]
         fields += [(name, pa.type_for_alias(kind)) for name, kind in plan.card.metrics]
+        if _adapter(plan) is not None:
+            fields.append((f"{plan.name}_adapter", pa.string()))
         if plan.name in keep:
             fields.append((f"{plan.name}_key", pa.string()))
     return pa.schema(fields)
@@ -126,6 +128,8 @@ class RunRecorder:
             self._constants[f"{plan.name}_model"] = plan.card.name
             self._constants[f"{plan.name}_revision"] = plan.revision
             self._constants[f"{plan.name}_params_hash"] = params_hash(plan)
+            if (adapter := _adapter(plan)) is not None:
+                self._constants[f"{plan.name}_adapter"] = adapter
         self._spool = Path(tempfile.mkdtemp(prefix=f"factory-{run_id}-"))
         self._rejects = _GroupedWriter(self._spool / REJECTS, REJECT_SCHEMA)
         self._lineage = _GroupedWriter(self._spool / LINEAGE, self.schema)
@@ -195,6 +199,12 @@ class RunRecorder:
             except Exception:  # noqa: BLE001 - the spool is discarded either way
                 pass
         shutil.rmtree(self._spool, ignore_errors=True)
+
+
+def _adapter(plan: StagePlan) -> str | None:
+    """The LoRA a stage applies, as the spec names it. A trained adapter's URI carries its
+    sha256, and ``loras/<sha256>/training.json`` beside it says which training made it."""
+    return getattr(plan.params, "lora", None) or None
 
 
 def is_committed(store: Store, run_id: str) -> bool:
