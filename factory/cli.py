@@ -164,6 +164,8 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
     for key in ("job", "manifest_rows", "assets", "written", "failed", "rejected", "wall_s",
                 "assets_per_s", "write_mode", "spec_hash"):
         click.echo(f"{key:14} {summary.get(key)}")
+    for reason, n in (summary.get("skipped") or {}).items():  # a catalog export's non-rows
+        click.echo(f"{'skipped':14} {n} ({reason})")
     for key, value in (summary.get("inputs") or {}).items():
         click.echo(f"{'input ' + key:14} {value}")
     stages = [c.removesuffix("_model") for c in lineage.column_names if c.endswith("_model")]

@@ -59,3 +59,6 @@ stages:
     assert by_sku["linen-shirt.m.white"]["prompt"] == "studio photo of a Linen Shirt by Acme"
     for row in by_sku.values():
         assert (out / row["output_key"]).is_file()
+    shown = CliRunner().invoke(main, ["runs", "show", "shop", "--output", str(out)],
+                               catch_exceptions=False).output
+    assert "skipped        1 (product status draft)" in shown

@@ -268,3 +268,16 @@ def test_catalog_options_reach_the_job():
     assert parse_job(spec({"uri": "p.csv"})).catalog == CatalogOptions()
     with pytest.raises(SpecError, match="manifest.status"):
         parse_job(spec({"uri": "p.csv", "status": ["published"]}))
+
+
+def test_the_example_job_renders_every_active_variant_of_its_export():
+    from factory.spec import load_job
+
+    repo = Path(__file__).resolve().parents[2]
+    job = load_job(repo / "jobs" / "shopify-catalog.yaml")
+    info, rows = account(repo / job.manifest_uri, job.manifest_format, job.catalog,
+                         template=job.prompt_template)
+    assert info.skipped == {SKIP_IMAGE_ROW: 2, "product status draft": 1}
+    assert by_status(rows, "ok") == [1, 2, 4, 5, 6, 7] and rows[7]["sku"] == "ceramic-mug"
+    assert rows[4]["prompt"] == ("studio product photo of a linen shirt, Breezy Washed linen, "
+                                 "relaxed fit., plain background")
