@@ -7,29 +7,58 @@ tiny model of the same architecture: the card's params, columns and metrics are 
 from __future__ import annotations
 
 from dataclasses import replace
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from factory import images
 from stages.base import STAGE_KINDS, Stage, StagePlan
 from stages.registry import CARDS, REGISTRY, UnknownModelError, get_card
+from factory.tiny_models import FAMILY_LORAS, FAMILY_MODELS
 from stages.weights import resolve_source
+
+TORCH_FAMILIES = ("sd", "sdxl", "flux", "swin2sr")
+TORCH_CARDS = [c for c in CARDS if c.family in TORCH_FAMILIES]
 
 
 def tiny_source(card, params, models_dir: Path) -> str:
-    """The tiny stand-in for a card's weights ('' for model-free cards)."""
+    """The tiny model of the card's own family ('' for model-free cards)."""
     if not card.source:
         return ""
     if card.source.startswith("tiny:"):
         return resolve_source(card.source, models_dir)
-    family = {"generate": "sd-tiny", "lora": "sd-tiny", "segment": "u2net-tiny.onnx"}
-    if card.kind == "upscale":
+    if card.family == "swin2sr":
         scale = getattr(params, "scale", None) or (4 if "x4" in card.name else 2)
         return str(models_dir / f"swin2sr-tiny-x{scale}")
-    return str(models_dir / family[card.kind])
+    # BiRefNet and BRIA have no batchable tiny ONNX stand-in: the u2net contract runs them
+    return str(models_dir / FAMILY_MODELS.get(card.family, "u2net-tiny.onnx"))
+
+
+def tiny_params(card, models_dir: Path):
+    """The card's params at toy sizes, with its family's tiny LoRA for a hub LoRA card."""
+    params = card.make_params(card.example_params)
+    update: dict = {}
+    if card.kind == "generate" and "width" in type(params).model_fields:
+        update = {"width": 32, "height": 32}
+        if "steps" in type(params).model_fields:
+            update["steps"] = 1
+    if card.kind == "lora":
+        update["steps"] = 2
+        if not params.lora:
+            update["lora"] = str(models_dir / FAMILY_LORAS[card.family])
+    return params.model_copy(update=update)
+
+
+def plan_for(card, models_dir: Path, *, num_gpus: float = 0) -> StagePlan:
+    params = tiny_params(card, models_dir)
+    return StagePlan(name=card.kind, card=card, params=params,
+                     source=tiny_source(card, params, models_dir), revision="local",
+                     resources=replace(card.resources, num_gpus=num_gpus),
+                     models_dir=str(models_dir))
 
 
 def make_batch(n: int = 3, size: tuple[int, int] = (40, 48)) -> dict[str, np.ndarray]:
@@ -62,7 +91,7 @@ def test_card_is_well_formed(card):
     assert card.resources.num_gpus >= 0 and card.resources.batch_size >= 1
     assert card.resources.num_cpus > 0 and card.resources.concurrency >= 1
     assert card.outputs and card.description
-    params = card.params.model_validate(dict(card.example_params))
+    params = card.make_params(card.example_params)
     with pytest.raises(ValidationError):
         card.params.model_validate({**card.example_params, "no_such_param": 1})
     with pytest.raises(ValidationError):
@@ -71,16 +100,7 @@ def test_card_is_well_formed(card):
 
 @pytest.mark.parametrize("card", CARDS, ids=[c.name for c in CARDS])
 def test_card_runs_a_batch_with_a_tiny_model(card, models_dir):
-    params = card.params.model_validate(dict(card.example_params))
-    if card.kind == "generate" and hasattr(params, "width"):
-        params = params.model_copy(update={"width": 32, "height": 32, "steps": 1}
-                                   if hasattr(params, "steps") else {"width": 32, "height": 32})
-    if card.kind == "lora" and getattr(params, "steps", None):
-        params = params.model_copy(update={"steps": 2})
-    plan = StagePlan(name=card.kind, card=card, params=params,
-                     source=tiny_source(card, params, models_dir), revision="local",
-                     resources=replace(card.resources, num_gpus=0), models_dir=str(models_dir))
-    stage = card.runtime(plan=plan)
+    stage = card.runtime(plan=plan_for(card, models_dir))
     batch = make_batch()
     out = stage(batch)
     assert list(out["sku"]) == list(batch["sku"])
@@ -107,3 +127,76 @@ def test_unknown_model_lists_the_valid_ones():
         get_card("nope", "recolor")
     assert "unknown model 'nope'" in str(err.value) and "recolor/lab" in str(err.value)
     assert get_card("lab", "recolor") is REGISTRY["recolor/lab"]
+
+
+def test_every_model_card_names_its_family():
+    for card in CARDS:
+        assert (card.family == "") == (card.weight_format == "none"), card.name
+        if card.kind in ("generate", "lora") and card.source:
+            assert card.family in FAMILY_MODELS, card.name
+    assert {c.family for c in CARDS} >= {"sd", "sdxl", "flux", "swin2sr", "u2net"}
+
+
+def _modules(stage) -> dict:
+    if hasattr(stage, "pipe"):
+        return {name: module for name, module in stage.pipe.components.items()
+                if isinstance(module, torch.nn.Module)}
+    return {"model": stage.model}
+
+
+@pytest.mark.parametrize("card", TORCH_CARDS, ids=[c.name for c in TORCH_CARDS])
+def test_under_cuda_each_family_loads_in_its_cards_dtype(card, models_dir, monkeypatch):
+    """CUDA mocked at ``torch.cuda.is_available``; the one ``.to("cuda")`` (``to_device``) is
+    recorded and left on the CPU, which cannot hold CUDA tensors. A forward hook sees the
+    dtype that reaches the denoiser (or the upscaler) in a real batch."""
+    import stages.weights
+
+    moved = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(stages.weights, "to_device", lambda m, d: moved.append(d) or m)
+    monkeypatch.setattr(sys.modules[card.runtime.__module__], "to_device",
+                        lambda m, d: moved.append(d) or m)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        stage = card.runtime(plan=plan_for(card, models_dir, num_gpus=1))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    expected = getattr(torch, card.cuda_dtype)
+    assert moved == ["cuda"] and stage.device == "cuda" and stage.dtype is expected
+    for name, module in _modules(stage).items():
+        assert {p.dtype for p in module.parameters()} == {expected}, name
+    seen = []
+    core = getattr(stage, "model", None) or getattr(stage.pipe, "transformer", None) \
+        or stage.pipe.unet
+    core.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
+        next(v for v in (*args, *kwargs.values()) if torch.is_tensor(v)).dtype),
+        with_kwargs=True)
+    stage.device = "cpu"  # where the modules really are: the upscaler's tiles follow it
+    out = stage(make_batch(n=2, size=(16, 16)))  # small: half precision is slow on a CPU
+    assert list(out["status"]) == ["ok", "rejected"], out["error"]
+    assert seen and set(seen) == {expected}
+
+
+@pytest.mark.parametrize("card", TORCH_CARDS, ids=[c.name for c in TORCH_CARDS])
+def test_on_a_cpu_every_family_stays_float32(card, models_dir):
+    stage = card.runtime(plan=plan_for(card, models_dir, num_gpus=0))
+    assert stage.device == "cpu" and stage.dtype is torch.float32
+    for name, module in _modules(stage).items():
+        assert {p.dtype for p in module.parameters()} == {torch.float32}, name
+
+
+def test_the_flux_size_rule_holds_for_rows_too(models_dir):
+    flux = get_card("generate/flux-schnell")
+    stage = flux.runtime(plan=plan_for(flux, models_dir))
+    assert stage.pipe.vae_scale_factor * 2 == flux.params.size_multiple == 16
+    batch = make_batch(n=3, size=(32, 32))
+    batch["width"] = np.array([40, 48, 0])  # 40 is a multiple of 8, not of 16
+    out = stage(batch)
+    assert list(out["status"]) == ["failed", "ok", "rejected"]
+    assert "needs multiples of 16" in out["error"][0]
+    assert images.load("image", out)[1].shape == (32, 48, 3)
+    sdxl = get_card("generate/sdxl-turbo")
+    out = sdxl.runtime(plan=plan_for(sdxl, models_dir))(batch)
+    assert list(out["status"]) == ["ok", "ok", "rejected"]
+    assert images.load("image", out)[0].shape == (32, 40, 3)

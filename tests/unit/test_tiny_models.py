@@ -62,7 +62,8 @@ def _img2img(pipe, image, **kwargs) -> np.ndarray:
 
 
 def test_make_all_layout(models: dict[str, Path]) -> None:
-    assert set(models) == {"sd-tiny", "sd-tiny-lora", "swin2sr-tiny-x2", "swin2sr-tiny-x4", "u2net-tiny.onnx"}
+    assert set(models) == {"sd-tiny", "sd-tiny-lora", "sdxl-tiny", "sdxl-tiny-lora", "flux-tiny",
+                           "swin2sr-tiny-x2", "swin2sr-tiny-x4", "u2net-tiny.onnx"}
     for name, path in models.items():
         assert tiny_models.is_complete(path), name
     assert models["u2net-tiny.onnx"].is_file()
@@ -213,3 +214,25 @@ def test_make_all_is_idempotent_and_rebuilds_partial(models: dict[str, Path]) ->
     tiny_models.make_all(root)
     assert tiny_models.is_complete(partial) and not (partial / "leftover.tmp").exists()
     assert (partial / "model.safetensors").is_file()
+
+
+def test_sdxl_and_flux_are_their_real_architectures(models: dict[str, Path]) -> None:
+    from diffusers import AutoPipelineForText2Image, FluxPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+
+    sdxl = AutoPipelineForText2Image.from_pretrained(models["sdxl-tiny"], use_safetensors=True)
+    assert isinstance(sdxl, StableDiffusionXLPipeline)
+    assert isinstance(sdxl.text_encoder, CLIPTextModel)
+    assert isinstance(sdxl.text_encoder_2, CLIPTextModelWithProjection)  # two text encoders
+    assert sdxl.unet.config.addition_embed_type == "text_time"
+    flux = AutoPipelineForText2Image.from_pretrained(models["flux-tiny"], use_safetensors=True)
+    assert isinstance(flux, FluxPipeline) and isinstance(flux.text_encoder_2, T5EncoderModel)
+    assert type(flux.transformer).__name__ == "FluxTransformer2DModel"
+    assert flux.vae_scale_factor * 2 == 16  # as the real Flux: sides are multiples of 16
+    flux.set_progress_bar_config(disable=True)
+    images = flux(PROMPTS[:2], width=32, height=48, num_inference_steps=1, guidance_scale=0.0,
+                  generator=_generators(2), output_type="np").images
+    assert images.shape == (2, 48, 32, 3) and not np.allclose(images[0], images[1])
+    total = sum(p.stat().st_size for name in ("sdxl-tiny", "flux-tiny")
+                for p in models[name].rglob("*") if p.is_file())
+    assert total < 5 * 1024 * 1024
