@@ -22,8 +22,9 @@ import hashlib
 import html.parser
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from factory.records import ManifestError, Record
 
@@ -69,9 +70,9 @@ def html_to_text(markup: str | None) -> str | None:
 
 
 class _TextParser(html.parser.HTMLParser):
-    _BREAKS = {"br", "p", "div", "li", "ul", "ol", "tr", "td", "th", "h1", "h2", "h3", "h4",
-               "h5", "h6", "table", "section", "blockquote"}
-    _HIDDEN = {"script", "style", "template", "noscript"}
+    _BREAKS = frozenset({"br", "p", "div", "li", "ul", "ol", "tr", "td", "th", "h1", "h2", "h3", "h4",
+               "h5", "h6", "table", "section", "blockquote"})
+    _HIDDEN = frozenset({"script", "style", "template", "noscript"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -186,8 +187,7 @@ def shopify_records(uri: str, header: list[str], reader: Any,
             yield reject
             continue
         assert values is not None
-        get = lambda name: _text(values.get(name))  # noqa: E731
-        handle = get(handle_col)
+        handle = _text(values.get(handle_col))
         if handle is None:
             yield Record(row, {}, handle_col, "no handle: not a product row")
             continue
@@ -202,8 +202,8 @@ def shopify_records(uri: str, header: list[str], reader: Any,
             if product.reject:
                 yield Record(row, {}, "title", product.reject)
                 continue
-        option_values = [get(f"option{n} value") for n in option_numbers]
-        sku = get(cols["sku"])
+        option_values = [_text(values.get(f"option{n} value")) for n in option_numbers]
+        sku = _text(values.get(cols["sku"]))
         if row != product.row and sku is None and not any(option_values):
             yield Record(row, {}, skip=SKIP_IMAGE_ROW)
             continue
@@ -213,7 +213,8 @@ def shopify_records(uri: str, header: list[str], reader: Any,
             yield Record(row, {}, handle_col,
                          f"product '{handle}' was rejected at row {product.row}")
         else:
-            yield product.variant(row, sku, option_values, get(cols["variant_image"]), options)
+            yield product.variant(row, sku, option_values,
+                                  _text(values.get(cols["variant_image"])), options)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,9 @@ class _Product:
     @classmethod
     def first_row(cls, row: int, handle: str, values: dict[str, str], cols: dict[str, str],
                   option_numbers: list[int], options: CatalogOptions) -> _Product:
-        get = lambda name: _text(values.get(name))  # noqa: E731
+        def get(name: str) -> str | None:
+            return _text(values.get(name))
+
         names = tuple(get(f"option{n} name") for n in option_numbers)
         status = (get("status") or "active").lower()
         fields: dict[str, str | None] = dict.fromkeys(CATALOG_FIELDS)

@@ -13,9 +13,20 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from factory.commerce_formats import (SKIP_IMAGE_ROW, CatalogOptions, html_to_text,
-                                      is_shopify_header)
-from factory.manifest import ManifestError, Split, iter_records, plan_splits, read_split, scan
+from factory.commerce_formats import (
+    SKIP_IMAGE_ROW,
+    CatalogOptions,
+    html_to_text,
+    is_shopify_header,
+)
+from factory.manifest import (
+    ManifestError,
+    Split,
+    iter_records,
+    plan_splits,
+    read_split,
+    scan,
+)
 from factory.rows import RowRules, validate_batch
 from factory.spec import SpecError, parse_job
 
@@ -61,8 +72,8 @@ def test_shopify_legacy_export_exact_accounting():
     assert [rows[r]["sku"] for r in (1, 2, 4, 5, 12)] == [
         "TOTE-NAVY", "TOTE-SAND", "SHIRT-S-WHT", "linen-shirt.m.white", "desk-lamp"]
     reasons = {r: (rows[r]["reject_field"], rows[r]["error"]) for r in (10, 11, 13, 14)}
-    assert reasons[10] == ("title", "first row of product 'Totals' has no Title: "
-                                    "not a product row")
+    assert reasons[10] == ("title", ("first row of product 'Totals' has no Title: "
+                                     "not a product row"))
     assert reasons[11] == ("(row)", "expected 20 fields as in the header, got 3")
     assert reasons[13] == ("handle", "no handle: not a product row")
     assert reasons[14][0] == "handle" and "other products came between" in reasons[14][1]
@@ -202,8 +213,8 @@ def test_merchant_tsv_exact_accounting():
     assert by_status(rows, "ok") == [1, 2, 3, 4]
     assert by_status(rows, "rejected") == [5, 6, 7]
     assert rows[5]["error"] == "expected 16 fields as in the header, got 1"
-    assert (rows[6]["reject_field"], rows[6]["error"]) == ("id", "item has no id: not a "
-                                                                 "product item")
+    assert (rows[6]["reject_field"], rows[6]["error"]) == (
+        "id", "item has no id: not a product item")
     assert rows[7]["error"].startswith("duplicate of row 1")
 
 
