@@ -4,6 +4,12 @@ An asset's key comes from what makes it — the SKU, the variant, the chain fing
 stage's model id, source, revision and params, and the output encoding), the seed, the prompt
 and the row's own parameters — never from when or where it ran. Intermediates use the
 fingerprint of the chain up to their stage.
+
+A job with ``channels:`` makes one asset per channel: ``channel_key`` puts the channel's name in
+the key, and the fingerprint folds in the channel's own settings (``channel_fingerprints``).
+The last channel's fingerprint also covers the whole channel list: its key is the one a row is
+looked up by before rendering, so changing, adding or reordering any channel renders the SKU
+again (unchanged channels land on their old keys and are found there).
 """
 
 from __future__ import annotations
@@ -49,6 +55,21 @@ def key_safe(sku: str) -> str:
 def asset_key(fingerprint: str, ext: str, row: Mapping[str, Any]) -> str:
     """``assets/<sku>/<variant>-<work hash>.<ext>`` with the SKU percent-encoded."""
     return f"assets/{key_safe(row['sku'])}/{row['variant']}-{work_hash(fingerprint, row)}.{ext}"
+
+
+def channel_fingerprints(plans: tuple[StagePlan, ...],
+                         channels: tuple[str, ...]) -> tuple[str, ...]:
+    """One fingerprint per channel (``channels``: each channel's settings as JSON text)."""
+    prints = [chain_fingerprint(plans, encoding=f"channel:{text}") for text in channels]
+    if channels:
+        whole = json.dumps({"last": channels[-1], "channels": list(channels)}, sort_keys=True)
+        prints[-1] = chain_fingerprint(plans, encoding=f"channels:{whole}")
+    return tuple(prints)
+
+
+def channel_key(fingerprint: str, channel: str, ext: str, row: Mapping[str, Any]) -> str:
+    """``assets/<sku>/<variant>-<work hash>.<channel>.<ext>``: one channel's asset."""
+    return asset_key(fingerprint, f"{channel}.{ext}", row)
 
 
 def intermediate_key(stage: str, fingerprint: str, row: Mapping[str, Any]) -> str:

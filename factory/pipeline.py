@@ -13,19 +13,21 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
+from factory.channel_sink import ChannelSinkConfig, write_channel_assets
 from factory.identity import RunInputs, RunInputsMismatch
-from factory.keys import chain_fingerprint, extension
+from factory.keys import chain_fingerprint, channel_fingerprints, extension
 from factory.metrics import RunLabels
 from factory.manifest import ManifestDatasource, ManifestInfo, scan
 from factory.placement import (TASK_CPUS, ClusterTooSmall, alive_nodes,  # noqa: F401 - API
                                check_output_reach, check_resources, driver_node_label,
                                logical_cpus_needed)
+from factory.provenance import ModelUse, Provenance
 from factory.s3 import is_s3
 from factory.rows import RowRules, validate_batch
 from factory.runs import LINEAGE, REJECTS, Counts, RunRecorder, is_committed, read_summary
@@ -113,11 +115,22 @@ def fingerprint(job: Job, upto: int | None = None) -> str:
 
 
 def row_rules(job: Job, info: ManifestInfo) -> RowRules:
-    """What every manifest row of this job must satisfy, and how its asset key is derived."""
+    """What every manifest row of this job must satisfy, and how its asset key is derived.
+
+    With channels a row is looked up by its last channel's key (``factory.channel_sink``)."""
+    chain, ext = fingerprint(job), extension(job.output.image_format)
+    if job.channels:
+        last = job.channels[-1]
+        chain, ext = channel_prints(job)[-1], f"{last.name}.{last.extension}"
     return RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
                     negative_template=job.negative_template,
-                    duplicate_rejects=info.duplicate_rejects, chain_fingerprint=fingerprint(job),
-                    image_ext=extension(job.output.image_format))
+                    duplicate_rejects=info.duplicate_rejects, chain_fingerprint=chain,
+                    image_ext=ext)
+
+
+def channel_prints(job: Job) -> tuple[str, ...]:
+    """The fingerprint of each of the job's channels (``factory.keys.channel_fingerprints``)."""
+    return channel_fingerprints(job.stages, tuple(c.fingerprint_text() for c in job.channels))
 
 
 def _work_list(job: Job, info: ManifestInfo, store: Store, *,
@@ -151,9 +164,10 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
     Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
     actor pool; with nothing to render, no pool starts and no model loads.
     """
+    sink, sink_settings = sink_task(job, store, labels)
     done = work.map_batches(select_rows, fn_kwargs={"render": False}, batch_size=None,
                             batch_format="numpy", num_cpus=0.25)
-    done = done.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store, labels)},
+    done = done.map_batches(sink, fn_kwargs={"config": sink_settings},
                             batch_size=None, batch_format="numpy", num_cpus=0.25)
     if not render:
         return (done,)
@@ -178,7 +192,7 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
                                         fingerprint=fingerprint(job, upto=index + 1))
             ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
                                 batch_size=None, batch_format="numpy", num_cpus=0.5)
-    ds = ds.map_batches(write_assets, fn_kwargs={"config": sink_config(job, store, labels)},
+    ds = ds.map_batches(sink, fn_kwargs={"config": sink_settings},
                         batch_size=SINK_BATCH, batch_format="numpy", num_cpus=0.5)
     return done, ds
 
@@ -188,6 +202,18 @@ def sink_config(job: Job, store: Store, labels: RunLabels = RunLabels()) -> Sink
     return SinkConfig(store=store, image_format=job.output.image_format,
                       quality=job.output.quality, png_compression=job.output.png_compression,
                       chain_fingerprint=fingerprint(job), labels=labels)
+
+
+def sink_task(job: Job, store: Store, labels: RunLabels = RunLabels()) -> tuple[Callable, Any]:
+    """The task at the end of the chain and its config: ``write_assets``, or with channels
+    ``write_channel_assets`` (one asset per channel, each with the generated-image XMP)."""
+    if not job.channels:
+        return write_assets, sink_config(job, store, labels)
+    provenance = Provenance(run_id=labels.run_id, job=job.name, models=tuple(
+        ModelUse(p.name, p.card.name, p.source_ref, p.revision) for p in job.stages))
+    return write_channel_assets, ChannelSinkConfig(
+        sink=sink_config(job, store, labels), channels=job.channels,
+        prints=channel_prints(job), provenance=provenance)
 
 
 def block_rows(job: Job) -> int:
@@ -231,7 +257,8 @@ def run_job(job: Job, *, limit: int | None = None,
     check_resources(job)
     store = store.preflight(run_id)
     log.info("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
-    recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates)
+    recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates,
+                           channels=len(job.channels))
     try:
         work = _work_list(job, info, store, limit=limit, nodes=nodes)
         work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
@@ -252,12 +279,18 @@ def run_job(job: Job, *, limit: int | None = None,
         result = RunResult(run_id=run_id, manifest_rows=info.rows, counts=recorder.counts,
                            wall_s=time.perf_counter() - started, output_uri=job.output.uri,
                            write_mode=store.write_mode, **paths)
-        if recorder.counts.total != info.rows:
-            raise RuntimeError(f"SKU accounting broke: {info.rows} manifest rows but "
-                               f"{recorder.counts.total} recorded; run not committed")
+        # every manifest row ends once per channel (once, without channels): asset, failure
+        # or rejection
+        expected = info.rows * recorder.counts.channels
+        if recorder.counts.outcomes != expected:
+            raise RuntimeError(f"SKU accounting broke: {info.rows} manifest rows x "
+                               f"{recorder.counts.channels} channel(s) but "
+                               f"{recorder.counts.outcomes} recorded; run not committed")
         committed = recorder.commit({**result.summary(), "job": job.name,
                                      "spec_hash": job.spec_hash, "season": job.season or "",
                                      **({"skipped": info.skipped} if info.skipped else {}),
+                                     **({"channels": [c.name for c in job.channels]}
+                                        if job.channels else {}),
                                      "inputs": inputs.as_dict(),
                                      "committed_at": datetime.now(timezone.utc).isoformat()})
     except BaseException:
@@ -328,7 +361,8 @@ def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
     log.warning("run %s is already committed; nothing to do", run_id)
     counts = Counts(assets=summary.get("assets", 0), written=summary.get("written", 0),
                     failed=summary.get("failed", 0), rejected=summary.get("rejected", 0),
-                    failures_by_stage=summary.get("failures_by_stage", {}))
+                    failures_by_stage=summary.get("failures_by_stage", {}),
+                    channels=len(summary.get("channels") or ()) or 1)
     from factory.report import report_key
 
     report = report_key(run_id)

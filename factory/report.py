@@ -46,7 +46,7 @@ THUMB_PX = 128
 _BATCH_ROWS = 16_384
 #: Lineage columns a card shows (besides the per-stage ``ms_<stage>``), where the chain has them.
 _CARD_COLUMNS = ("row", "sku", "variant", "status", "error", "failed_stage", "output_key",
-                 "written", "delta_e_before", "delta_e_after", "alpha_coverage")
+                 "written", "delta_e_before", "delta_e_after", "alpha_coverage", "channel")
 
 
 def report_key(run_id: str) -> str:
@@ -54,9 +54,14 @@ def report_key(run_id: str) -> str:
     return f"runs/{run_id}/{REPORT}"
 
 
-def thumb_key(run_id: str, row: int) -> str:
-    """A thumbnail's key: one per lineage row (row numbers are unique within a run)."""
-    return f"runs/{run_id}/{THUMBS}/{row}.webp"
+def thumb_key(run_id: str, row: int, channel: str = "") -> str:
+    """A thumbnail's key: one per lineage row (row numbers, with the channel where the job has
+    channels, are unique within a run)."""
+    return f"runs/{run_id}/{_thumb_name(row, channel)}"
+
+
+def _thumb_name(row: int, channel: str = "") -> str:
+    return f"{THUMBS}/{row}.{channel}.webp" if channel else f"{THUMBS}/{row}.webp"
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,8 @@ def _card(row: dict[str, Any], thumb: str | None, stages: list[str]) -> dict[str
     before, after = row.get("delta_e_before"), row.get("delta_e_after")
     alpha = row.get("alpha_coverage")
     return {
-        "row": row["row"], "sku": row["sku"] or "", "variant": row["variant"] or "",
+        "row": row["row"], "sku": row["sku"] or "",
+        "variant": "/".join(v for v in (row["variant"], row.get("channel")) if v),
         "status": row["status"] or "", "failed_stage": row.get("failed_stage") or "",
         "error": row.get("error") or "", "written": bool(row.get("written")),
         "thumb": thumb,
@@ -264,9 +270,10 @@ def _thumbnail(store: Store, run_id: str, row: dict[str, Any], size: int) -> str
         return None
     buffer = io.BytesIO()
     thumb.save(buffer, format="WEBP", quality=80, method=4)
-    store.put_if_absent(thumb_key(run_id, row["row"]), buffer.getvalue(),
+    channel = row.get("channel") or ""
+    store.put_if_absent(thumb_key(run_id, row["row"], channel), buffer.getvalue(),
                         content_type="image/webp")
-    return f"{THUMBS}/{row['row']}.webp"
+    return _thumb_name(row["row"], channel)
 
 
 def _ms(value: float) -> str:

@@ -37,8 +37,10 @@ REJECT_SCHEMA = pa.schema([("run_id", pa.string()), ("row", pa.int64()), ("sku",
                            ("field", pa.string()), ("reason", pa.string())])
 
 
-def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = ()) -> pa.Schema:
-    """Columns of the lineage table for this chain."""
+def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
+                   channels: bool = False) -> pa.Schema:
+    """Columns of the lineage table for this chain (and, with ``channels``, each asset's
+    channel and what it measured: ``factory.channel_sink.CHANNEL_COLUMNS``)."""
     fields = [("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
               ("variant", pa.string()), ("seed", pa.int64()), ("prompt", pa.string()),
               ("status", pa.string()), ("error", pa.string()), ("failed_stage", pa.string()),
@@ -53,12 +55,21 @@ def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = ()) -> 
             fields.append((f"{plan.name}_adapter", pa.string()))
         if plan.name in keep:
             fields.append((f"{plan.name}_key", pa.string()))
+    if channels:
+        from factory.channel_sink import CHANNEL_COLUMNS
+
+        fields += [(name, pa.type_for_alias(kind)) for name, kind in CHANNEL_COLUMNS]
     return pa.schema(fields)
 
 
 @dataclass
 class Counts:
-    """Running totals while the run streams."""
+    """Running totals while the run streams.
+
+    With channels, ``assets`` and ``failed`` count (manifest row, channel) pairs, ``rejected``
+    manifest rows (a rejection is the row's, in every channel): every row ends as ``channels``
+    outcomes, so ``outcomes == manifest rows * channels`` is the accounting identity.
+    """
 
     assets: int = 0
     written: int = 0
@@ -68,10 +79,18 @@ class Counts:
     #: milliseconds and rows per stage among the rows recorded so far (rendered rows only)
     stage_ms: dict[str, float] = field(default_factory=dict)
     stage_rows: dict[str, int] = field(default_factory=dict)
+    #: assets each rendered manifest row becomes: the job's channels, or 1
+    channels: int = 1
+
+    @property
+    def outcomes(self) -> int:
+        """(row, channel) pairs accounted for: assets, failures and rejected rows' channels."""
+        return self.assets + self.failed + self.rejected * self.channels
 
     @property
     def total(self) -> int:
-        return self.assets + self.failed + self.rejected
+        """Manifest rows accounted for (a row's channels arrive together)."""
+        return self.rejected + (self.assets + self.failed) // self.channels
 
 
 class _GroupedWriter:
@@ -119,10 +138,12 @@ class RunRecorder:
     """Streams sink rows into the run's tables; ``commit`` publishes them."""
 
     def __init__(self, store: Store, run_id: str, plans: tuple[StagePlan, ...],
-                 keep: tuple[str, ...] = ()) -> None:
+                 keep: tuple[str, ...] = (), *, channels: int = 0) -> None:
         self.store, self.run_id, self.plans = store, run_id, plans
-        self.schema = lineage_schema(plans, keep)
-        self.counts = Counts()
+        self.schema = lineage_schema(plans, keep, channels=channels > 0)
+        self.counts = Counts(channels=max(channels, 1))
+        self._measured = {"width", "height", "fill_ratio", "background_purity"} if channels \
+            else set()
         self._constants = {}
         for plan in plans:
             self._constants[f"{plan.name}_model"] = plan.card.name
@@ -156,6 +177,9 @@ class RunRecorder:
                     columns[name] = [self.run_id] * len(kept)
                 elif name in self._constants:
                     columns[name] = [self._constants[name]] * len(kept)
+                elif name in self._measured and name in rows:
+                    columns[name] = [_measured(rows[name][i], self.schema.field(name).type)
+                                     for i in kept]
                 elif name in rows:
                     columns[name] = [rows[name][i] for i in kept]
                 else:
@@ -199,6 +223,16 @@ class RunRecorder:
             except Exception:  # noqa: BLE001 - the spool is discarded either way
                 pass
         shutil.rmtree(self._spool, ignore_errors=True)
+
+
+def _measured(value: Any, kind: pa.DataType) -> Any:
+    """A sink value for its lineage column: NaN (not measured) is null; a float count an int."""
+    if isinstance(value, float):
+        if value != value:
+            return None
+        if pa.types.is_integer(kind):
+            return int(value)
+    return value
 
 
 def _adapter(plan: StagePlan) -> str | None:

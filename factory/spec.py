@@ -141,9 +141,13 @@ class JobSpec(_Strict):
     prompt: PromptSpec | None = None
     storage: StorageSpec = StorageSpec()
     keep_intermediates: list[str] = Field(default_factory=list)
+    #: Consecutive CPU stages run in one actor pool (``stages.chain``); false: a pool each.
+    fuse_cpu_stages: bool = True
     seasons: list[SeasonSpec] = Field(default_factory=list)
     schedules: list[ScheduleSpec] = Field(default_factory=list)
     stages: list[StageSpec] = Field(min_length=1)
+    #: Channel presets by name, or mappings of ``factory.channels.Channel`` fields.
+    channels: list[str | dict[str, Any]] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -167,12 +171,16 @@ class Job:
     stages: tuple[StagePlan, ...]
     s3: S3Options = S3Options()
     keep_intermediates: tuple[str, ...] = ()
+    #: Consecutive CPU-only stages share one actor pool (``factory.pipeline.pools``).
+    fuse_cpu_stages: bool = True
     #: How a commerce export becomes manifest rows (status filter, SKU-less variants).
     catalog: CatalogOptions = CatalogOptions()
     seasons: tuple[SeasonSpec, ...] = ()
     schedules: tuple[ScheduleSpec, ...] = ()
     season: str | None = None
     warnings: tuple[str, ...] = ()
+    #: ``factory.channels.Channel``s: one asset per channel and row; empty: one asset per row.
+    channels: tuple[Any, ...] = ()
 
     def with_season(self, name: str | None, *, today: date | None = None) -> Job:
         """The job inside a season: by ``name``, or the season whose window holds ``today``
@@ -270,6 +278,7 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
     manifest_format = spec.manifest.format or _infer_format(spec.manifest.uri, problems)
     names = [p.name for p in plans]
     _check_seasons(spec, problems)
+    channels = _resolve_channels(spec, problems)
     for i, name in enumerate(spec.keep_intermediates):
         if name not in names:
             problems.append(f"keep_intermediates[{i}]: no stage named '{name}' "
@@ -293,11 +302,13 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         stages=tuple(plans),
         s3=s3_options,
         keep_intermediates=tuple(dict.fromkeys(spec.keep_intermediates)),
+        fuse_cpu_stages=spec.fuse_cpu_stages,
         catalog=CatalogOptions(statuses=tuple(dict.fromkeys(spec.manifest.status)),
                                missing_sku=spec.manifest.missing_sku),
         seasons=tuple(spec.seasons),
         schedules=tuple(spec.schedules),
         warnings=tuple(warnings),
+        channels=channels,
     )
 
 
@@ -391,6 +402,16 @@ def _check_seasons(spec: JobSpec, problems: list[str]) -> None:
             problems.append(f"schedules[{i}].season: no season named '{schedule.season}'")
     if len({s.name for s in spec.schedules}) != len(spec.schedules):
         problems.append("schedules: schedule names must be unique")
+
+
+def _resolve_channels(spec: JobSpec, problems: list[str]) -> tuple[Any, ...]:
+    from factory.channels import ChannelError, resolve
+
+    try:
+        return resolve(spec.channels)
+    except ChannelError as exc:
+        problems.extend(exc.problems)
+        return ()
 
 
 def _season_stage(plan: StagePlan, season: SeasonSpec) -> StagePlan:
