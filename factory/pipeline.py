@@ -36,6 +36,7 @@ from factory.sink import (STATUS_EXISTS, IntermediateConfig, SinkConfig, list_ex
 from factory.spec import Job
 from factory.storage import Store
 from stages.base import STATUS_OK, STATUS_REJECTED
+from stages.chain import StageChain, pool_resources, pools
 
 log = logging.getLogger(__name__)
 
@@ -176,20 +177,27 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
     # Blocks of one batch of the largest-batch stage: every actor of a pool gets work, and each
     # stage's batches depend on the manifest alone (same batches, same bytes, run after run).
     ds = ds.repartition(target_num_rows_per_block=block_rows(job))
-    for index, plan in enumerate(job.stages):
-        r = plan.resources
+    index = 0
+    for pool in pools(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates):
+        r = pool_resources(pool)
+        if len(pool) == 1:
+            fn, kwargs = _named(pool[0].card.runtime, pool[0].name), {"plan": pool[0]}
+        else:  # consecutive CPU stages: one actor loads them all and runs them in order
+            fn, kwargs = _named(StageChain, "+".join(p.name for p in pool)), {"plans": pool}
         ds = ds.map_batches(
-            _named(plan.card.runtime, plan.name),
-            fn_constructor_kwargs={"plan": plan, "labels": labels},
+            fn,
+            fn_constructor_kwargs={**kwargs, "labels": labels},
             batch_size=r.batch_size,
             batch_format="numpy",
             compute=ActorPoolStrategy(size=r.concurrency),
             num_gpus=r.num_gpus,
             num_cpus=r.num_cpus,
         )
+        index += len(pool)
+        plan = pool[-1]
         if plan.name in job.keep_intermediates:
             config = IntermediateConfig(store=store, stage=plan.name,
-                                        fingerprint=fingerprint(job, upto=index + 1))
+                                        fingerprint=fingerprint(job, upto=index))
             ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
                                 batch_size=None, batch_format="numpy", num_cpus=0.5)
     ds = ds.map_batches(sink, fn_kwargs={"config": sink_settings},

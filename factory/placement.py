@@ -35,7 +35,10 @@ class OutputNotShared(ValueError):
 
 def logical_cpus_needed(job: Job) -> float:
     """Logical CPUs the job's actor pools hold."""
-    return sum(p.resources.num_cpus * p.resources.concurrency for p in job.stages)
+    from stages.chain import pool_resources, pools
+
+    return sum(r.num_cpus * r.concurrency for r in map(
+        pool_resources, pools(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates)))
 
 
 def resource_problems(job: Job, resources: Mapping[str, float]) -> list[str]:

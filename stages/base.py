@@ -161,12 +161,14 @@ class Stage(ABC):
 
     image_columns: ClassVar[tuple[str, ...]] = ("image",)
 
-    def __init__(self, *, plan: StagePlan, labels: RunLabels = RunLabels()) -> None:
+    def __init__(self, *, plan: StagePlan, labels: RunLabels = RunLabels(),
+                 threads: int | None = None) -> None:
         self.plan = plan
         self.labels = labels
         self.params = plan.params
         self.device = "cpu"
-        self.threads = use_cores(plan.resources)
+        # ``threads``: set by the pool this stage runs in (a ``StageChain``); else its own
+        self.threads = use_cores(plan.resources) if threads is None else threads
         try:
             # the weights as this node has them: the driver resolved the source on its own
             # machine (tiny: models are built here, s3:// ones copied into the cache)
@@ -319,8 +321,9 @@ def intra_op_threads(resources: Resources, *, cores: int, node_cpus: float) -> i
     holds for the actor, and it keeps it. A node with more logical CPUs than cores (the
     factory's local Ray, sized so that every pool fits) holds nothing for anyone: all its actors
     time-share all its cores, and an actor limited to its share leaves cores idle while it is
-    the bottleneck (a ``num_cpus: 0.5`` LoRA pass ran on one thread of two). There, every actor
-    may use every core; the stages that are not the bottleneck are idle most of the time.
+    the bottleneck (a ``num_cpus: 0.5`` LoRA pass ran on one thread of two). There, a pool's
+    actors split the cores between them (``concurrency`` actors, each ``cores // concurrency``
+    threads): the other pools are idle most of the time, or are one ``StageChain`` already.
 
     Args:
         resources: the stage's resources.
@@ -331,7 +334,7 @@ def intra_op_threads(resources: Resources, *, cores: int, node_cpus: float) -> i
         The thread count, at least 1.
     """
     if node_cpus > cores:  # time-shared node
-        return cores
+        return max(1, cores // max(1, resources.concurrency))
     return max(1, min(cores, math.floor(resources.num_cpus)))
 
 

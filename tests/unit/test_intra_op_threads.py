@@ -13,6 +13,15 @@ def test_time_shared_node_uses_every_core(num_cpus: float) -> None:
     assert intra_op_threads(Resources(num_cpus=num_cpus), cores=2, node_cpus=7) == 2
 
 
+@pytest.mark.parametrize(("concurrency", "cores", "expected"),
+                         [(2, 2, 1), (3, 2, 1), (2, 8, 4), (3, 8, 2), (16, 8, 1)])
+def test_time_shared_pool_splits_the_cores_between_its_actors(concurrency: int, cores: int,
+                                                               expected: int) -> None:
+    # two actors of 2 threads each on 2 cores would spin against each other at every barrier
+    resources = Resources(num_cpus=1, concurrency=concurrency)
+    assert intra_op_threads(resources, cores=cores, node_cpus=cores + 5) == expected
+
+
 @pytest.mark.parametrize(("num_cpus", "expected"), [(0.25, 1), (0.5, 1), (1, 1), (2.5, 2),
                                                     (4, 4), (32, 16)])
 def test_reserved_node_keeps_the_actors_share(num_cpus: float, expected: int) -> None:
