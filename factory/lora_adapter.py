@@ -11,8 +11,9 @@ diffusers' LoRA format, which ``pipe.load_lora_weights`` loads.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 #: The adapter file, as diffusers' training scripts and ``load_lora_weights`` name it.
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -152,7 +153,8 @@ class AdapterTrainer:
 
         state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
         StableDiffusionPipeline.save_lora_weights(
-            directory, unet_lora_layers={k: v.detach().cpu().contiguous() for k, v in state.items()},
+            directory,
+            unet_lora_layers={k: v.detach().cpu().contiguous() for k, v in state.items()},
             safe_serialization=True, weight_name=ADAPTER_FILE)
         return directory / ADAPTER_FILE
 

@@ -3,9 +3,9 @@
 ``train(training)`` lists and fingerprints the images (``collect_data``) and derives the
 training's id from the base model, the data and the hyper-parameters, all before Ray starts.
 If the store already holds that training's record it returns it; otherwise it streams the
-images as a Ray Dataset (decoded, resized, cropped and flipped in Ray Data tasks on CPU) into a
-``TorchTrainer`` of ``num_workers`` data-parallel workers (one per GPU with ``use_gpu``), each a
-thin loop over ``AdapterTrainer``. Checkpoints go to ``<output>/checkpoints/lora-<id>`` through
+images as a Ray Dataset (``factory.lora_data``: decoded, resized, cropped and flipped in Ray
+Data tasks on CPU) into a ``TorchTrainer`` of ``num_workers`` data-parallel workers (one per
+GPU with ``use_gpu``), each a thin loop over ``AdapterTrainer``. Checkpoints go to ``<output>/checkpoints/lora-<id>`` through
 Ray Train's own checkpointing: a worker that dies is replaced and the group resumes from the
 latest checkpoint (``FailureConfig.max_failures``), and a run whose driver died resumes from it
 when the same spec runs again (same id, same Ray Train run name and storage path).
@@ -18,45 +18,28 @@ commit point of the training.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from factory.lora_adapter import ADAPTER_FILE
+from factory.lora_data import TrainData, collect_data, filesystem, image_dataset
 from factory.s3 import is_s3
 from factory.storage import Store
-from factory.train_spec import IMAGE_SUFFIXES, Training, TrainSpecError
+from factory.train_spec import Training
 
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "training.json"
 #: Step losses averaged into the record's ``final_loss``.
 FINAL_LOSS_WINDOW = 10
-
-
-@dataclass(frozen=True)
-class TrainImage:
-    """One training image: its name under the images folder, where a reader finds it (a local
-    path, or ``bucket/key`` on S3), the sha256 of its bytes and its caption."""
-
-    name: str
-    path: str
-    sha256: str
-    caption: str
-
-
-@dataclass(frozen=True)
-class TrainData:
-    images: tuple[TrainImage, ...]
-    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -69,33 +52,6 @@ class TrainedAdapter:
     record_uri: str
     record: dict[str, Any]
     trained_now: bool
-
-
-def collect_data(training: Training) -> TrainData:
-    """List the images, read their captions and hash every byte; the data's fingerprint.
-
-    Raises:
-        TrainSpecError: no images, fewer images than workers, or a captions manifest that
-            names a missing image, lacks a column, or names an image twice.
-    """
-    source = training.source
-    files = _list_images(training)
-    if not files:
-        raise TrainSpecError(source, [f"data.images: no images ({', '.join(IMAGE_SUFFIXES)}) "
-                                      f"in '{training.images_uri}'"])
-    if len(files) < training.train.num_workers:
-        raise TrainSpecError(source, [f"train.num_workers: {training.train.num_workers} workers "
-                                      f"but only {len(files)} images"])
-    captions = _read_captions(training, {name for name, _ in files})
-    images = tuple(TrainImage(name=name, path=path, sha256=hashlib.sha256(data).hexdigest(),
-                              caption=captions.get(name, training.caption))
-                   for (name, path), data in zip(files, _read_all(training, files)))
-    missing = [i.name for i in images if not i.caption]
-    if missing:
-        raise TrainSpecError(source, [f"data.caption: images {missing[:3]} have no caption in "
-                                      "the manifest and the spec gives no default caption"])
-    text = json.dumps([(i.name, i.sha256, i.caption) for i in images])
-    return TrainData(images=images, fingerprint=hashlib.sha256(text.encode()).hexdigest())
 
 
 def training_id(training: Training, data: TrainData) -> str:
@@ -158,37 +114,6 @@ def _fit(training: Training, data: TrainData, tid: str, *, address: str | None,
     return trainer.fit()
 
 
-def image_dataset(training: Training, data: TrainData) -> Any:
-    """The images as a Ray Dataset of ``pixels`` (3 x R x R float32) and ``caption``,
-    decoded and augmented in Ray Data tasks, re-read (and re-flipped) every epoch."""
-    import ray.data
-
-    filesystem = _filesystem(training)
-    captions = {i.path: i.caption for i in data.images}
-    dataset = ray.data.read_images([i.path for i in data.images], filesystem=filesystem,
-                                   include_paths=True, mode="RGB",
-                                   override_num_blocks=min(len(data.images), 64))
-    t = training.train
-    return dataset.map_batches(
-        prepare_images, batch_format="numpy", batch_size=16,
-        fn_kwargs={"captions": captions, "resolution": t.resolution,
-                   "center_crop": t.center_crop, "random_flip": t.random_flip})
-
-
-def prepare_images(batch: dict[str, Any], *, captions: dict[str, str], resolution: int,
-                   center_crop: bool, random_flip: bool) -> dict[str, Any]:
-    """Ray Data task: decoded images -> training pixels and their captions."""
-    import numpy as np
-
-    from factory.lora_adapter import to_pixels
-
-    n = len(batch["path"])
-    flips = (np.random.default_rng().random(n) < 0.5) if random_flip else [False] * n
-    return {"pixels": to_pixels(list(batch["image"]), resolution=resolution,
-                                center_crop=center_crop, flips=list(flips)),
-            "caption": np.array([captions[str(p)] for p in batch["path"]], dtype=object)}
-
-
 def train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: resume from the latest checkpoint, step, checkpoint, report.
 
@@ -196,6 +121,7 @@ def train_loop(config: dict[str, Any]) -> None:
     reports line up across workers. Each step's noise and timesteps come from a generator
     seeded by (seed, rank, step): a resumed run draws what the killed one would have.
     """
+    import numpy as np
     import ray.train
     import ray.train.torch
     import torch
@@ -238,7 +164,8 @@ def train_loop(config: dict[str, Any]) -> None:
         for batch in shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy"):
             generator = torch.Generator().manual_seed(
                 _step_seed(config["seed"], rank, state["step"]))
-            loss = model.step(torch.from_numpy(batch["pixels"]), list(batch["caption"]),
+            pixels = torch.from_numpy(np.array(batch["pixels"]))  # a writable copy
+            loss = model.step(pixels, list(batch["caption"]),
                               generator)
             state["step"] += 1
             state["losses"].append(_mean_over_workers(loss, world))
@@ -322,78 +249,4 @@ def _storage(training: Training) -> tuple[str, Any]:
     if not is_s3(training.output_uri):
         return str(Path(training.output_uri) / "checkpoints"), None
     return training.output_uri.removeprefix("s3://").rstrip("/") + "/checkpoints", \
-        _filesystem(training)
-
-
-def _filesystem(training: Training) -> Any:
-    if not is_s3(training.images_uri) and not is_s3(training.output_uri):
-        return None
-    from factory.s3 import pyarrow_filesystem
-
-    return pyarrow_filesystem(training.s3)
-
-
-def _list_images(training: Training) -> list[tuple[str, str]]:
-    """``(name, reader path)`` of every image directly under the images folder, sorted."""
-    uri = training.images_uri
-    if not is_s3(uri):
-        root = Path(uri).expanduser().resolve()
-        return [(p.name, str(p)) for p in sorted(root.iterdir())
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    import pyarrow.fs as pafs
-
-    prefix = uri.removeprefix("s3://").rstrip("/")
-    infos = _filesystem(training).get_file_info(pafs.FileSelector(prefix, allow_not_found=True))
-    return sorted((info.base_name, info.path) for info in infos
-                  if info.type == pafs.FileType.File
-                  and Path(info.base_name).suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read_all(training: Training, files: list[tuple[str, str]]) -> list[bytes]:
-    if not is_s3(training.images_uri):
-        return [Path(path).read_bytes() for _, path in files]
-    filesystem = _filesystem(training)
-    out = []
-    for _, path in files:
-        with filesystem.open_input_stream(path) as stream:
-            out.append(stream.read())
-    return out
-
-
-def _read_captions(training: Training, names: set[str]) -> dict[str, str]:
-    """``{image name: caption}`` from the captions manifest (CSV or JSONL: file, caption)."""
-    uri = training.captions_uri
-    if uri is None:
-        return {}
-    if is_s3(uri):
-        with _filesystem(training).open_input_stream(uri.removeprefix("s3://")) as stream:
-            text = stream.read().decode("utf-8-sig")
-    else:
-        text = Path(uri).read_text(encoding="utf-8-sig")
-    if uri.lower().endswith(".csv"):
-        rows = list(csv.DictReader(io.StringIO(text)))
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise TrainSpecError(training.source, [
-                        f"data.captions: line {number} of '{uri}' is not JSON: {exc}"]) from exc
-    captions: dict[str, str] = {}
-    problems = []
-    for number, row in enumerate(rows, start=1):
-        name, caption = (row or {}).get("file"), (row or {}).get("caption")
-        if not isinstance(name, str) or not isinstance(caption, str):
-            problems.append(f"data.captions: row {number} of '{uri}' needs 'file' and 'caption'")
-        elif name not in names:
-            problems.append(f"data.captions: row {number} names '{name}', which is not an "
-                            f"image in '{training.images_uri}'")
-        elif name in captions:
-            problems.append(f"data.captions: row {number} captions '{name}' a second time")
-        else:
-            captions[name] = caption
-    if problems:
-        raise TrainSpecError(training.source, problems[:20])
-    return captions
+        filesystem(training)

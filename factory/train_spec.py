@@ -21,7 +21,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from factory import settings
 from factory.s3 import S3Options, is_s3
-from factory.spec import SpecError, StorageSpec, _pydantic_problems, _Strict, _UniqueKeyLoader
+from factory.spec import (
+    SpecError,
+    StorageSpec,
+    _pydantic_problems,
+    _Strict,
+    _UniqueKeyLoader,
+)
 from stages.weights import resolve_source
 
 #: Registry cards whose pipelines ``AdapterTrainer`` trains for: SD 1.x/2.x (one CLIP text
@@ -172,7 +178,7 @@ def load_training(path: str | Path) -> Training:
     except (OSError, UnicodeDecodeError) as exc:
         raise TrainSpecError(source, [f"cannot read: {exc}"]) from exc
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise TrainSpecError(source, [f"not valid YAML: {exc}"]) from exc
     return parse_training(data, source=source)

@@ -114,10 +114,10 @@ def test_checkpoint_resumes_exactly(base, pixels, tmp_path):
 def test_adapter_loads_in_the_lora_stage_and_changes_its_output(trained, base, tmp_path):
     from safetensors.torch import load_file
 
-    from tests.unit.test_lora_stage import image, make_batch, run
     from stages.base import Resources, StagePlan
     from stages.lora_diffusers import LoraImg2Img, LoraParams
     from stages.registry import get_card
+    from tests.unit.test_lora_stage import image, make_batch, run
 
     path = trained.save_adapter(tmp_path / "adapter")
     assert path.name == ADAPTER_FILE
