@@ -86,6 +86,7 @@ def write_spec(directory: Path, base: dict[str, Any], rows: int) -> Path:
     spec["manifest"] = {"uri": str(manifest)}
     spec["output"] = {**(base.get("output") or {}), "uri": str(directory / "unused-out")}
     spec.pop("run_id", None)
+    spec.pop("channels", None)  # the loop writes one image per SKU: so does the factory here
     path = directory / "job.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path

@@ -271,7 +271,7 @@ def render(array: np.ndarray, channel: Channel) -> Framed:
         canvas.paste(part, at)
     elif channel.background == "white":
         canvas = Image.new("RGB", frame, WHITE)
-        canvas.paste(part.convert("RGB"), at, mask=part.getchannel("A"))
+        canvas.paste(part, at, mask=part)  # the part's alpha is the mask
     else:  # the image's own pixels, whatever the cutout says
         canvas = Image.new("RGB", frame, _edge_colour(array[..., :3]))
         rgb = Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB")
@@ -350,13 +350,15 @@ def _purity(pixels: np.ndarray, footprint: tuple[int, int, int, int] | None,
     else:
         pure = pixels[..., 3] <= PURITY_LEVELS
     height, width = pure.shape
-    band = max(2, round(0.01 * min(width, height)))
-    background = np.ones_like(pure)
+    impure = ~pure
+    bad, cells = int(np.count_nonzero(impure)), height * width
     if footprint is not None:  # lossy blocks (JPEG's 4:2:0 chroma, WebP's macroblocks: 16
-        margin = 16          # px) ring around the product's edge
+        margin = 16            # px) ring around the product's edge: not background
         x0, y0, x1, y1 = footprint
-        background[max(y0 - margin, 0):y1 + margin, max(x0 - margin, 0):x1 + margin] = False
-    edge = np.zeros_like(pure)
-    edge[:band], edge[-band:], edge[:, :band], edge[:, -band:] = True, True, True, True
-    purity = float(pure[background].mean()) if background.any() else 1.0
-    return purity, float(pure[edge].mean())
+        inside = impure[max(y0 - margin, 0):y1 + margin, max(x0 - margin, 0):x1 + margin]
+        bad, cells = bad - int(np.count_nonzero(inside)), cells - inside.size
+    band = max(2, round(0.01 * min(width, height)))
+    rows, cols = np.r_[0:band, height - band:height], np.r_[0:band, width - band:width]
+    edge_bad = (np.count_nonzero(impure[rows]) + np.count_nonzero(impure[band:-band, cols]))
+    edge_cells = rows.size * width + (height - 2 * band) * cols.size
+    return (1.0 - bad / cells if cells else 1.0), 1.0 - edge_bad / edge_cells
