@@ -5,7 +5,8 @@ use, the chain, the season's overlay), so a refresh is a run like any other: its
 derived from its inputs (or given), and rows whose key exists are skipped before any model
 runs. If nothing changed since the job's latest committed run, the derived run id is that run's
 and nothing is rendered. The report compares the new lineage with the job's latest committed
-lineage in the same store, per ``(sku, variant)``: unchanged (same key as before), changed (the
+lineage in the same store, per ``(sku, variant)`` (and ``channel`` where the job has channels):
+unchanged (same key as before), changed (the
 pair was there with another key), new (not there before), removed (there before, not in the
 manifest now).
 """
@@ -42,6 +43,14 @@ class RefreshReport:
                 f"{c.failed} failed, {c.rejected} rejected")
 
 
+def _units(table) -> list[tuple[str, ...]]:
+    """What one asset is: ``(sku, variant)``, and its channel where the run had channels."""
+    columns = [table["sku"].to_pylist(), table["variant"].to_pylist()]
+    if "channel" in table.column_names:
+        columns.append(table["channel"].to_pylist())
+    return list(zip(*columns))
+
+
 def latest_committed(store: Store, job_name: str) -> str | None:
     """The job's most recently committed run in this store."""
     runs = [(summary.get("committed_at", ""), run_id) for run_id, summary in list_runs(store)
@@ -59,8 +68,7 @@ def refresh(job: Job, *, run_id: str | None = None, limit: int | None = None,
     if previous is not None:
         table, _ = read_lineage(store, previous)
         table = table.filter(pc.equal(table["status"], "ok"))
-        before = dict(zip(zip(table["sku"].to_pylist(), table["variant"].to_pylist()),
-                          table["output_key"].to_pylist()))
+        before = dict(zip(_units(table), table["output_key"].to_pylist()))
     if run_id:
         job = job.with_overrides(run_id=run_id)
     result = run_job(job, limit=limit, on_progress=on_progress, on_plan=on_plan)
@@ -68,16 +76,14 @@ def refresh(job: Job, *, run_id: str | None = None, limit: int | None = None,
     rejected_skus = set(read_rejects(store, result.run_id)["sku"].to_pylist())
     now = set()
     unchanged = changed = new = 0
-    for sku, variant, status, key in zip(lineage["sku"].to_pylist(),
-                                         lineage["variant"].to_pylist(),
-                                         lineage["status"].to_pylist(),
-                                         lineage["output_key"].to_pylist()):
-        now.add((sku, variant))
+    for unit, status, key in zip(_units(lineage), lineage["status"].to_pylist(),
+                                 lineage["output_key"].to_pylist()):
+        now.add(unit)
         if status != "ok":
             continue
-        if (sku, variant) not in before:
+        if unit not in before:
             new += 1
-        elif before[(sku, variant)] == key:
+        elif before[unit] == key:
             unchanged += 1
         else:
             changed += 1
