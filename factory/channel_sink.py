@@ -95,7 +95,7 @@ def write_channel_assets(batch: dict[str, np.ndarray], *,
                 if pixels[i] is None:
                     raise ValueError("no image reached the sink")
                 data, measures = _render(pixels[i], channel, packet)
-            except Exception as exc:  # this asset's failure, not the batch's
+            except Exception as exc:  # noqa: BLE001 - this asset's failure, not the batch's
                 result.update(status=STATUS_FAILED, failed_stage=CHANNEL_STAGE,
                               channel_rule="subject" if isinstance(exc, NoSubject) else "render",
                               output_key="",

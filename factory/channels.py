@@ -310,23 +310,23 @@ def measure(pixels: np.ndarray, framed: Framed, channel: Channel, *,
     if (width, height) != (channel.width, channel.height):
         broken.append(("size", f"{width}x{height}, not {channel.width}x{channel.height}"))
     if not channel.min_longest <= longest <= channel.max_longest:
-        broken.append(("size", f"longest side {longest} px outside {channel.min_longest}-"
-                               f"{channel.max_longest}"))
+        broken.append(("size", (f"longest side {longest} px outside {channel.min_longest}-"
+                                f"{channel.max_longest}")))
     if channel.max_megapixels and width * height > channel.max_megapixels * 1e6:
         broken.append(("megapixels", f"{width * height / 1e6:.1f} MP > {channel.max_megapixels}"))
     if channel.cutout and not has_alpha:
-        broken.append(("cutout", "the chain gave no alpha (add a segment stage): the "
-                                 "background cannot be replaced"))
+        broken.append(("cutout", ("the chain gave no alpha (add a segment stage): the "
+                                  "background cannot be replaced")))
     if channel.fill is not None and fill is not None and abs(
             fill - channel.fill) > channel.fill_tolerance:
-        broken.append(("fill", f"product fills {fill:.1%} of the frame, not "
-                               f"{channel.fill:.0%} ± {channel.fill_tolerance:.0%}"))
+        broken.append(("fill", (f"product fills {fill:.1%} of the frame, not "
+                                f"{channel.fill:.0%} ± {channel.fill_tolerance:.0%}")))
     if purity is not None and purity < channel.min_purity:
-        broken.append(("background", f"{1 - purity:.2%} of the background is not pure "
-                                     f"{channel.background}"))
+        broken.append(("background", (f"{1 - purity:.2%} of the background is not pure "
+                                      f"{channel.background}")))
     if channel.edge_clear and edge is not None and edge < 1.0:
-        broken.append(("edge", f"{1 - edge:.2%} of the frame's edge is not background "
-                               "(a shadow or the product touches it)"))
+        broken.append(("edge", (f"{1 - edge:.2%} of the frame's edge is not background "
+                                "(a shadow or the product touches it)")))
     if encoded is not None:
         if channel.max_bytes and len(encoded) > channel.max_bytes:
             broken.append(("bytes", f"{len(encoded)} bytes > {channel.max_bytes}"))

@@ -18,8 +18,14 @@ from PIL import Image
 from factory.channel_sink import ChannelSinkConfig, write_channel_assets
 from factory.channels import PRESETS, Channel, ChannelError, measure, render, resolve
 from factory.keys import channel_fingerprints, channel_key
-from factory.provenance import (DIGITAL_SOURCE_TYPE, FACTORY_NS, IPTC_EXT_NS, PNG_XMP_KEY,
-                                ModelUse, Provenance)
+from factory.provenance import (
+    DIGITAL_SOURCE_TYPE,
+    FACTORY_NS,
+    IPTC_EXT_NS,
+    PNG_XMP_KEY,
+    ModelUse,
+    Provenance,
+)
 from factory.sink import SinkConfig
 from factory.storage import Store
 
@@ -148,7 +154,7 @@ def test_custom_channels_carry_metadata_in_every_format(fmt, background):
 def test_without_alpha_the_whole_image_is_the_subject():
     flat = product(alpha=False)
     meta, amazon = resolve(["meta-square", "amazon-main"])
-    data, measures, framed = encode(flat, meta)
+    _, measures, framed = encode(flat, meta)
     assert measures.rule == "" and measures.fill == pytest.approx(0.80, abs=0.01)
     assert framed.subject == framed.footprint  # the whole image, scaled to 80% of the frame
     _, refused, _ = encode(flat, amazon)
