@@ -17,6 +17,7 @@ milliseconds per asset (the loop's from its own timers, the factory's from its l
     python benchmarks/p0_vs_loop.py --chain mission [--rows 24] [--repeats 3]
     python benchmarks/p0_vs_loop.py --chain demo    [--rows 200] [--repeats 3]
     python benchmarks/p0_vs_loop.py --job jobs/demo.yaml --rows 8 --repeats 1   # smoke test
+    python benchmarks/p0_vs_loop.py --chain mission --rows 96 --cluster   # + on a running Ray
 
 ``--chain mission`` is the mission's order (generate 64 px 4 steps → segment u2net-tiny →
 upscale swin2sr-tiny-x4 → recolor → LoRA img2img at 256 px, strength 0.5); ``--chain demo`` is
@@ -45,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 _PALETTE = ["#C8553D", "#F28F3B", "#FFD5C2", "#2D3047"]
 #: The mission's order: diffusion first, the LoRA pass after the x4 upscale (at 256 px).
+#: Batches of 4, so that 24 rows make 6 blocks for the pool's 2 actors (the loop uses the
+#: same batch sizes).
 MISSION = {
     "name": "p0-mission",
     "seed": 1234,
@@ -54,17 +57,18 @@ MISSION = {
     "stages": [
         {"kind": "generate", "model": "sd-tiny",
          "params": {"width": 64, "height": 64, "steps": 4, "guidance": 1.0},
-         "resources": {"num_cpus": 1, "batch_size": 8}},
+         "resources": {"num_cpus": 1, "batch_size": 4}},
         {"kind": "segment", "model": "u2net-tiny",
-         "resources": {"num_cpus": 0.5, "batch_size": 8}},
+         "resources": {"num_cpus": 0.5, "batch_size": 4}},
         {"kind": "upscale", "model": "swin2sr-tiny-x4",
-         "resources": {"num_cpus": 1, "batch_size": 8}},
+         "resources": {"num_cpus": 1, "batch_size": 4}},
         {"kind": "recolor", "model": "lab", "params": {"palette": _PALETTE, "strength": 0.8},
-         "resources": {"num_cpus": 0.5, "batch_size": 8}},
+         "resources": {"num_cpus": 0.5, "batch_size": 4}},
         {"kind": "lora", "model": "sd-tiny-brand",
          "params": {"lora": "tiny:sd-tiny-lora", "adapter_scale": 0.8, "strength": 0.5,
                     "steps": 4},
-         "resources": {"num_cpus": 1, "batch_size": 8}},
+         # the bottleneck: two actors of the (fused) CPU chain, one core each
+         "resources": {"num_cpus": 1, "batch_size": 4, "concurrency": 2}},
     ],
 }
 
@@ -141,11 +145,19 @@ def time_loop(spec: Path, out: Path) -> tuple[float, dict[str, float]]:
     return wall, json.loads(report.read_text())
 
 
-def time_factory(spec: Path, out: Path, run_id: str) -> tuple[float, dict[str, float]]:
+def time_factory(spec: Path, out: Path, run_id: str,
+                 cluster: dict[str, str] | None = None) -> tuple[float, dict[str, float]]:
+    """``factory run`` whole; with ``cluster`` (its address and environment) on that running
+    Ray, as ``factory run --address`` (and ``factory submit``) run, else on a local Ray of its
+    own, started and stopped inside the timed process."""
     started = time.perf_counter()
     command = [sys.executable, "-c", "from factory.cli import main; main()", "run", str(spec),
                "--output", str(out), "--run-id", run_id, "--season", "none"]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True)
+    env = _env()
+    if cluster:
+        command += ["--address", cluster["address"]]
+        env.update(cluster["env"])
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.stderr.write(done.stdout + done.stderr)
@@ -167,6 +179,9 @@ def main() -> None:
                         help="catalog rows (default: 24 for mission, 200 otherwise)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also time `factory run --address` on a Ray started once before "
+                             "the repeats (`ray start --head`, as a user's cluster)")
     parser.add_argument("--as-loop", nargs=3, metavar=("SPEC", "OUT", "REPORT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,16 +208,26 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"P0 factory vs plain loop: {label}, {rows} rows, {cores} cores, "
           f"{args.repeats} interleaved repeats (whole process each)", flush=True)
-    loops, factories = [], []
+    head = start_cluster(spec) if args.cluster else None
+    loops, factories, on_cluster = [], [], []
     loop_ms: dict[str, float] = {}
     factory_ms: dict[str, float] = {}
-    for i in range(args.repeats):
-        wall, loop_ms = time_loop(spec, directory / f"loop-{i}")
-        loops.append(wall)
-        print(f"  repeat {i + 1}: loop    {wall:7.1f} s", flush=True)
-        wall, factory_ms = time_factory(spec, directory / f"factory-{i}", f"p0-{i}")
-        factories.append(wall)
-        print(f"  repeat {i + 1}: factory {wall:7.1f} s", flush=True)
+    try:
+        for i in range(args.repeats):
+            wall, loop_ms = time_loop(spec, directory / f"loop-{i}")
+            loops.append(wall)
+            print(f"  repeat {i + 1}: loop    {wall:7.1f} s", flush=True)
+            wall, factory_ms = time_factory(spec, directory / f"factory-{i}", f"p0-{i}")
+            factories.append(wall)
+            print(f"  repeat {i + 1}: factory {wall:7.1f} s   (its own local Ray)", flush=True)
+            if head is not None:
+                wall, _ = time_factory(spec, directory / f"cluster-{i}", f"p0c-{i}", head[1])
+                on_cluster.append(wall)
+                print(f"  repeat {i + 1}: factory {wall:7.1f} s   (--address: a running Ray)",
+                      flush=True)
+    finally:
+        if head is not None:
+            head[0].stop()
     loop_s, factory_s = statistics.median(loops), statistics.median(factories)
     print(f"  loop ms/asset (last):    "
           + ", ".join(f"{k} {v:.1f}" for k, v in loop_ms.items()))
@@ -210,8 +235,29 @@ def main() -> None:
           + ", ".join(f"{k} {v:.1f}" for k, v in factory_ms.items()))
     print(f"  median wall: loop {loop_s:.1f} s, factory {factory_s:.1f} s")
     print(f"  P0 factory ÷ loop throughput: {loop_s / factory_s:.2f}   (goal >= 1.0)")
+    if on_cluster:
+        cluster_s = statistics.median(on_cluster)
+        print(f"  P0 on a running Ray (factory run --address): factory {cluster_s:.1f} s: "
+              f"{loop_s / cluster_s:.2f}")
     if not args.keep:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def start_cluster(spec: Path):
+    """``ray start --head`` on loopback with the logical CPUs the factory's own local Ray would
+    have for this job; returns the node and what a driver needs to reach it."""
+    import secrets
+
+    from factory.pipeline import local_cpus
+    from factory.placement import logical_cpus_needed
+    from factory.spec import load_job
+    from tests.support.ray_nodes import node_env, start_head, wait_for_nodes
+
+    env = node_env(secrets.token_hex(32))
+    node = start_head(env, num_cpus=int(local_cpus(logical_cpus_needed(load_job(spec)))))
+    wait_for_nodes(node.extra["gcs"], env, 1)
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")
+    return node, {"address": node.extra["gcs"], "env": {k: env[k] for k in keys}}
 
 
 if __name__ == "__main__":

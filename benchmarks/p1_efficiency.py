@@ -138,7 +138,8 @@ def tree_cpu() -> dict[str, float]:
         if pid == os.getpid():
             role = "driver"
         elif "MapWorker(MapBatches(" in cmd:
-            role = "stage " + cmd.split("MapBatches(", 1)[1].split(")", 1)[0].split("_")[-1]
+            pool = cmd.split("MapBatches(", 1)[1].split(")", 1)[0]
+            role = "chain" if pool.startswith("StageChain_") else "stage " + pool.split("_")[-1]
         else:  # a task worker's title changes with its task: count them together
             role = "Ray tasks (read, validate, sink), daemons"
         totals[role] = totals.get(role, 0.0) + seconds

@@ -381,6 +381,14 @@ def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
                      report_path=store.path(report) if store.exists(report) else "", **paths)
 
 
+def local_cpus(logical_cpus: float | None) -> int:
+    """Logical CPUs of the factory's own local Ray: at least the cores, and enough for the
+    job's actor pools plus the read, validate and sink tasks (they time-share the cores)."""
+    import os
+
+    return max(os.cpu_count() or 1, int(logical_cpus or 0) + int(TASK_CPUS) + 1)
+
+
 def init_ray(address: str | None, *, logical_cpus: float | None = None,
              dashboard: bool = True) -> str | None:
     """Connect to a cluster, or start a local Ray of our own; return the dashboard's URL.
@@ -397,9 +405,7 @@ def init_ray(address: str | None, *, logical_cpus: float | None = None,
     if address:
         context = ray.init(address=address, log_to_driver=True)
     else:
-        import os
-
-        cpus = max(os.cpu_count() or 1, int(logical_cpus or 0) + int(TASK_CPUS) + 1)
+        cpus = local_cpus(logical_cpus)
         # address="local": always a new Ray of our own, never one found on the machine
         context = ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard,
                            dashboard_host="127.0.0.1", log_to_driver=True,
