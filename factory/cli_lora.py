@@ -54,8 +54,7 @@ def demo_command(ctx: click.Context, no_dashboard: bool) -> None:
     job_path = write_render_job(adapter.adapter_uri)
     click.echo(f"render job: {job_path}", err=True)
     run = ctx.find_root().command.get_command(ctx, "run")  # the root's `factory run`
-    ctx.invoke(run, job_path=str(job_path), output_uri=None, limit=None, run_id=None,
-               season="none", address=None, no_dashboard=no_dashboard)
+    ctx.invoke(run, job_path=str(job_path), season="none", no_dashboard=no_dashboard)
 
 
 def _train(train_path: str, *, address: str | None, dashboard: bool):

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,8 +32,6 @@ from factory.lora_data import TrainData, collect_data, filesystem, image_dataset
 from factory.s3 import is_s3
 from factory.storage import Store
 from factory.train_spec import Training
-
-log = logging.getLogger(__name__)
 
 RECORD_FILE = "training.json"
 #: Step losses averaged into the record's ``final_loss``.
@@ -62,15 +58,14 @@ def training_id(training: Training, data: TrainData) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def train(training: Training, *, address: str | None = None, dashboard: bool = False,
-          callbacks: Sequence[Any] = ()) -> TrainedAdapter:
+def train(training: Training, *, address: str | None = None,
+          dashboard: bool = False) -> TrainedAdapter:
     """Train (or resume, or find) the adapter ``training`` describes.
 
     Args:
         training: the validated spec.
         address: Ray address; None starts a local Ray.
         dashboard: start the local Ray's dashboard.
-        callbacks: Ray Train ``UserCallback`` objects for the run (progress, tests).
     """
     data = collect_data(training)
     tid = training_id(training, data)
@@ -80,7 +75,7 @@ def train(training: Training, *, address: str | None = None, dashboard: bool = F
     if (done := _committed(store, tid)) is not None:
         return done
     started = time.time()
-    result = _fit(training, data, tid, address=address, dashboard=dashboard, callbacks=callbacks)
+    result = _fit(training, data, tid, address=address, dashboard=dashboard)
     if result.checkpoint is None:
         raise RuntimeError(f"training {tid} finished without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as directory:
@@ -90,7 +85,7 @@ def train(training: Training, *, address: str | None = None, dashboard: bool = F
 
 
 def _fit(training: Training, data: TrainData, tid: str, *, address: str | None,
-         dashboard: bool, callbacks: Sequence[Any]) -> Any:
+         dashboard: bool) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -107,8 +102,7 @@ def _fit(training: Training, data: TrainData, tid: str, *, address: str | None,
         run_config=RunConfig(
             name=f"lora-{tid}", storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks) or None),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": image_dataset(training, data)},
     )
     return trainer.fit()
@@ -117,8 +111,8 @@ def _fit(training: Training, data: TrainData, tid: str, *, address: str | None,
 def train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: resume from the latest checkpoint, step, checkpoint, report.
 
-    Every worker runs exactly ``steps`` steps (epochs over its shard repeat as needed), so
-    reports line up across workers. Each step's noise and timesteps come from a generator
+    Every worker runs exactly ``steps`` steps, so reports line up across workers (the stream
+    holds enough passes over the images; a shard that runs dry first is read again). Each step's noise and timesteps come from a generator
     seeded by (seed, rank, step): a resumed run draws what the killed one would have.
     """
     import numpy as np
@@ -165,8 +159,7 @@ def train_loop(config: dict[str, Any]) -> None:
             generator = torch.Generator().manual_seed(
                 _step_seed(config["seed"], rank, state["step"]))
             pixels = torch.from_numpy(np.array(batch["pixels"]))  # a writable copy
-            loss = model.step(pixels, list(batch["caption"]),
-                              generator)
+            loss = model.step(pixels, list(batch["caption"]), generator)
             state["step"] += 1
             state["losses"].append(_mean_over_workers(loss, world))
             if state["step"] == steps:
