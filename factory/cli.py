@@ -175,6 +175,12 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
         mean = sum(done) / len(done) if done else 0.0
         model = rows[0][f"{stage}_model"] if rows else "?"
         click.echo(f"stage {stage:10} {model:28} {mean:9.1f} ms/asset over {len(done)} rows")
+    cost = summary.get("cost")
+    if cost:  # factory.pricing: device seconds x the share each actor reserved x hourly prices
+        from factory.cli_plan import cost_lines
+
+        for line in cost_lines(cost):
+            click.echo(line)
     failed = [r for r in rows if r["status"] == "failed"]
     for r in failed[:failures]:
         click.echo(f"failed  row {r['row']:<6} {r['sku']:24} [{r['failed_stage']}] {r['error']}")
@@ -514,8 +520,10 @@ def _root_cause(exc: BaseException) -> str:
 
 
 from factory.cli_lora import lora  # noqa: E402 - `factory lora` (issue 15)
+from factory.cli_plan import plan  # noqa: E402
 
 main.add_command(lora)
+main.add_command(plan)  # `factory plan` (issue 14)
 
 
 if __name__ == "__main__":

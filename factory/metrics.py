@@ -29,6 +29,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                     "Seconds of a stage's model call per asset."),
     "factory_stage_gpu_seconds": ("counter", STAGE_TAGS,
                                   "Wall seconds of model calls times the GPUs the actor holds."),
+    "factory_stage_cost_usd": ("counter", STAGE_TAGS,
+                               "Dollars of the assets a stage rendered (factory.pricing), "
+                               "recorded by the driver as lineage rows arrive."),
     "factory_sink_bytes_written": ("counter", SINK_TAGS, "Bytes of assets written."),
     "factory_sink_assets_written": ("counter", SINK_TAGS, "Assets written by this run."),
     "factory_sink_assets_skipped": ("counter", SINK_TAGS,

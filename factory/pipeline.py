@@ -23,6 +23,7 @@ from factory.channel_sink import ChannelSinkConfig, write_channel_assets
 from factory.identity import RunInputs, RunInputsMismatch
 from factory.keys import chain_fingerprint, channel_fingerprints, extension
 from factory.metrics import RunLabels
+from factory.pricing import CostModel, CostTotals, StageShare, stage_shares
 from factory.manifest import ManifestDatasource, ManifestInfo, scan
 from factory.placement import (TASK_CPUS, ClusterTooSmall, alive_nodes,  # noqa: F401 - API
                                check_output_reach, check_resources, driver_node_label,
@@ -94,6 +95,8 @@ class RunResult:
     already_committed: bool = False
     write_mode: str = ""
     report_path: str = ""
+    #: the summary's ``cost``: dollars and device seconds per stage (``factory.pricing``)
+    cost: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def assets_per_s(self) -> float:
@@ -104,7 +107,9 @@ class RunResult:
         return {"run_id": self.run_id, "manifest_rows": self.manifest_rows, "assets": c.assets,
                 "written": c.written, "failed": c.failed, "rejected": c.rejected,
                 "failures_by_stage": c.failures_by_stage, "wall_s": round(self.wall_s, 3),
-                "assets_per_s": round(self.assets_per_s, 3), "write_mode": self.write_mode}
+                "assets_per_s": round(self.assets_per_s, 3), "write_mode": self.write_mode,
+                **({"cost_usd": self.cost.get("usd"), "cost": dict(self.cost)} if self.cost
+                   else {})}
 
 
 def fingerprint(job: Job, upto: int | None = None) -> str:
@@ -265,15 +270,18 @@ def run_job(job: Job, *, limit: int | None = None,
     check_resources(job)
     store = store.preflight(run_id)
     log.info("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
+    labels = RunLabels(job=job.name, run_id=run_id)
+    shares = stage_shares(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates)
     recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates,
-                           channels=len(job.channels))
+                           channels=len(job.channels),
+                           costs=CostModel(job.prices, shares, channels=max(len(job.channels), 1)),
+                           on_cost=_cost_metrics(labels, shares))
     try:
         work = _work_list(job, info, store, limit=limit, nodes=nodes)
         work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
         plan = _plan(work, run_id, inputs, info.skipped)
         if on_plan is not None:
             on_plan(plan)
-        labels = RunLabels(job=job.name, run_id=run_id)
         stage_names = [p.name for p in job.stages]
         for ds, role in zip(build_datasets(job, work, store, render=plan.to_render > 0,
                                            labels=labels), ("finished", "render")):
@@ -286,7 +294,8 @@ def run_job(job: Job, *, limit: int | None = None,
                     on_progress(recorder.counts, info.rows)
         result = RunResult(run_id=run_id, manifest_rows=info.rows, counts=recorder.counts,
                            wall_s=time.perf_counter() - started, output_uri=job.output.uri,
-                           write_mode=store.write_mode, **paths)
+                           write_mode=store.write_mode,
+                           cost=recorder.counts.cost.summary(job.prices), **paths)
         # every manifest row ends once per channel (once, without channels): asset, failure
         # or rejection
         expected = info.rows * recorder.counts.channels
@@ -322,6 +331,22 @@ def _write_report(store: Store, run_id: str) -> str:
         log.warning("run %s: the report could not be written (%s); `factory runs open %s` "
                     "tries again", run_id, exc, run_id)
         return ""
+
+
+def _cost_metrics(labels: RunLabels, shares: tuple[StageShare, ...]
+                  ) -> Callable[[CostTotals], None]:
+    """Exports each recorded batch's dollars per stage (``factory_stage_cost_usd``)."""
+    from factory import metrics
+
+    by_name = {s.name: s for s in shares}
+
+    def record(batch: CostTotals) -> None:
+        for stage, usd in batch.usd.items():
+            share = by_name[stage]
+            metrics.inc("factory_stage_cost_usd", float(usd), labels.tags(
+                stage=stage, model=share.model, device="cuda" if share.gpus else "cpu"))
+
+    return record
 
 
 def _add_stage_ms(counts: Counts, batch, stages: list[str]) -> None:
@@ -371,6 +396,7 @@ def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
                     failed=summary.get("failed", 0), rejected=summary.get("rejected", 0),
                     failures_by_stage=summary.get("failures_by_stage", {}),
                     channels=len(summary.get("channels") or ()) or 1)
+    cost = summary.get("cost") or {}
     from factory.report import report_key
 
     report = report_key(run_id)
@@ -378,7 +404,8 @@ def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
                      counts=counts, wall_s=float(summary.get("wall_s", 0.0)),
                      output_uri=job.output.uri, already_committed=True,
                      write_mode=summary.get("write_mode", ""),
-                     report_path=store.path(report) if store.exists(report) else "", **paths)
+                     report_path=store.path(report) if store.exists(report) else "", cost=cost,
+                     **paths)
 
 
 def local_cpus(logical_cpus: float | None) -> int:

@@ -20,7 +20,7 @@ import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -76,6 +76,10 @@ class StageTimes:
     p95: str
     max: str
     failed: int
+    #: device seconds and dollars over the run's assets (the summary's ``cost``), or "–"
+    gpu_s: str = "–"
+    cpu_s: str = "–"
+    usd: str = "–"
 
 
 def write_report(store: Store, run_id: str, *, max_cards: int = MAX_CARDS,
@@ -111,7 +115,7 @@ def write_report(store: Store, run_id: str, *, max_cards: int = MAX_CARDS,
         "run_id": run_id,
         "summary": summary,
         "figures": _figures(summary, scan.rows),
-        "stages": [_stage_times(s, scan) for s in stages],
+        "stages": [_stage_cost(_stage_times(s, scan), summary) for s in stages],
         "failures": scan.failures, "failures_total": scan.failed,
         "rejects": rejects, "rejects_total": rejects_total,
         "cards": [_card(c, t, stages) for c, t in zip(cards, thumbs)],
@@ -218,6 +222,14 @@ def _stage_times(stage: str, scan: _Scan) -> StageTimes:
                       failed=scan.failed_by_stage.get(stage, 0))
 
 
+def _stage_cost(times: StageTimes, summary: dict[str, Any]) -> StageTimes:
+    cost = ((summary.get("cost") or {}).get("stages") or {}).get(times.name)
+    if not cost:
+        return times
+    return replace(times, gpu_s=f"{cost['gpu_s']:,.2f}", cpu_s=f"{cost['cpu_s']:,.2f}",
+                   usd=f"${cost['usd']:,.6f}")
+
+
 def _figures(summary: dict[str, Any], lineage_rows: int) -> list[tuple[str, str]]:
     assets, written = summary.get("assets"), summary.get("written")
     figures = [("manifest rows", summary.get("manifest_rows")), ("assets", assets),
@@ -228,6 +240,8 @@ def _figures(summary: dict[str, Any], lineage_rows: int) -> list[tuple[str, str]
                ("lineage rows", lineage_rows),
                ("wall time", f"{summary['wall_s']:.1f} s" if "wall_s" in summary else None),
                ("assets/s", f"{summary['assets_per_s']:.2f}" if "assets_per_s" in summary
+                else None),
+               ("cost", f"${summary['cost_usd']:,.6f}" if summary.get("cost_usd") is not None
                 else None),
                ("write mode", summary.get("write_mode")), ("spec hash", summary.get("spec_hash"))]
     return [(label, _text(value)) for label, value in figures if value not in (None, "")]

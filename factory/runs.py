@@ -13,12 +13,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.keys import params_hash
+from factory.pricing import CostModel, CostTotals, usd_type
 from factory.storage import Store
 from stages.base import STATUS_FAILED, STATUS_OK, STATUS_REJECTED, StagePlan
 
@@ -38,9 +39,10 @@ REJECT_SCHEMA = pa.schema([("run_id", pa.string()), ("row", pa.int64()), ("sku",
 
 
 def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
-                   channels: bool = False) -> pa.Schema:
+                   channels: bool = False, costs: CostModel | None = None) -> pa.Schema:
     """Columns of the lineage table for this chain (and, with ``channels``, each asset's
-    channel and what it measured: ``factory.channel_sink.CHANNEL_COLUMNS``)."""
+    channel and what it measured: ``factory.channel_sink.CHANNEL_COLUMNS``; with ``costs``,
+    each asset's device seconds and dollars per stage and ``cost_usd``)."""
     fields = [("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
               ("variant", pa.string()), ("seed", pa.int64()), ("prompt", pa.string()),
               ("status", pa.string()), ("error", pa.string()), ("failed_stage", pa.string()),
@@ -59,6 +61,9 @@ def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
         from factory.channel_sink import CHANNEL_COLUMNS
 
         fields += [(name, pa.type_for_alias(kind)) for name, kind in CHANNEL_COLUMNS]
+    if costs is not None:
+        fields += [(name, usd_type() if kind == "usd" else pa.float64())
+                   for name, kind in costs.columns()]
     return pa.schema(fields)
 
 
@@ -81,6 +86,8 @@ class Counts:
     stage_rows: dict[str, int] = field(default_factory=dict)
     #: assets each rendered manifest row becomes: the job's channels, or 1
     channels: int = 1
+    #: device seconds and dollars per stage, over the assets recorded so far
+    cost: CostTotals = field(default_factory=CostTotals)
 
     @property
     def outcomes(self) -> int:
@@ -138,9 +145,12 @@ class RunRecorder:
     """Streams sink rows into the run's tables; ``commit`` publishes them."""
 
     def __init__(self, store: Store, run_id: str, plans: tuple[StagePlan, ...],
-                 keep: tuple[str, ...] = (), *, channels: int = 0) -> None:
+                 keep: tuple[str, ...] = (), *, channels: int = 0,
+                 costs: CostModel | None = None,
+                 on_cost: Callable[[CostTotals], None] | None = None) -> None:
         self.store, self.run_id, self.plans = store, run_id, plans
-        self.schema = lineage_schema(plans, keep, channels=channels > 0)
+        self.costs, self.on_cost = costs, on_cost
+        self.schema = lineage_schema(plans, keep, channels=channels > 0, costs=costs)
         self.counts = Counts(channels=max(channels, 1))
         self._measured = {"width", "height", "fill_ratio", "background_purity"} if channels \
             else set()
@@ -170,6 +180,8 @@ class RunRecorder:
                 "field": [rows["reject_field"][i] for i in rejected],
                 "reason": [rows["error"][i] for i in rejected],
             }, schema=REJECT_SCHEMA))
+        if kept and self.costs is not None:
+            self._add_costs(rows, kept)
         if kept:
             columns: dict[str, list[Any]] = {}
             for name in self.schema.names:
@@ -194,6 +206,25 @@ class RunRecorder:
                 self.counts.failed += 1
                 stage = rows["failed_stage"][i] or "?"
                 self.counts.failures_by_stage[stage] = self.counts.failures_by_stage.get(stage, 0) + 1
+
+    def _add_costs(self, rows: dict[str, list[Any]], kept: list[int]) -> None:
+        """The kept rows' cost columns (into ``rows``) and the run's totals
+        (``factory.pricing``): a rejected row costs nothing and is not priced."""
+        costs, n = self.costs, len(rows["status"])
+        names = [s.name for s in costs.shares]
+        ms = {name: rows.get(f"ms_{name}") or [None] * n for name in names}
+        priced = {i: costs.row({name: ms[name][i] for name in names}) for i in kept}
+        batch = CostTotals()
+        for i in kept:
+            for name in names:
+                batch.add(name, priced[i][f"gpu_s_{name}"], priced[i][f"cpu_s_{name}"],
+                          priced[i][f"usd_{name}"])
+        for column, _ in costs.columns():
+            rows[column] = [priced[i][column] if i in priced else None for i in range(n)]
+        for name in batch.usd:
+            self.counts.cost.add(name, batch.gpu_s[name], batch.cpu_s[name], batch.usd[name])
+        if self.on_cost is not None:
+            self.on_cost(batch)
 
     def commit(self, summary: dict[str, Any]) -> bool:
         """Publish rejects, then the lineage table (the commit point) with the summary.

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from factory import settings
 from factory.commerce_formats import CatalogOptions
+from factory.pricing import Prices, PricingSpec, resolve_prices
 from factory.s3 import S3Options
 from factory.templating import TemplateError, template_fields
 from stages.base import StagePlan
@@ -148,6 +149,8 @@ class JobSpec(_Strict):
     stages: list[StageSpec] = Field(min_length=1)
     #: Channel presets by name, or mappings of ``factory.channels.Channel`` fields.
     channels: list[str | dict[str, Any]] = Field(default_factory=list)
+    #: Prices per device type and the GPU type used (``factory.pricing``).
+    pricing: PricingSpec = PricingSpec()
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,8 @@ class Job:
     warnings: tuple[str, ...] = ()
     #: ``factory.channels.Channel``s: one asset per channel and row; empty: one asset per row.
     channels: tuple[Any, ...] = ()
+    #: The run's price table (``pricing:`` over ``factory.pricing``'s defaults).
+    prices: Prices = Prices()
 
     def with_season(self, name: str | None, *, today: date | None = None) -> Job:
         """The job inside a season: by ``name``, or the season whose window holds ``today``
@@ -279,13 +284,17 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
     names = [p.name for p in plans]
     _check_seasons(spec, problems)
     channels = _resolve_channels(spec, problems)
+    prices = resolve_prices(spec.pricing, problems=problems,
+                            base_dir=Path(source).parent if Path(source).is_file() else None)
     for i, name in enumerate(spec.keep_intermediates):
         if name not in names:
             problems.append(f"keep_intermediates[{i}]: no stage named '{name}' "
                             f"(stages: {', '.join(names)})")
     if problems:
         raise SpecError(source, problems)
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    # prices change what a run costs, not what it renders: they are not part of its identity
+    hashed = {k: v for k, v in data.items() if k != "pricing"}
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
     return Job(
         name=spec.name,
         source=source,
@@ -309,6 +318,7 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         schedules=tuple(spec.schedules),
         warnings=tuple(warnings),
         channels=channels,
+        prices=prices,
     )
 
 

@@ -213,15 +213,15 @@ def test_summary_stage_table_failures_and_rejects(run) -> None:
     table = {name: (model, re.findall(r">([^<]*)</td>", cells)) for name, model, cells in rows}
     assert list(table) == list(STAGES)
     # generate ran on the 11 lineage rows; ms = row number: rows 1-6, 8-12
-    model, (count, mean, p50, p95, top, failed) = table["generate"]
+    model, (count, mean, p50, p95, top, failed, *_cost) = table["generate"]
     assert model == "generate/synthetic" and count == "11" and failed == "0"
     values = [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
     assert mean == f"{sum(values) / 11:,.1f}" and p50 == "6.0" and top == "12.0"
     assert p95 == "11.5"  # numpy's linear interpolation between 11 and 12
     # recolor: rows failed at recolor (9) never reached it; ms = 3 * row
-    _, (count, _, _, _, top, failed) = table["recolor"]
+    _, (count, _, _, _, top, failed, *_cost) = table["recolor"]
     assert count == "10" and top == "36.0" and failed == "1"
-    assert table["identity"][1][-1] == "1"
+    assert table["identity"][1][5] == "1"
     failures = text.split('id="failures"')[1].split("</section>")[0]
     assert "Failures (2)" in failures and "injected failure &lt;b&gt;9&lt;/b&gt;" in failures
     assert failures.index(">4</a>") < failures.index(">9</a>")
