@@ -19,6 +19,8 @@ import yaml
 from factory.lora_adapter import ADAPTER_FILE
 from factory.tiny_models import make_tiny_sd
 
+pytestmark = pytest.mark.integration
+
 STEPS, EVERY = 24, 3
 
 
