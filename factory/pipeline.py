@@ -1,4 +1,5 @@
-"""The pipeline: read → validate → one actor pool per stage → sink → the run's tables.
+"""The pipeline: read → validate → actor pools (one per GPU stage, one per run of consecutive
+CPU stages: ``stages.chain``) → sink → the run's tables.
 
 ``run_job`` scans the manifest (its fingerprint is part of the run's identity,
 ``factory.identity``), materialises the validated work list, prints the plan, then executes the
@@ -165,7 +166,7 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
                    labels: RunLabels = RunLabels()) -> tuple[ray.data.Dataset, ...]:
     """Lazy Ray Data plans over one materialised work list: the rows whose assets already
     exist or that were rejected (straight to the sink's lineage, no stage touches them) and,
-    when ``render``, the rows to render through one actor pool per stage.
+    when ``render``, the rows to render through the stages' actor pools (``stages.chain.pools``).
 
     Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
     actor pool; with nothing to render, no pool starts and no model loads.
@@ -235,7 +236,7 @@ def block_rows(job: Job) -> int:
 
 
 def _named(runtime: type, stage_name: str) -> type:
-    """A subclass named after the stage, so the Ray dashboard shows one pool per stage."""
+    """A subclass named after the stage(s), so the Ray dashboard names each pool."""
     safe = "".join(ch if ch.isalnum() else "_" for ch in stage_name)
     return type(f"{runtime.__name__}_{safe}", (runtime,), {"__module__": runtime.__module__})
 
