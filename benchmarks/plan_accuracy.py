@@ -12,6 +12,7 @@ Goal (issue 14): within ±15% of the measured run.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from decimal import Decimal
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true",
                         help="calibrate from a probe run in a scratch store, not a committed run")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     from factory import settings
     from factory.tiny_models import make_all
 
@@ -92,6 +94,8 @@ def main() -> None:
           f"{error(plan.usd, measured_usd):>8}")
     print(f"  run summary cost ${summary['cost_usd']:.6f} at {summary['cost']['gpu']} prices; "
           f"goal: within ±15%")
+    print(f"  load average (1 min) at start {load_start:.1f}, at the end {os.getloadavg()[0]:.1f}, "
+          f"on {os.cpu_count()} CPUs: the figures are only as steady as the machine")
     for note in plan.notes:
         print(f"  note: {note}")
 

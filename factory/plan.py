@@ -139,7 +139,11 @@ def calibrate(store: Store, job: Any) -> Calibration:
     walls = []
     for run_id, summary in list_runs(store):
         with store.open_input_file(f"runs/{run_id}/{LINEAGE}") as file:
-            table = pq.read_table(file)
+            lineage = pq.ParquetFile(file)
+            wanted = {f"{name}{suffix}" for name in want
+                      for suffix in ("_model", "_params_hash", "_placement")}
+            wanted |= {f"ms_{name}" for name in want}
+            table = lineage.read(columns=[c for c in lineage.schema_arrow.names if c in wanted])
         if table.num_rows == 0:
             continue
         matched = 0

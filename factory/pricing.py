@@ -103,6 +103,9 @@ class Prices:
     def as_dict(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "usd_per_hour": dict(sorted(self.usd_per_hour.items()))}
 
+    def __hash__(self) -> int:  # a Job (frozen, hashable) holds its prices
+        return hash((self.gpu, tuple(sorted(self.usd_per_hour.items()))))
+
 
 def resolve_prices(spec: PricingSpec, *, base_dir: Path | None,
                    problems: list[str]) -> Prices:
