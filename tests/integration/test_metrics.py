@@ -112,5 +112,15 @@ def test_metrics_on_the_node_endpoint_match_the_lineage(ray_with_dashboard, tmp_
     assert total(series, "ray_factory_stage_asset_seconds_count", stage="recolor",
                  model="recolor/lab", device="cpu", **run) == len(rendered)
     assert total(series, "ray_factory_stage_gpu_seconds_total", **run) == 0  # no GPU held
+    # the driver counts each stage's dollars as lineage rows arrive (factory.pricing)
+    deadline = time.monotonic() + 30
+    while (total(series, "ray_factory_stage_cost_usd_total", **run)
+           != pytest.approx(summary["cost_usd"], rel=1e-6)) and time.monotonic() < deadline:
+        time.sleep(1)
+        series = scrape()
+    assert total(series, "ray_factory_stage_cost_usd_total", **run) == pytest.approx(
+        summary["cost_usd"], rel=1e-6) and summary["cost_usd"] > 0
+    assert total(series, "ray_factory_stage_cost_usd_total", stage="recolor", **run) == (
+        pytest.approx(summary["cost"]["stages"]["recolor"]["usd"], rel=1e-6))
     names = {name for name in series}
     assert names <= set(EXPORTED) and "ray_factory_stage_asset_seconds_bucket" in names
