@@ -174,13 +174,14 @@ def calibrate(store: Store, job: Any) -> Calibration:
 
 def probe(job: Any, *, rows: int = PROBE_ROWS) -> Calibration:
     """Run the job's first ``rows`` manifest rows through the real stages into a scratch
-    store (a temporary directory; needs ``ray.init``) and calibrate from that run."""
+    store (a temporary directory, removed after) and calibrate from that run. Needs
+    ``ray.init``."""
     from factory.pipeline import run_job
 
-    scratch = tempfile.mkdtemp(prefix="factory-probe-")
-    probe_job = job.with_overrides(output_uri=scratch, run_id="probe")
-    run_job(probe_job, limit=rows)
-    return calibrate(Store(scratch), probe_job)
+    with tempfile.TemporaryDirectory(prefix="factory-probe-") as scratch:
+        probe_job = job.with_overrides(output_uri=scratch, run_id="probe")
+        run_job(probe_job, limit=rows)
+        return calibrate(Store(scratch), probe_job)
 
 
 def predict(job: Any, calibration: Calibration, *, rows: int, rejected: int, existing: int,

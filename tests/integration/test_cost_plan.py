@@ -76,3 +76,16 @@ def test_run_costs_add_up_and_the_plan_reads_them(local_ray, tmp_path) -> None:
     # loose: within a factor of 3 of the calibration run's own wall time per asset, scaled
     per_asset = summary["wall_s"] / len(ok)
     assert per_asset * plan["to_render"] / 3 < plan["wall_s"] < summary["wall_s"] * 3
+
+
+def test_plan_probes_when_no_run_calibrates_the_chain(local_ray, tmp_path) -> None:
+    catalog = write_catalog(tmp_path / "catalog.csv", 12, bad_rows=False)
+    spec_path = tmp_path / "job.json"
+    spec_path.write_text(json.dumps(spec(catalog, tmp_path / "out")))
+    out = CliRunner().invoke(main, ["plan", str(spec_path), "--probe", "4", "--json"])
+    assert out.exit_code == 0, out.output
+    assert "probing 4 rows" in out.stderr
+    plan = json.loads(out.stdout[out.stdout.index("{"):])
+    assert plan["to_render"] == 12 and plan["calibrated_from"] == ["probe"]
+    assert all(s["seconds_per_asset"] > 0 for s in plan["stages"])
+    assert not (tmp_path / "out").exists()  # the probe ran in a scratch store, not the job's
