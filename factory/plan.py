@@ -17,8 +17,9 @@ seconds over its actors) and ``fixed`` the rest of that run's wall time (scan, m
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -128,10 +129,10 @@ def calibrate(store: Store, job: Any) -> Calibration:
     """Seconds per asset per stage from the committed runs in ``store`` whose stage ran the
     same card, params hash and device kind as the job's; the wall times of runs that match the
     whole chain."""
+    import pyarrow.parquet as pq
+
     from factory.keys import params_hash
     from factory.runs import LINEAGE, list_runs
-
-    import pyarrow.parquet as pq
 
     want = {p.name: (p.card.name, params_hash(p), _device(p)) for p in job.stages}
     ms: dict[str, list[np.ndarray]] = {name: [] for name in want}
@@ -226,7 +227,7 @@ def _wall(job: Any, calibration: Calibration, n: int) -> tuple[float, list[str]]
         rendered, wall = points[-1]
         fixed = max(wall - rendered * per_asset, 0.0)
         return fixed + n * per_asset, [
-            f"wall time: {fixed:.1f} s fixed (the calibration run's wall time beyond its "
-            f"slowest pool) + {per_asset:.3f} s per asset"]
-    return n * per_asset, ["wall time: the slowest pool's time only (no whole-chain run "
-                           "to measure the fixed start-up)"]
+            (f"wall time: {fixed:.1f} s fixed (the calibration run's wall time beyond its "
+             f"slowest pool) + {per_asset:.3f} s per asset")]
+    return n * per_asset, [("wall time: the slowest pool's time only (no whole-chain run "
+                            "to measure the fixed start-up)")]

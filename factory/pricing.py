@@ -30,11 +30,12 @@ P5 on-demand prices in mid-2025, so put your own contract's prices in ``pricing:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
