@@ -3,10 +3,10 @@
 A head (``ray start --head``, no GPU) and two worker nodes (``ray start --address``, each its
 own temp dir and two logical GPUs), an S3 server on loopback behind a logging proxy, and
 ``factory submit`` of a job through the Jobs API with its working directory uploaded. Nothing
-of this test's models is uploaded: the segment stage's ``tiny:`` model is built on the node
-that loads it. Then the same with one worker's raylet SIGKILLed mid-run: the job finishes on
-the surviving node, or fails uncommitted and a resubmit resumes; either way every SKU ends
-exactly once and no key is written twice.
+of this test's models is uploaded: the upscale stage's ``tiny:`` model is built on the GPU node
+that loads it (generate and segment share one CPU pool). Then the same with one worker's
+raylet SIGKILLed mid-run: the job finishes on the surviving node, or fails uncommitted and a
+resubmit resumes; either way every SKU ends exactly once and no key is written twice.
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def job_dir(root: Path, prefix: str, endpoint: str) -> Path:
             {"kind": "generate", "model": "synthetic", "params": {"width": 96, "height": 96},
              "resources": {"num_cpus": 0.25, "batch_size": 8}},
             {"kind": "segment", "model": "u2net-tiny",
+             "resources": {"num_cpus": 0.25, "batch_size": 8}},
+            {"kind": "upscale", "model": "swin2sr-tiny-x2", "params": {"tile": 0},
              "resources": {"num_gpus": 0.5, "num_cpus": 0.25, "batch_size": 8,
                            "concurrency": 2}},
             {"kind": "recolor", "model": "lab", "params": {"palette": ["#2D3047"]},
@@ -147,11 +149,11 @@ def test_a_submitted_job_runs_across_the_worker_nodes(cluster):
     result = check_exact(cluster, "plain")
     assert result["run_id"] == run_id
     # the GPU stage ran on the GPU workers (the head has none), its tiny model built there
-    segment_nodes = {r["segment_placement"].split()[0].removeprefix("node=")
+    upscale_nodes = {r["upscale_placement"].split()[0].removeprefix("node=")
                      for r in result["rows"]}
     gpu_nodes = gpu_node_ids(cluster)  # placements name a node by its id's first 12 digits
-    assert segment_nodes and all(any(n.startswith(short) for n in gpu_nodes)
-                                 for short in segment_nodes), (segment_nodes, gpu_nodes)
+    assert upscale_nodes and all(any(n.startswith(short) for n in gpu_nodes)
+                                 for short in upscale_nodes), (upscale_nodes, gpu_nodes)
 
 
 def test_a_worker_killed_mid_run_loses_no_sku_and_writes_no_key_twice(cluster):
@@ -172,12 +174,12 @@ def test_a_worker_killed_mid_run_loses_no_sku_and_writes_no_key_twice(cluster):
             for node in workers:
                 raylet = node.raylet_pid()
                 children = psutil.Process(raylet).children(recursive=True) if raylet else []
-                if any("RembgSegmenter" in " ".join(c.cmdline()) for c in children):
+                if any("Swin2SRUpscaler" in " ".join(c.cmdline()) for c in children):
                     victim = node
                     os.kill(raylet, signal.SIGKILL)
                     break
         time.sleep(0.1)
-    assert victim is not None, "no worker held a segment actor while the job ran"
+    assert victim is not None, "no worker held an upscale actor while the job ran"
     before_kill = landed
     state = jobs.wait(run_id, address=cluster["address"], timeout_s=420)
     if state != "SUCCEEDED":  # failed uncommitted: a resubmit resumes
