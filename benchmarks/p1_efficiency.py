@@ -10,7 +10,9 @@ the machine could do at best
 The job is then run end to end on a local Ray (the factory's own start-up included) and its
 assets/s divided by that ideal, for the whole run and for the steady state (first to last
 asset). The machine-wide CPU busy fraction over the steady state says how much of the gap is
-idle cores and how much is work the isolated runs do not do (Ray, copies, oversubscription).
+idle cores and how much is work the isolated runs do not do (Ray, copies, oversubscription);
+the share of the cores the stage actors held over that window is the steady-state P1 that
+does not depend on how many blocks were in flight when the first asset landed.
 
     python benchmarks/p1_efficiency.py [--rows 200] [--chain five|two|mission]
 Goal (PERFORMANCE.md): >= 0.80 of the all-cores ideal on 2 cores (steady state).
@@ -43,7 +45,8 @@ CHAINS = {
         {"kind": "segment", "model": "u2net-tiny", "resources": {"num_cpus": 1, "batch_size": 8}},
         {"kind": "lora", "model": "sd-tiny-brand",
          "params": {"lora": "tiny:sd-tiny-lora", "strength": 0.4, "steps": 2},
-         "resources": {"num_cpus": 1, "batch_size": 8}},
+         # as jobs/demo.yaml: the (fused) CPU chain runs as 2 actors
+         "resources": {"num_cpus": 1, "batch_size": 8, "concurrency": 2}},
         {"kind": "recolor", "model": "lab", "params": {"palette": ["#C8553D", "#2D3047"]},
          "resources": {"num_cpus": 1, "batch_size": 8}},
         {"kind": "upscale", "model": "swin2sr-tiny-x2",
@@ -194,7 +197,17 @@ def main() -> None:
                 print(f"    {role:42} {used * 1000 / (a1 - a0):8.1f} ms  "
                       f"({used / (t1 - t0):.2f} cores)")
     print(f"  P1 whole run:   {e2e / ideal:.2f} of the all-cores ideal")
-    print(f"  P1 steady state: {steady / ideal:.2f} of the all-cores ideal   (goal >= 0.80)")
+    # The rate from the first to the last asset counts the assets of blocks that were already
+    # in flight at the first one: with few, large blocks per actor it reads high (above 1).
+    # The share of the cores the stage actors held over that window does not depend on that.
+    print(f"  P1 steady state, by rate: {steady / ideal:.2f} of the all-cores ideal "
+          f"(reads high when blocks are large against the run)")
+    if len(cpu_at) == 2 and t1 > t0:
+        first, last = cpu_at
+        stage_s = sum(last[r] - first.get(r, 0.0) for r in last
+                      if r == "chain" or r.startswith("stage "))
+        print(f"  P1 steady state, by cores: stage actors held {stage_s / (t1 - t0):.2f} of "
+              f"{cores} cores = {stage_s / (t1 - t0) / cores:.2f}   (goal >= 0.80)")
 
 
 if __name__ == "__main__":
