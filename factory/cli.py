@@ -39,6 +39,13 @@ def validate(job_path: str) -> None:
     run_id = job.run_id or "derived at run time (spec, manifest content, --limit, season)"
     click.echo(f"{job_path}: ok — job '{job.name}', run id {run_id}, "
                f"{len(job.stages)} stages: {' → '.join(p.card.name for p in job.stages)}")
+    from stages.chain import pool_resources, pools
+
+    for pool in pools(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates):
+        r = pool_resources(pool)
+        where = f"{r.num_gpus:g} GPU" if r.num_gpus else f"{r.num_cpus:g} CPU"
+        click.echo(f"  pool {'+'.join(p.name for p in pool)}: {r.concurrency} actor(s), "
+                   f"{where} each, batches of {r.batch_size}")
 
 
 @main.command()

@@ -104,3 +104,19 @@ def test_concat_keeps_plain_columns():
              {"x": np.array([3.0]), "s": np.array(["b", "c"], dtype=object)}]
     out = concat(parts)
     assert out["x"].tolist() == [1.0, 2.0, 3.0] and out["s"].tolist() == ["a", "b", "c"]
+
+
+def test_validate_prints_the_pools_a_job_will_start():
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    jobs = Path(__file__).resolve().parents[2] / "jobs"
+    out = CliRunner().invoke(main, ["validate", str(jobs / "demo.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "pool generate+segment+lora+recolor+upscale: 2 actor(s), 1 CPU each" in out.output
+    out = CliRunner().invoke(main, ["validate", str(jobs / "catalog-gpu.yaml")])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("  pool ") == 5 and "pool recolor: 2 actor(s), 1 CPU" in out.output
