@@ -241,18 +241,23 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_job(path: str | Path) -> Job:
-    """Read and validate a job spec file."""
+def read_yaml(path: str | Path, error: type[SpecError] = SpecError) -> Any:
+    """A spec file's YAML document (a key given twice is an error); an unreadable file or bad
+    YAML raises ``error`` naming the file."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(source, [f"cannot read: {exc}"]) from exc
+        raise error(source, [f"cannot read: {exc}"]) from exc
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise SpecError(source, [f"not valid YAML: {exc}"]) from exc
-    return parse_job(data, source=source)
+        raise error(source, [f"not valid YAML: {exc}"]) from exc
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job spec file."""
+    return parse_job(read_yaml(path), source=str(path))
 
 
 def parse_job(data: Any, *, source: str = "<spec>") -> Job:

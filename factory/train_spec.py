@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from factory import settings
@@ -26,7 +25,7 @@ from factory.spec import (
     StorageSpec,
     _pydantic_problems,
     _Strict,
-    _UniqueKeyLoader,
+    read_yaml,
 )
 from stages.weights import resolve_source
 
@@ -172,16 +171,7 @@ class Training:
 
 def load_training(path: str | Path) -> Training:
     """Read and validate a training spec file."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainSpecError(source, [f"cannot read: {exc}"]) from exc
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise TrainSpecError(source, [f"not valid YAML: {exc}"]) from exc
-    return parse_training(data, source=source)
+    return parse_training(read_yaml(path, TrainSpecError), source=str(path))
 
 
 def parse_training(data: Any, *, source: str = "<training spec>") -> Training:

@@ -27,3 +27,15 @@ def models_dir(tmp_path_factory) -> Path:
         os.environ.pop(settings.MODELS_DIR, None)
     else:
         os.environ[settings.MODELS_DIR] = previous
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy 2-core
+    machine made the modules that use this 5-10x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

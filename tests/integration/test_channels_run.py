@@ -6,7 +6,6 @@ packet is read back from the objects a real S3 server (moto) holds.
 from __future__ import annotations
 
 import io
-import os
 from collections import Counter
 
 import pytest
@@ -111,20 +110,13 @@ def test_each_sku_becomes_one_measured_asset_per_channel(tmp_path, catalog, loca
 def s3():
     """A real S3 server, and its credentials in the environment before Ray starts (the
     workers take the driver's environment when they start)."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    try:
-        with start_s3_server() as server:
-            os.environ.update({k: v for k, v in credentials_env(server.endpoint_url).items()
-                               if k in saved})
-            server.client().create_bucket(Bucket="assets")
-            yield server
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    with start_s3_server() as server, pytest.MonkeyPatch.context() as env:
+        for key, value in credentials_env(server.endpoint_url).items():
+            if key in keys:
+                env.setenv(key, value)
+        server.client().create_bucket(Bucket="assets")
+        yield server
 
 
 def test_metadata_survives_the_s3_upload(s3, catalog, local_ray, models_dir):

@@ -19,16 +19,7 @@ CARDS = tuple(c for c in ALL_CARDS if c.kind == "lora")
 TINY_CARD = CARDS[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy 2-core
-    machine made this module 5-10x slower."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
