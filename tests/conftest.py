@@ -39,3 +39,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process once pytest has reported, without the interpreter's teardown.
+
+    CI once saw ``make test`` die with a segmentation fault *after* all 637 tests had passed
+    and the summary was printed: a native library's threads (Ray's core worker, onnxruntime,
+    numba, Arrow's S3 client, torch's OpenMP pool; several are loaded in this one process)
+    racing their destructors at interpreter exit. Nothing a test checks happens there, so the
+    session shuts down what it started (Ray), flushes, and exits with pytest's own status."""
+    if not _EXIT_STATUS:
+        return
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS[-1])
