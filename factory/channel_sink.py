@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,12 +53,17 @@ class ChannelSinkConfig:
         channels: the job's channels, in spec order (the last is the row's marker).
         prints: each channel's fingerprint (``factory.keys.channel_fingerprints``).
         provenance: what every asset's XMP packet says.
+        route_prints: in a job with routes, each route's channel fingerprints (a row's
+            assets are keyed by its route's chain).
+        route_provenance: in a job with routes, each route's XMP provenance (its models).
     """
 
     sink: SinkConfig
     channels: tuple[Channel, ...]
     prints: tuple[str, ...]
     provenance: Provenance | None = None
+    route_prints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    route_provenance: Mapping[str, Provenance] = field(default_factory=dict)
 
 
 def write_channel_assets(batch: dict[str, np.ndarray], *,
@@ -67,10 +73,13 @@ def write_channel_assets(batch: dict[str, np.ndarray], *,
     channels, prints, store = config.channels, config.prints, config.sink.store
     pixels = images.load("image", batch) if "image" in batch else [None] * n
     packet = config.provenance.packet() if config.provenance is not None else b""
+    packets = {route: p.packet() for route, p in config.route_provenance.items()}
     out: list[dict[str, Any]] = []  # one dict of overrides per output row, with its source
     for i in range(n):
         status = batch["status"][i]
         row = {k: batch[k][i] for k in batch if k != "image"}
+        if config.route_prints and row.get("route"):  # a routed row: its route's chain
+            prints, packet = config.route_prints[row["route"]], packets.get(row["route"], b"")
         if status not in (STATUS_OK, STATUS_EXISTS, STATUS_FAILED):  # rejected: once
             out.append({"src": i, "output_key": ""})
             continue

@@ -1,9 +1,10 @@
 """The ``factory`` command line.
 
-Exit codes: 0 every row became an asset; 1 the run committed but some rows failed or were
-rejected; 2 a bad job spec or bad usage (an explicit run id already committed from other inputs
-included); 3 a manifest that cannot be read at all; 4 the run could not finish (a model that
-does not load, storage, Ray); nothing was committed; 5 no such committed run (``runs show``).
+Exit codes: 0 every row became an asset; 1 the run committed but some rows failed, were
+rejected or were deferred by a budget; 2 a bad job spec or bad usage (an explicit run id
+already committed from other inputs included); 3 a manifest that cannot be read at all; 4 the
+run could not finish (a model that does not load, storage, Ray); nothing was committed; 5 no
+such committed run (``runs show``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import click
 from factory import settings
 
 from factory.cli_common import (EXIT_MANIFEST, EXIT_NO_RUN, EXIT_OK,  # noqa: F401 - API
-                                EXIT_PARTIAL, EXIT_RUN, EXIT_SPEC, load_spec)
+                                EXIT_PARTIAL, EXIT_RUN, EXIT_SPEC, load_spec, parse_usd)
 
 
 @click.group()
@@ -46,6 +47,13 @@ def validate(job_path: str) -> None:
         where = f"{r.num_gpus:g} GPU" if r.num_gpus else f"{r.num_cpus:g} CPU"
         click.echo(f"  pool {'+'.join(p.name for p in pool)}: {r.concurrency} actor(s), "
                    f"{where} each, batches of {r.batch_size}")
+    if job.routes is not None:
+        from factory.routes import describe
+
+        for line in describe(job.routes):
+            click.echo(f"  {line}")
+    for line in job.qa.describe() if job.qa is not None else ():  # factory.qa
+        click.echo(f"  {line}")
 
 
 @main.command()
@@ -55,18 +63,22 @@ def validate(job_path: str) -> None:
 @click.option("--run-id", help="Override the run id (default: from the spec, or derived).")
 @click.option("--season", help="Season to apply (default: the one whose dates hold today; "
                                 "'none' for no season).")
+@click.option("--budget", "budget_usd", metavar="USD", callback=parse_usd,
+              help="Cap the run's dollars (over the spec's budget.usd): rows past it are "
+                   "deferred; a rerun with a larger budget renders them.")
 @click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
 @click.option("--no-dashboard", is_flag=True, help="A local Ray without its dashboard.")
 def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
-        season: str | None, address: str | None, no_dashboard: bool) -> None:
+        season: str | None, budget_usd, address: str | None, no_dashboard: bool) -> None:
     """Run the job in JOB_PATH and commit its run.
 
     The run id is derived from the spec, the manifest's content, --limit and the season, so
     the same inputs resume (or report) the same run and changed inputs make a new one; work
     already in the store is never rendered again. An explicit --run-id that is committed from
-    other inputs is an error (exit 2).
+    other inputs is an error (exit 2). The budget is one of the inputs: a larger
+    --budget is a new run, which renders the rows an earlier one deferred.
     """
-    job = _seasoned(_load(job_path, output_uri=output_uri), season, run_id)
+    job = _seasoned(_load(job_path, output_uri=output_uri), season, run_id, budget_usd)
     sys.exit(_execute(job, limit=limit, address=address, dashboard=not no_dashboard))
 
 
@@ -76,24 +88,26 @@ def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | 
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N manifest rows.")
 @click.option("--run-id", help="Run id of the refresh (default: derived from its inputs).")
 @click.option("--season", help="Season to apply (default: by today's date; 'none').")
+@click.option("--budget", "budget_usd", metavar="USD", callback=parse_usd,
+              help="Cap the refresh's dollars (see `factory run --budget`).")
 @click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
 @click.option("--no-dashboard", is_flag=True, help="A local Ray without its dashboard.")
 def refresh(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
-            season: str | None, address: str | None, no_dashboard: bool) -> None:
+            season: str | None, budget_usd, address: str | None, no_dashboard: bool) -> None:
     """Render only new and changed SKUs since the job's latest committed run."""
     from factory.refresh import refresh as run_refresh
 
-    job = _seasoned(_load(job_path, output_uri=output_uri), season, None)
+    job = _seasoned(_load(job_path, output_uri=output_uri), season, None, budget_usd)
     report = _execute(job, limit=limit, address=address, dashboard=not no_dashboard,
                       runner=lambda j, **kw: run_refresh(j, run_id=run_id, **kw))
     sys.exit(report)
 
 
-def _seasoned(job, season: str | None, run_id: str | None):
+def _seasoned(job, season: str | None, run_id: str | None, budget_usd=None):
     from factory.spec import SpecError
 
     try:
-        job = job.with_season(season)
+        job = job.with_season(season).with_overrides(budget_usd=budget_usd)
         return job.with_overrides(run_id=run_id) if run_id else job
     except SpecError as exc:
         click.echo(str(exc), err=True)
@@ -169,19 +183,31 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
         sys.exit(EXIT_NO_RUN)
     lineage, summary = read_lineage(store, run_id)
     rejects = read_rejects(store, run_id)
-    for key in ("job", "manifest_rows", "assets", "written", "failed", "rejected", "wall_s",
-                "assets_per_s", "write_mode", "spec_hash"):
-        click.echo(f"{key:14} {summary.get(key)}")
+    for key in ("job", "manifest_rows", "assets", "written", "failed", "rejected", "deferred",
+                "wall_s", "assets_per_s", "write_mode", "spec_hash"):
+        if key in summary or key != "deferred":  # runs before budgets record no deferrals
+            click.echo(f"{key:14} {summary.get(key)}")
+    if summary.get("budget"):  # factory.budget
+        from factory.budget import budget_line
+
+        click.echo(f"{'budget':14} {budget_line(summary['budget'])}")
+    if summary.get("qa"):  # factory.qa
+        from factory.qa import qa_line
+
+        click.echo(f"{'qa':14} {qa_line(summary['qa'])}")
     for reason, n in (summary.get("skipped") or {}).items():  # a catalog export's non-rows
         click.echo(f"{'skipped':14} {n} ({reason})")
     for key, value in (summary.get("inputs") or {}).items():
         click.echo(f"{'input ' + key:14} {value}")
+    for route, line in (summary.get("routes") or {}).items():  # factory.routes
+        click.echo(f"{'route ' + route:14} {line['assets']} assets ${line['usd']:.6f}")
     stages = [c.removesuffix("_model") for c in lineage.column_names if c.endswith("_model")]
     rows = lineage.to_pylist()
     for stage in stages:
         done = [r[f"ms_{stage}"] for r in rows if r[f"ms_{stage}"]]
         mean = sum(done) / len(done) if done else 0.0
-        model = rows[0][f"{stage}_model"] if rows else "?"
+        # with routes a row off the stage's routes records no model for it
+        model = next((r[f"{stage}_model"] for r in rows if r[f"{stage}_model"]), "-")
         click.echo(f"stage {stage:10} {model:28} {mean:9.1f} ms/asset over {len(done)} rows")
     cost = summary.get("cost")
     if cost:  # factory.pricing: device seconds x the share each actor reserved x hourly prices
@@ -192,6 +218,10 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
     failed = [r for r in rows if r["status"] == "failed"]
     for r in failed[:failures]:
         click.echo(f"failed  row {r['row']:<6} {r['sku']:24} [{r['failed_stage']}] {r['error']}")
+    review = [r for r in rows if r.get("qa") == "review" and r["status"] == "ok"]
+    for r in review[:failures]:  # factory.qa: written, outside the gate after its retries
+        click.echo(f"review  row {r['row']:<6} {r['sku']:24} [{r['qa_attempts']} renders] "
+                   f"{r['qa_reason']}")
     for r in rejects.to_pylist()[:failures]:
         click.echo(f"rejected row {r['row']:<6} {r['sku'][:24]:24} {r['field']}: {r['reason']}")
 
@@ -257,17 +287,20 @@ def _jobs_call(fn, *args, **kwargs):
 @click.option("--run-id", help="Override the run id (also the Ray submission id).")
 @click.option("--season", help="Season to apply (default: by today's date; 'none').")
 @click.option("--refresh", is_flag=True, help="Submit `factory refresh` instead of `run`.")
+@click.option("--budget", "budget_usd", metavar="USD", callback=parse_usd,
+              help="Cap the run's dollars (see `factory run --budget`).")
 @click.option("--working-dir", default=".", show_default=True,
               type=click.Path(file_okay=False, exists=True),
               help="Directory uploaded as the job's working directory; JOB_PATH must be in it.")
 def submit(job_path: str, address: str, run_id: str | None, season: str | None, refresh: bool,
-           working_dir: str) -> None:
+           budget_usd, working_dir: str) -> None:
     """Validate JOB_PATH here, then run it on a Ray cluster as a Ray job (id = run id)."""
     from factory import jobs
 
-    _seasoned(_load(job_path), season, run_id)  # bad spec or season: exit 2, nothing uploaded
+    # a bad spec, season or budget: exit 2, nothing uploaded
+    _seasoned(_load(job_path), season, run_id, budget_usd)
     submitted = _jobs_call(jobs.submit, job_path, address=address, run_id=run_id, season=season,
-                           refresh=refresh, working_dir=working_dir)
+                           refresh=refresh, working_dir=working_dir, budget_usd=budget_usd)
     click.echo(f"submitted run {submitted} to {address}\n"
                f"  follow: factory logs {submitted} --follow --address {address}\n"
                f"  dashboard: {address.rstrip('/')}/#/jobs/{submitted}  (with token auth on, "
@@ -416,17 +449,31 @@ def _execute(job, *, limit: int | None, address: str | None, runner=None,
     click.echo(
         f"\nrun {result.run_id}: {result.manifest_rows} rows → {c.assets} assets "
         f"({c.written} written, {c.assets - c.written} already there), {c.failed} failed, "
-        f"{c.rejected} rejected in {result.wall_s:.1f} s ({result.assets_per_s:.2f} assets/s)\n"
+        f"{c.rejected} rejected" + (f", {c.deferred} deferred" if result.budget else "")
+        + f" in {result.wall_s:.1f} s ({result.assets_per_s:.2f} assets/s)\n"
         f"  assets:  {result.output_uri.rstrip('/')}/assets/\n"
         f"  lineage: {result.lineage_path}\n"
         f"  rejects: {result.rejects_path}"
         + (f"\n  report:  {result.report_path}" if result.report_path else ""))
+    if c.route_assets:
+        click.echo("  assets by route: " + ", ".join(
+            f"{route}={n}" for route, n in sorted(c.route_assets.items())))
     if c.failures_by_stage:
         click.echo("  failures by stage: " + ", ".join(
             f"{k}={v}" for k, v in sorted(c.failures_by_stage.items())))
+    if result.budget:  # factory.budget
+        from factory.budget import budget_line
+
+        click.echo(f"  budget:  {budget_line(result.budget)}"
+                   + (f"; rerun with a larger --budget to render the {c.deferred} deferred rows"
+                      if c.deferred else ""))
+    if result.qa:  # factory.qa
+        from factory.qa import qa_line
+
+        click.echo(f"  qa gate: {qa_line(result.qa)}")
     if report is not None:
         click.echo(f"  {report.line()}")
-    return EXIT_OK if c.failed == 0 and c.rejected == 0 else EXIT_PARTIAL
+    return EXIT_OK if c.failed == 0 and c.rejected == 0 and c.deferred == 0 else EXIT_PARTIAL
 
 
 def _root_cause(exc: BaseException) -> str:

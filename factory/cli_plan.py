@@ -43,7 +43,7 @@ def plan(job_path: str, output_uri: str | None, limit: int | None, season: str |
     come from the lineage of committed runs in the output store (same card, params and device
     kind), else from a probe run of the first --probe rows into a scratch directory.
     """
-    from factory.plan import calibrate, count_work, predict, probe
+    from factory.plan import calibrate, predict, probe, stage_rows, tally_work
     from factory.spec import SpecError, load_job
     from factory.storage import Store
 
@@ -52,9 +52,12 @@ def plan(job_path: str, output_uri: str | None, limit: int | None, season: str |
     except SpecError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_SPEC)
-    info, tally = count_work(job, limit=limit)
+    info, tally, routes = tally_work(job, limit=limit)
     calibration = calibrate(Store(job.output.uri, job.s3), job)
-    missing = calibration.missing([p.name for p in job.stages])
+    # with routes, a stage no row to render goes through needs no calibration
+    rendering = stage_rows(job, tally.get("ok", 0), routes)
+    missing = calibration.missing([p.name for p in job.stages
+                                   if rendering[p.name] or job.routes is None])
     if missing:
         if not probe_rows:
             click.echo(f"no committed run in {job.output.uri} calibrates stages "
@@ -67,8 +70,13 @@ def plan(job_path: str, output_uri: str | None, limit: int | None, season: str |
                    err=True)
         init_ray(address, logical_cpus=logical_cpus_needed(job), dashboard=False)
         calibration = probe(job, rows=probe_rows)
+        if still := calibration.missing(missing):  # the probe's rows took other routes
+            click.echo(f"the probe's {probe_rows} rows did not go through stages "
+                       f"{', '.join(still)}; run with a larger --probe N", err=True)
+            sys.exit(EXIT_SPEC)
     result = predict(job, calibration, rows=info.rows, rejected=tally.get("rejected", 0),
-                     existing=tally.get("exists", 0), to_render=tally.get("ok", 0))
+                     existing=tally.get("exists", 0), to_render=tally.get("ok", 0),
+                     routes=routes)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
         return
@@ -84,6 +92,9 @@ def plan(job_path: str, output_uri: str | None, limit: int | None, season: str |
     prices = result.prices
     click.echo(f"predicted wall time {result.wall_s:.1f} s; prices: {prices.gpu} "
                f"${prices.gpu_usd_per_hour}/GPU-h, cpu ${prices.cpu_usd_per_hour}/CPU-h")
+    for r in result.routes:
+        click.echo(f"route {r.name:12} {r.rows:8d} rows x ${r.usd_per_asset:.9f}/asset = "
+                   f"${r.usd:.6f}")
     for note in result.notes:
         click.echo(f"note: {note}")
     click.echo(f"calibrated from runs: {', '.join(result.calibrated_from)}")

@@ -103,6 +103,8 @@ class RunProgress:
         rate = counts.assets / max(elapsed_s, 1e-9)
         text = (f"{counts.assets} assets ({rate:.2f}/s), {counts.failed} failed, "
                 f"{counts.rejected} rejected")
+        if getattr(counts, "deferred", 0):  # rows past a budget (factory.budget)
+            text += f", {counts.deferred} deferred"
         slowest = slowest_stage(counts)
         return f"{text}; slowest stage {slowest}" if slowest else text
 

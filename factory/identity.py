@@ -1,11 +1,16 @@
 """What a run *is*: the inputs that decide its work, and the run id derived from them.
 
 A run is identified by everything that decides which rows it renders and how: the job spec,
-the manifest's content, ``--limit`` and the season. The same inputs give the same derived run
-id, so running a job again resumes (or reports) the same run; changed inputs give a new run
-id, whose rows that are already in the store are still not rendered again (asset keys are
-content-derived). An explicit run id (``run_id:`` in the spec, ``--run-id``) whose committed
+the manifest's content, ``--limit``, the season and the budget. The same inputs give the same
+derived run id, so running a job again resumes (or reports) the same run; changed inputs give a
+new run id, whose rows that are already in the store are still not rendered again (asset keys
+are content-derived). An explicit run id (``run_id:`` in the spec, ``--run-id``) whose committed
 run came from other inputs is an error that names the difference, never a silent no-op.
+
+A budget (``budget.usd``, ``--budget``: ``factory.budget``) decides how many rows a run renders,
+so it is an input: a rerun with a larger budget is a new run, which renders the rows the first
+left ``deferred`` and finds its finished rows in the store. Without a budget the inputs hash as
+they did before budgets existed, so earlier runs keep their derived ids.
 
 The inputs are recorded in the committed lineage table's footer summary (``inputs``).
 """
@@ -16,11 +21,13 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any, Mapping
 
 #: How each input is described when two runs differ.
 _LABELS = {"spec_hash": "job spec", "manifest_sha256": "manifest content",
-           "manifest_rows": "manifest rows", "limit": "--limit", "season": "season"}
+           "manifest_rows": "manifest rows", "limit": "--limit", "season": "season",
+           "budget_usd": "budget (USD)"}
 
 
 class RunInputsMismatch(ValueError):
@@ -46,6 +53,8 @@ class RunInputs:
         manifest_rows: rows the run covers (after ``--limit``).
         limit: ``--limit``, or None for the whole manifest.
         season: the season applied, or None.
+        budget_usd: the run's budget in dollars (a normalised decimal string: ``budget_text``),
+            or None for no cap.
     """
 
     spec_hash: str
@@ -53,10 +62,14 @@ class RunInputs:
     manifest_rows: int
     limit: int | None
     season: str | None
+    budget_usd: str | None = None
 
     def digest(self) -> str:
-        """A stable hash of the inputs."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        """A stable hash of the inputs (no budget: the same hash as before budgets)."""
+        inputs = asdict(self)
+        if inputs["budget_usd"] is None:
+            del inputs["budget_usd"]
+        text = json.dumps(inputs, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def derived_run_id(self, job_name: str) -> str:
@@ -78,6 +91,11 @@ class RunInputs:
             if theirs != mine:
                 out.append(f"{_LABELS[name]} {_show(theirs)} then, {_show(mine)} now")
         return out
+
+
+def budget_text(usd: Decimal | None) -> str | None:
+    """A budget as ``RunInputs`` records it: ``0.50`` and ``0.5`` are the same budget."""
+    return None if usd is None else format(usd.normalize(), "f")
 
 
 def _show(value: Any) -> str:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from decimal import Decimal
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ class AlreadySubmittedError(JobsError):
 
 
 def submit(job_path: str, *, address: str, run_id: str | None = None, season: str | None = None,
-           refresh: bool = False, working_dir: str = ".") -> str:
+           refresh: bool = False, working_dir: str = ".", budget_usd: Decimal | None = None) -> str:
     """Validate a job spec here, then submit it to the cluster as a Ray job.
 
     Args:
@@ -65,6 +66,7 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
             choice is validated here and pinned with ``--season``.
         refresh: Run ``factory refresh`` instead of ``factory run``.
         working_dir: The directory uploaded as the job's working directory.
+        budget_usd: ``--budget`` for the run (``factory.budget``), over the spec's.
 
     Returns:
         The submission id (the run id).
@@ -77,7 +79,7 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
     from factory.spec import SpecError, load_job
 
     try:
-        job = load_job(job_path).with_season(season)
+        job = load_job(job_path).with_season(season).with_overrides(budget_usd=budget_usd)
         job = job.with_overrides(run_id=run_id) if run_id else job
     except SpecError as exc:
         raise JobsError(str(exc)) from exc
@@ -96,7 +98,8 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
     runtime_env = {"working_dir": str(root), "excludes": excludes, "env_vars": _job_env()}
     metadata = {"job_name": job.name, "catalog": job.manifest_uri, "season": job.season or "",
                 "run_id": job.run_id}
-    command = entrypoint(spec_rel, job.run_id, season=pinned, refresh=refresh)
+    command = entrypoint(spec_rel, job.run_id, season=pinned, refresh=refresh,
+                         budget_usd=budget_usd)
     deadline = time.monotonic() + AGENT_WAIT_S
     with _errors(address, f"submitting run {job.run_id}"):
         while True:
@@ -128,12 +131,14 @@ def submission_id(job: Any, *, refresh: bool = False,
 
 
 def entrypoint(spec_rel: str, run_id: str, *, season: str | None = None,
-               refresh: bool = False) -> str:
+               refresh: bool = False, budget_usd: Decimal | None = None) -> str:
     """The shell command the job runs, in the uploaded working directory."""
     args = ["python", "-m", "factory.cli", "refresh" if refresh else "run", spec_rel,
             "--run-id", run_id]
     if season:
         args += ["--season", season]
+    if budget_usd is not None:
+        args += ["--budget", format(budget_usd, "f")]
     return shlex.join(args)
 
 

@@ -21,8 +21,9 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from factory.channel_sink import ChannelSinkConfig, write_channel_assets
-from factory.identity import RunInputs, RunInputsMismatch
-from factory.keys import chain_fingerprint, channel_fingerprints, extension
+from factory.budget import Budget
+from factory.identity import RunInputs, RunInputsMismatch, budget_text
+from factory.keys import asset_key, chain_fingerprint, channel_fingerprints, extension
 from factory.metrics import RunLabels
 from factory.pricing import CostModel, CostTotals, StageShare, stage_shares
 from factory.manifest import ManifestDatasource, ManifestInfo, scan
@@ -30,6 +31,8 @@ from factory.placement import (TASK_CPUS, ClusterTooSmall, alive_nodes,  # noqa:
                                check_output_reach, check_resources, driver_node_label,
                                logical_cpus_needed)
 from factory.provenance import ModelUse, Provenance
+from factory.qa import QaRetries, check_batch
+from factory.routes import route_stages
 from factory.s3 import is_s3
 from factory.rows import RowRules, validate_batch
 from factory.runs import LINEAGE, REJECTS, Counts, RunRecorder, is_committed, read_summary
@@ -74,8 +77,11 @@ class RunPlan:
     def line(self) -> str:
         skipped = "".join(f"; {n} export rows skipped: {why}"
                           for why, n in sorted(self.skipped.items()))
+        budget = (f"; budget ${self.inputs.budget_usd} (rows past it are deferred)"
+                  if self.inputs.budget_usd is not None else "")
         return (f"plan for run {self.run_id}: {self.rows} rows: {self.rejected} rejected, "
-                f"{self.existing} already in the store, {self.to_render} to render{skipped}")
+                f"{self.existing} already in the store, {self.to_render} to render{skipped}"
+                f"{budget}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,10 @@ class RunResult:
     report_path: str = ""
     #: the summary's ``cost``: dollars and device seconds per stage (``factory.pricing``)
     cost: Mapping[str, Any] = field(default_factory=dict)
+    #: the summary's ``budget``: the cap, dollars spent, the estimate used (``factory.budget``)
+    budget: Mapping[str, Any] = field(default_factory=dict)
+    #: the summary's ``qa``: assets flagged for review, re-renders, their dollars (``factory.qa``)
+    qa: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def assets_per_s(self) -> float:
@@ -107,37 +117,57 @@ class RunResult:
         c = self.counts
         return {"run_id": self.run_id, "manifest_rows": self.manifest_rows, "assets": c.assets,
                 "written": c.written, "failed": c.failed, "rejected": c.rejected,
-                "failures_by_stage": c.failures_by_stage, "wall_s": round(self.wall_s, 3),
+                "deferred": c.deferred, "failures_by_stage": c.failures_by_stage,
+                "wall_s": round(self.wall_s, 3),
                 "assets_per_s": round(self.assets_per_s, 3), "write_mode": self.write_mode,
                 **({"cost_usd": self.cost.get("usd"), "cost": dict(self.cost)} if self.cost
-                   else {})}
+                   else {}),
+                **({"routes": c.routes_summary()} if c.route_assets else {}),
+                **({"budget": dict(self.budget)} if self.budget else {}),
+                **({"qa": dict(self.qa)} if self.qa else {})}
 
 
-def fingerprint(job: Job, upto: int | None = None) -> str:
-    """The chain fingerprint of the job (or of its first ``upto`` stages, for intermediates)."""
+def fingerprint(job: Job, upto: int | None = None, *, route: str | None = None) -> str:
+    """The chain fingerprint of the job (or of its first ``upto`` stages, for intermediates);
+    with ``route``, of that route's chain (``factory.routes``)."""
     if upto is not None:
         return chain_fingerprint(job.stages[:upto], encoding="png")
     encoding = f"{job.output.image_format}:{job.output.quality}"
-    return chain_fingerprint(job.stages, encoding=encoding)
+    return chain_fingerprint(chain_of(job, route), encoding=encoding)
+
+
+def chain_of(job: Job, route: str | None = None) -> tuple:
+    """The stages a row goes through: the job's, or its route's."""
+    return job.stages if route is None else route_stages(job.stages, job.routes.get(route))
 
 
 def row_rules(job: Job, info: ManifestInfo) -> RowRules:
     """What every manifest row of this job must satisfy, and how its asset key is derived.
 
-    With channels a row is looked up by its last channel's key (``factory.channel_sink``)."""
-    chain, ext = fingerprint(job), extension(job.output.image_format)
-    if job.channels:
-        last = job.channels[-1]
-        chain, ext = channel_prints(job)[-1], f"{last.name}.{last.extension}"
+    With channels a row is looked up by its last channel's key (``factory.channel_sink``);
+    with routes, by its route's chain."""
+    route_keys = ({r.name: _lookup_key(job, r.name) for r in job.routes.chains}
+                  if job.routes is not None else {})
+    chain, ext = _lookup_key(job, None)
     return RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
                     negative_template=job.negative_template,
                     duplicate_rejects=info.duplicate_rejects, chain_fingerprint=chain,
-                    image_ext=ext)
+                    image_ext=ext, routes=job.routes, route_keys=route_keys)
 
 
-def channel_prints(job: Job) -> tuple[str, ...]:
-    """The fingerprint of each of the job's channels (``factory.keys.channel_fingerprints``)."""
-    return channel_fingerprints(job.stages, tuple(c.fingerprint_text() for c in job.channels))
+def _lookup_key(job: Job, route: str | None) -> tuple[str, str]:
+    """The (chain fingerprint, extension) a row's asset is looked up by."""
+    if job.channels:
+        last = job.channels[-1]
+        return channel_prints(job, route)[-1], f"{last.name}.{last.extension}"
+    return fingerprint(job, route=route), extension(job.output.image_format)
+
+
+def channel_prints(job: Job, route: str | None = None) -> tuple[str, ...]:
+    """The fingerprint of each of the job's channels (``factory.keys.channel_fingerprints``),
+    over the job's chain or ``route``'s."""
+    return channel_fingerprints(chain_of(job, route),
+                                tuple(c.fingerprint_text() for c in job.channels))
 
 
 def _work_list(job: Job, info: ManifestInfo, store: Store, *,
@@ -163,13 +193,15 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
 
 
 def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bool = True,
-                   labels: RunLabels = RunLabels()) -> tuple[ray.data.Dataset, ...]:
+                   labels: RunLabels = RunLabels(),
+                   budget: Budget | None = None) -> tuple[ray.data.Dataset, ...]:
     """Lazy Ray Data plans over one materialised work list: the rows whose assets already
     exist or that were rejected (straight to the sink's lineage, no stage touches them) and,
     when ``render``, the rows to render through the stages' actor pools (``stages.chain.pools``).
 
     Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
-    actor pool; with nothing to render, no pool starts and no model loads.
+    actor pool; with nothing to render, no pool starts and no model loads. With a ``budget``,
+    its gate admits each block's rows before the first pool (``factory.budget``).
     """
     sink, sink_settings = sink_task(job, store, labels)
     done = work.map_batches(select_rows, fn_kwargs={"render": False}, batch_size=None,
@@ -182,7 +214,13 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
                           batch_format="numpy", num_cpus=0.25)
     # Blocks of one batch of the largest-batch stage: every actor of a pool gets work, and each
     # stage's batches depend on the manifest alone (same batches, same bytes, run after run).
-    ds = ds.repartition(target_num_rows_per_block=block_rows(job))
+    # With a budget, blocks are exactly that size (the last excepted): while the gate holds
+    # the next block, the one in flight must fill every pool's batch and reach the driver.
+    ds = ds.repartition(target_num_rows_per_block=block_rows(job), strict=budget is not None)
+    if budget is not None:  # one block at a time, in manifest order; no CPU held while it waits
+        gate, config = budget.gate()
+        ds = ds.map_batches(gate, fn_kwargs={"config": config}, batch_size=None,
+                            batch_format="numpy", num_cpus=0, concurrency=1)
     index = 0
     for pool in pools(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates):
         r = pool_resources(pool)
@@ -206,16 +244,23 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
                                         fingerprint=fingerprint(job, upto=index))
             ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
                                 batch_size=None, batch_format="numpy", num_cpus=0.5)
+    if job.qa is not None:  # the brand QA gate: rows outside it are rendered again (factory.qa)
+        ds = ds.map_batches(check_batch, fn_kwargs={"config": job.qa}, batch_size=None,
+                            batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(sink, fn_kwargs={"config": sink_settings},
-                        batch_size=SINK_BATCH, batch_format="numpy", num_cpus=0.5)
+                        batch_size=SINK_BATCH if budget is None else min(SINK_BATCH,
+                                                                         block_rows(job)),
+                        batch_format="numpy", num_cpus=0.5)
     return done, ds
 
 
 def sink_config(job: Job, store: Store, labels: RunLabels = RunLabels()) -> SinkConfig:
     """The sink's frozen settings for a job."""
+    routes = job.routes.names if job.routes is not None else ()
     return SinkConfig(store=store, image_format=job.output.image_format,
                       quality=job.output.quality, png_compression=job.output.png_compression,
-                      chain_fingerprint=fingerprint(job), labels=labels)
+                      chain_fingerprint=fingerprint(job), labels=labels,
+                      route_fingerprints={r: fingerprint(job, route=r) for r in routes})
 
 
 def sink_task(job: Job, store: Store, labels: RunLabels = RunLabels()) -> tuple[Callable, Any]:
@@ -223,11 +268,18 @@ def sink_task(job: Job, store: Store, labels: RunLabels = RunLabels()) -> tuple[
     ``write_channel_assets`` (one asset per channel, each with the generated-image XMP)."""
     if not job.channels:
         return write_assets, sink_config(job, store, labels)
-    provenance = Provenance(run_id=labels.run_id, job=job.name, models=tuple(
-        ModelUse(p.name, p.card.name, p.source_ref, p.revision) for p in job.stages))
+
+    def provenance(route: str | None) -> Provenance:
+        return Provenance(run_id=labels.run_id, job=job.name, models=tuple(
+            ModelUse(p.name, p.card.name, p.source_ref, p.revision)
+            for p in chain_of(job, route)))
+
+    routes = job.routes.names if job.routes is not None else ()
     return write_channel_assets, ChannelSinkConfig(
         sink=sink_config(job, store, labels), channels=job.channels,
-        prints=channel_prints(job), provenance=provenance)
+        prints=channel_prints(job), provenance=provenance(None),
+        route_prints={r: channel_prints(job, r) for r in routes},
+        route_provenance={r: provenance(r) for r in routes})
 
 
 def block_rows(job: Job) -> int:
@@ -260,7 +312,8 @@ def run_job(job: Job, *, limit: int | None = None,
     info = scan(job.manifest_uri, job.manifest_format, limit=limit, s3_options=job.s3,
                 default_variant=job.variant, catalog=job.catalog)
     inputs = RunInputs(spec_hash=job.spec_hash, manifest_sha256=info.sha256,
-                       manifest_rows=info.rows, limit=limit, season=job.season)
+                       manifest_rows=info.rows, limit=limit, season=job.season,
+                       budget_usd=budget_text(job.budget_usd))
     run_id = job.run_id or inputs.derived_run_id(job.name)
     paths = {"lineage_path": store.path(f"runs/{run_id}/{LINEAGE}"),
              "rejects_path": store.path(f"runs/{run_id}/{REJECTS}")}
@@ -276,7 +329,9 @@ def run_job(job: Job, *, limit: int | None = None,
     recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates,
                            channels=len(job.channels),
                            costs=CostModel(job.prices, shares, channels=max(len(job.channels), 1)),
-                           on_cost=_cost_metrics(labels, shares))
+                           on_cost=_cost_metrics(labels, shares), routes=job.routes,
+                           qa=job.qa is not None)
+    budget = Budget.start(job, store) if job.budget_usd is not None else None
     try:
         work = _work_list(job, info, store, limit=limit, nodes=nodes)
         work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
@@ -284,21 +339,38 @@ def run_job(job: Job, *, limit: int | None = None,
         if on_plan is not None:
             on_plan(plan)
         stage_names = [p.name for p in job.stages]
+        qa = qa_retries(job, recorder, work)
+
+        def record(batch) -> None:
+            if batch.num_rows:
+                kept = qa.take(batch) if qa is not None else batch  # rows to render again: held
+                recorder.add(kept)
+                _add_stage_ms(recorder.counts, kept, stage_names)
+                if budget is not None:
+                    budget.record(qa.settled(batch) if qa is not None else batch,
+                                  recorder.counts.cost.total_usd)
+            if on_progress is not None:
+                on_progress(recorder.counts, info.rows)
+
         for ds, role in zip(build_datasets(job, work, store, render=plan.to_render > 0,
-                                           labels=labels), ("finished", "render")):
+                                           labels=labels, budget=budget), ("finished", "render")):
             ds.set_name(f"{run_id}:{role}")
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if batch.num_rows:
-                    recorder.add(batch)
-                    _add_stage_ms(recorder.counts, batch, stage_names)
-                if on_progress is not None:
-                    on_progress(recorder.counts, info.rows)
+            # with a budget each batch is handed over as it arrives (Ray's prefetch would hold
+            # it until the next one is in): the gate waits on what the driver records
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
+                                         prefetch_batches=0 if budget else 1):
+                record(batch)
+        if qa is not None:  # the QA gate's retries: the same pools again, a pass per attempt
+            qa.run(lambda rows: build_datasets(job, rows, store, labels=labels)[-1], record,
+                   name=run_id)
         result = RunResult(run_id=run_id, manifest_rows=info.rows, counts=recorder.counts,
                            wall_s=time.perf_counter() - started, output_uri=job.output.uri,
                            write_mode=store.write_mode,
-                           cost=recorder.counts.cost.summary(job.prices), **paths)
-        # every manifest row ends once per channel (once, without channels): asset, failure
-        # or rejection
+                           cost=recorder.counts.cost.summary(job.prices), **paths,
+                           budget=budget.summary(recorder.counts.cost.total_usd) if budget
+                           else {}, qa=qa.summary() if qa is not None else {})
+        # every manifest row ends once per channel (once, without channels): asset, failure,
+        # rejection or deferral
         expected = info.rows * recorder.counts.channels
         if recorder.counts.outcomes != expected:
             raise RuntimeError(f"SKU accounting broke: {info.rows} manifest rows x "
@@ -314,11 +386,29 @@ def run_job(job: Job, *, limit: int | None = None,
     except BaseException:
         recorder.abort()
         raise
+    finally:
+        if budget is not None:
+            budget.close()
     if not committed:  # a concurrent run of this id committed first: report its result
         log.warning("run %s was committed by a concurrent run first; reporting its result",
                     run_id)
         return _committed_result(job, run_id, inputs, store, paths)
     return replace(result, report_path=_write_report(store, run_id))
+
+
+def qa_retries(job: Job, recorder: RunRecorder, work: ray.data.Dataset) -> QaRetries | None:
+    """The driver's side of the job's QA gate (``factory.qa``), or None without ``qa:``: a
+    row rendered again gets its route's asset key for its new seed, as ``row_rules`` derives."""
+    if job.qa is None:
+        return None
+    routes = job.routes.names if job.routes is not None else (None,)
+    keys = {route: _lookup_key(job, route) for route in routes}
+
+    def key_of(item: dict) -> str:
+        return asset_key(*keys[item["route"] if job.routes is not None else None], item)
+
+    return QaRetries(costs=recorder.costs, counts=recorder.counts, key_of=key_of,
+                     columns=work.schema().names)
 
 
 def _write_report(store: Store, run_id: str) -> str:
@@ -395,6 +485,7 @@ def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
     log.warning("run %s is already committed; nothing to do", run_id)
     counts = Counts(assets=summary.get("assets", 0), written=summary.get("written", 0),
                     failed=summary.get("failed", 0), rejected=summary.get("rejected", 0),
+                    deferred=summary.get("deferred", 0),
                     failures_by_stage=summary.get("failures_by_stage", {}),
                     channels=len(summary.get("channels") or ()) or 1)
     cost = summary.get("cost") or {}
@@ -406,6 +497,7 @@ def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
                      output_uri=job.output.uri, already_committed=True,
                      write_mode=summary.get("write_mode", ""),
                      report_path=store.path(report) if store.exists(report) else "", cost=cost,
+                     budget=summary.get("budget") or {}, qa=summary.get("qa") or {},
                      **paths)
 
 

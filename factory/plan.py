@@ -12,6 +12,10 @@ Wall time: ``fixed + rows x per_asset``. With two or more calibration runs of th
 at different sizes, both come from a least-squares line through their (rendered rows, wall
 seconds); with one, ``per_asset`` is the slowest pool's seconds per asset (its stages'
 seconds over its actors) and ``fixed`` the rest of that run's wall time (scan, model loads).
+
+With routes (``factory.routes``) a stage renders only the rows of the routes through it: its
+busy seconds are its rate times those rows, and each route's dollars are its rows times the
+rates of its own stages.
 """
 
 from __future__ import annotations
@@ -22,33 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
+from factory.calibration import Calibration, Rate, calibrate  # noqa: F401 - API
 from factory.pricing import Prices, stage_shares
 from factory.storage import Store
 
 #: A probe's rows when no committed run calibrates the chain.
 PROBE_ROWS = 8
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A stage's measured seconds per asset, and where they come from."""
-
-    seconds: float
-    assets: int
-    runs: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Seconds per asset per stage, and the (rendered rows, wall seconds) of whole-chain runs."""
-
-    rates: Mapping[str, Rate]
-    walls: tuple[tuple[int, float], ...] = ()
-
-    def missing(self, stages: list[str]) -> list[str]:
-        return [s for s in stages if s not in self.rates]
 
 
 @dataclass(frozen=True)
@@ -65,6 +49,16 @@ class StagePlanCost:
 
 
 @dataclass(frozen=True)
+class RoutePlanCost:
+    """One route's line of the plan: its rows to render and what they cost."""
+
+    name: str
+    rows: int
+    usd_per_asset: float
+    usd: float
+
+
+@dataclass(frozen=True)
 class CostPlan:
     """The plan: rows by fate, per-stage predictions and the totals."""
 
@@ -77,6 +71,8 @@ class CostPlan:
     prices: Prices
     calibrated_from: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: with routes: each route's rows and dollars
+    routes: tuple[RoutePlanCost, ...] = ()
 
     @property
     def gpu_hours(self) -> float:
@@ -91,12 +87,21 @@ class CostPlan:
                 "to_render": self.to_render, "wall_s": round(self.wall_s, 3),
                 "gpu_hours": self.gpu_hours, "usd": self.usd, "prices": self.prices.as_dict(),
                 "calibrated_from": list(self.calibrated_from), "notes": list(self.notes),
-                "stages": [vars(s) for s in self.stages]}
+                "stages": [vars(s) for s in self.stages],
+                **({"routes": [vars(r) for r in self.routes]} if self.routes else {})}
 
 
 def count_work(job: Any, *, limit: int | None = None) -> tuple[Any, dict[str, int]]:
     """The manifest's scan and its rows by fate (``ok``: to render, ``exists``, ``rejected``),
     decided by the same functions as ``run_job``'s work list, in this process."""
+    info, tally, _ = tally_work(job, limit=limit)
+    return info, tally
+
+
+def tally_work(job: Any, *, limit: int | None = None
+               ) -> tuple[Any, dict[str, int], dict[str, int]]:
+    """``count_work``'s scan and fates, and the rows to render per route (empty without
+    routes)."""
     from factory.manifest import plan_splits, read_split, scan
     from factory.pipeline import row_rules
     from factory.rows import validate_batch
@@ -108,6 +113,7 @@ def count_work(job: Any, *, limit: int | None = None) -> tuple[Any, dict[str, in
     rules = row_rules(job, info)
     existing = list_existing(store, rows=info.rows)
     tally: dict[str, int] = {}
+    routes: dict[str, int] = {}
     for split in plan_splits(job.manifest_uri, job.manifest_format, limit=limit,
                              s3_options=job.s3):
         for table in read_split(job.manifest_uri, job.manifest_format, split, limit=limit,
@@ -118,59 +124,11 @@ def count_work(job: Any, *, limit: int | None = None) -> tuple[Any, dict[str, in
                                   existing=existing)
             for status in batch["status"]:
                 tally[status] = tally.get(status, 0) + 1
-    return info, tally
-
-
-def _device(plan: Any) -> str:
-    return "cuda" if plan.resources.num_gpus > 0 else "cpu"
-
-
-def calibrate(store: Store, job: Any) -> Calibration:
-    """Seconds per asset per stage from the committed runs in ``store`` whose stage ran the
-    same card, params hash and device kind as the job's; the wall times of runs that match the
-    whole chain."""
-    import pyarrow.parquet as pq
-
-    from factory.keys import params_hash
-    from factory.runs import LINEAGE, list_runs
-
-    want = {p.name: (p.card.name, params_hash(p), _device(p)) for p in job.stages}
-    ms: dict[str, list[np.ndarray]] = {name: [] for name in want}
-    used: dict[str, list[str]] = {name: [] for name in want}
-    walls = []
-    for run_id, summary in list_runs(store):
-        with store.open_input_file(f"runs/{run_id}/{LINEAGE}") as file:
-            lineage = pq.ParquetFile(file)
-            wanted = {f"{name}{suffix}" for name in want
-                      for suffix in ("_model", "_params_hash", "_placement")}
-            wanted |= {f"ms_{name}" for name in want}
-            table = lineage.read(columns=[c for c in lineage.schema_arrow.names if c in wanted])
-        if table.num_rows == 0:
-            continue
-        matched = 0
-        for name, (model, phash, device) in want.items():
-            columns = [f"{name}_model", f"{name}_params_hash", f"ms_{name}", f"{name}_placement"]
-            if not all(c in table.column_names for c in columns):
-                continue
-            ran = pc.and_(pc.and_(pc.equal(table[f"{name}_model"], model),
-                                  pc.equal(table[f"{name}_params_hash"], phash)),
-                          pc.greater(pc.fill_null(table[f"ms_{name}"], 0.0), 0.0))
-            ran = pc.and_(ran, pc.match_substring(table[f"{name}_placement"],
-                                                  f"device={device}"))
-            values = pc.filter(table[f"ms_{name}"], pc.fill_null(ran, False)).to_numpy()
-            if values.size:
-                channels = len(summary.get("channels") or ()) or 1
-                # with channels a row's lineage repeats its stage time once per channel
-                ms[name].append(values[::channels] if channels > 1 else values)
-                used[name].append(run_id)
-                matched += 1
-        rendered = sum(v.size for v in ms[job.stages[0].name][-1:]) if matched else 0
-        if matched == len(want) and rendered and "wall_s" in summary:
-            walls.append((rendered, float(summary["wall_s"])))
-    rates = {name: Rate(seconds=float(np.concatenate(parts).mean()) / 1000.0,
-                        assets=int(sum(p.size for p in parts)), runs=tuple(used[name]))
-             for name, parts in ms.items() if parts}
-    return Calibration(rates=rates, walls=tuple(walls))
+            if "route" in batch:
+                for status, route in zip(batch["status"], batch["route"]):
+                    if status == "ok":
+                        routes[route] = routes.get(route, 0) + 1
+    return info, tally, routes
 
 
 def probe(job: Any, *, rows: int = PROBE_ROWS) -> Calibration:
@@ -185,36 +143,69 @@ def probe(job: Any, *, rows: int = PROBE_ROWS) -> Calibration:
         return calibrate(Store(scratch), probe_job)
 
 
+def stage_rows(job: Any, to_render: int, routes: Mapping[str, int] | None = None
+               ) -> dict[str, int]:
+    """Rows each stage renders: all ``to_render``, or with routes those of its routes
+    (``routes``: rows to render per route, from ``tally_work``)."""
+    if job.routes is None or routes is None:
+        return {p.name: to_render for p in job.stages}
+    return {p.name: sum(routes.get(r, 0) for r in p.routes) for p in job.stages}
+
+
 def predict(job: Any, calibration: Calibration, *, rows: int, rejected: int, existing: int,
-            to_render: int) -> CostPlan:
-    """The plan for ``to_render`` rows from a calibration that covers every stage."""
+            to_render: int, routes: Mapping[str, int] | None = None) -> CostPlan:
+    """The plan for ``to_render`` rows from a calibration that covers every stage that renders
+    a row (with routes, ``routes`` gives the rows to render per route)."""
     shares = stage_shares(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates)
     prices = job.prices
+    counts = stage_rows(job, to_render, routes)
     lines = []
     for share, plan in zip(shares, job.stages):
-        rate = calibration.rates[share.name]
-        busy = rate.seconds * to_render
+        rate = calibration.rates.get(share.name, Rate(0.0, 0, ()))  # missing: renders nothing
+        busy = rate.seconds * counts[share.name]
         gpu_s, cpu_s = busy * share.gpus, busy * share.cpus
         usd = float(prices.usd(gpu_s, cpu_s))
         lines.append(StagePlanCost(name=share.name, model=share.model,
                                    seconds_per_asset=rate.seconds, busy_s=busy,
                                    gpu_hours=gpu_s / 3600, cpu_hours=cpu_s / 3600, usd=usd))
-    wall, notes = _wall(job, calibration, to_render)
+    wall, notes = _wall(job, calibration, to_render, counts)
     runs = sorted({r for rate in calibration.rates.values() for r in rate.runs})
     return CostPlan(rows=rows, rejected=rejected, existing=existing, to_render=to_render,
                     stages=tuple(lines), wall_s=wall, prices=prices, calibrated_from=tuple(runs),
-                    notes=tuple(notes))
+                    notes=tuple(notes), routes=_route_lines(job, calibration, shares, routes))
 
 
-def _wall(job: Any, calibration: Calibration, n: int) -> tuple[float, list[str]]:
+def _route_lines(job: Any, calibration: Calibration, shares: Any,
+                 routes: Mapping[str, int] | None) -> tuple[RoutePlanCost, ...]:
+    """Each route's rows and dollars: its rows x the rates of its own stages."""
+    if job.routes is None or routes is None:
+        return ()
+    lines = []
+    for route in job.routes.chains:
+        per_asset = 0.0
+        for share in shares:
+            if share.name in route and share.name in calibration.rates:
+                seconds = calibration.rates[share.name].seconds
+                per_asset += float(job.prices.usd(seconds * share.gpus, seconds * share.cpus))
+        n = routes.get(route.name, 0)
+        lines.append(RoutePlanCost(name=route.name, rows=n, usd_per_asset=per_asset,
+                                   usd=per_asset * n))
+    return tuple(lines)
+
+
+def _wall(job: Any, calibration: Calibration, n: int,
+          counts: Mapping[str, int]) -> tuple[float, list[str]]:
     from stages.chain import pool_resources, pools
 
-    per_asset = max(sum(calibration.rates[p.name].seconds for p in pool)
+    if n == 0:
+        return 0.0, ["nothing to render"]
+    # a stage's seconds per row of the run: its rate x the share of rows it renders
+    per_row = {p.name: calibration.rates[p.name].seconds * counts[p.name] / n
+               for p in job.stages if counts[p.name]}
+    per_asset = max(sum(per_row.get(p.name, 0.0) for p in pool)
                     / pool_resources(pool).concurrency
                     for pool in pools(job.stages, fuse=job.fuse_cpu_stages,
                                       keep=job.keep_intermediates))
-    if n == 0:
-        return 0.0, ["nothing to render"]
     points = sorted(set(calibration.walls))
     if len({p[0] for p in points}) >= 2:
         x = np.array([p[0] for p in points], dtype=float)

@@ -46,7 +46,8 @@ THUMB_PX = 128
 _BATCH_ROWS = 16_384
 #: Lineage columns a card shows (besides the per-stage ``ms_<stage>``), where the chain has them.
 _CARD_COLUMNS = ("row", "sku", "variant", "status", "error", "failed_stage", "output_key",
-                 "written", "delta_e_before", "delta_e_after", "alpha_coverage", "channel")
+                 "written", "delta_e_before", "delta_e_after", "alpha_coverage", "channel",
+                 "qa", "qa_attempts", "qa_reason")
 
 
 def report_key(run_id: str) -> str:
@@ -237,6 +238,9 @@ def _figures(summary: dict[str, Any], lineage_rows: int) -> list[tuple[str, str]
                ("already there", assets - written if isinstance(assets, int)
                 and isinstance(written, int) else None),
                ("failed", summary.get("failed")), ("rejected", summary.get("rejected")),
+               ("deferred", summary.get("deferred") if summary.get("budget") else None),
+               ("budget", _budget(summary.get("budget"))),
+               *_qa_figures(summary.get("qa")),
                ("lineage rows", lineage_rows),
                ("wall time", f"{summary['wall_s']:.1f} s" if "wall_s" in summary else None),
                ("assets/s", f"{summary['assets_per_s']:.2f}" if "assets_per_s" in summary
@@ -245,6 +249,21 @@ def _figures(summary: dict[str, Any], lineage_rows: int) -> list[tuple[str, str]
                 else None),
                ("write mode", summary.get("write_mode")), ("spec hash", summary.get("spec_hash"))]
     return [(label, _text(value)) for label, value in figures if value not in (None, "")]
+
+
+def _budget(budget: dict[str, Any] | None) -> str | None:
+    """The run's budget line (``factory.budget``), or None for a run without one."""
+    from factory.budget import budget_line
+
+    return budget_line(budget) if budget else None
+
+
+def _qa_figures(qa: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The QA gate's figures (``factory.qa``): none for a run without one."""
+    if not qa:
+        return []
+    return [("review (QA)", qa.get("review")),
+            ("QA re-renders", f"{qa.get('retries')} (${qa.get('retry_usd', 0.0):,.6f})")]
 
 
 def _card(row: dict[str, Any], thumb: str | None, stages: list[str]) -> dict[str, Any]:
@@ -261,6 +280,9 @@ def _card(row: dict[str, Any], thumb: str | None, stages: list[str]) -> dict[str
                     else ""),
         "alpha": f"{alpha:.0%}" if alpha is not None else None,
         "ms": [(f"{s} ms", _ms(row[f"ms_{s}"])) for s in stages if row.get(f"ms_{s}")],
+        # the brand QA gate (factory.qa): review = written, outside it after its retries
+        "qa": row.get("qa") or "", "qa_attempts": row.get("qa_attempts") or 0,
+        "qa_reason": row.get("qa_reason") or "",
     }
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from factory.keys import asset_key, key_safe
+from factory.routes import ROUTE_COLUMN, Routes
 from factory.templating import TemplateError, render
 from stages.base import STATUS_OK, STATUS_REJECTED
 from stages.colour import parse_palette
@@ -38,6 +39,10 @@ class RowRules:
     duplicate_rejects: Mapping[int, str] = field(default_factory=dict)
     chain_fingerprint: str = ""
     image_ext: str = "png"
+    #: With routes (``factory.routes``): the column picks each row's route, and its asset key
+    #: comes from its route's ``(chain fingerprint, image ext)`` in ``route_keys``.
+    routes: Routes | None = None
+    route_keys: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class RowReject(ValueError):
@@ -98,8 +103,14 @@ def validate_row(fields: Mapping[str, str | None], rules: RowRules) -> dict[str,
         negative = render(rules.negative_template, fields)
     except TemplateError as exc:
         raise RowReject(exc.field or "prompt", str(exc)) from None
-    return {"sku": sku, "variant": variant, "seed": seed, "prompt": prompt,
+    item = {"sku": sku, "variant": variant, "seed": seed, "prompt": prompt,
             "negative_prompt": negative, "width": width, "height": height, "palette": palette}
+    if rules.routes is not None:
+        try:
+            item[ROUTE_COLUMN] = rules.routes.pick(fields).name
+        except ValueError as exc:
+            raise RowReject(rules.routes.column, str(exc)) from None
+    return item
 
 
 def _size(fields: Mapping[str, str | None], name: str) -> int:
@@ -122,14 +133,15 @@ _OUT_COLUMNS = ("sku", "variant", "seed", "prompt", "negative_prompt", "width", 
 
 def validate_batch(batch: dict[str, np.ndarray], *, rules: RowRules) -> dict[str, np.ndarray]:
     """Ray Data task: ``ManifestDatasource`` rows in, work items and rejections out."""
-    out: dict[str, list[Any]] = {name: [] for name in _OUT_COLUMNS}
+    columns = _OUT_COLUMNS + ((ROUTE_COLUMN,) if rules.routes is not None else ())
+    out: dict[str, list[Any]] = {name: [] for name in columns}
     for row, fields_json, parse_field, parse_error in zip(
             batch["row"], batch["fields"], batch["parse_field"], batch["parse_error"]):
         fields = json.loads(fields_json)
         row = int(row)
         item = {"sku": str(fields.get("sku") or "").strip(), "variant": "", "seed": 0,
                 "prompt": "", "negative_prompt": "", "width": 0, "height": 0, "palette": "",
-                "output_key": ""}
+                "output_key": "", **({ROUTE_COLUMN: ""} if rules.routes is not None else {})}
         status, error, reject_field = STATUS_OK, "", ""
         try:
             if parse_error:
@@ -137,7 +149,9 @@ def validate_batch(batch: dict[str, np.ndarray], *, rules: RowRules) -> dict[str
             if row in rules.duplicate_rejects:
                 raise RowReject("sku", rules.duplicate_rejects[row])
             item = validate_row(fields, rules)
-            item["output_key"] = asset_key(rules.chain_fingerprint, rules.image_ext, item)
+            chain, ext = (rules.route_keys[item[ROUTE_COLUMN]] if rules.routes is not None
+                          else (rules.chain_fingerprint, rules.image_ext))
+            item["output_key"] = asset_key(chain, ext, item)
         except RowReject as exc:
             status, error, reject_field = STATUS_REJECTED, exc.reason, exc.field
             item["sku"] = _printable(item["sku"])

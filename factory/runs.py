@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,9 @@ from factory.keys import params_hash
 from factory.pricing import CostModel, CostTotals, usd_type
 from factory.storage import Store
 from stages.base import STATUS_FAILED, STATUS_OK, STATUS_REJECTED, StagePlan
+
+#: A row the budget left for a later run (``factory.budget``, which imports it from here).
+STATUS_DEFERRED = "deferred"
 
 LINEAGE = "lineage.parquet"
 REJECTS = "rejects.parquet"
@@ -39,12 +43,16 @@ REJECT_SCHEMA = pa.schema([("run_id", pa.string()), ("row", pa.int64()), ("sku",
 
 
 def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
-                   channels: bool = False, costs: CostModel | None = None) -> pa.Schema:
+                   channels: bool = False, costs: CostModel | None = None,
+                   routes: bool = False, qa: bool = False) -> pa.Schema:
     """Columns of the lineage table for this chain (and, with ``channels``, each asset's
     channel and what it measured: ``factory.channel_sink.CHANNEL_COLUMNS``; with ``costs``,
-    each asset's device seconds and dollars per stage and ``cost_usd``)."""
+    each asset's device seconds and dollars per stage and ``cost_usd``; with ``routes``, the
+    ``route`` each row took, ``factory.routes``; with ``qa``, the QA gate's verdict, renders and
+    the dollars of retried renders, ``factory.qa``)."""
     fields = [("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
-              ("variant", pa.string()), ("seed", pa.int64()), ("prompt", pa.string()),
+              ("variant", pa.string()), *([("route", pa.string())] if routes else []),
+              ("seed", pa.int64()), ("prompt", pa.string()),
               ("status", pa.string()), ("error", pa.string()), ("failed_stage", pa.string()),
               ("output_key", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()),
               ("written", pa.bool_())]
@@ -64,6 +72,11 @@ def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
     if costs is not None:
         fields += [(name, usd_type() if kind == "usd" else pa.float64())
                    for name, kind in costs.columns()]
+    if qa:
+        from factory.qa import QA_COLUMNS, RETRY_USD
+
+        fields += [(name, pa.type_for_alias(kind)) for name, kind in QA_COLUMNS]
+        fields.append((RETRY_USD, usd_type()))
     return pa.schema(fields)
 
 
@@ -72,14 +85,17 @@ class Counts:
     """Running totals while the run streams.
 
     With channels, ``assets`` and ``failed`` count (manifest row, channel) pairs, ``rejected``
-    manifest rows (a rejection is the row's, in every channel): every row ends as ``channels``
-    outcomes, so ``outcomes == manifest rows * channels`` is the accounting identity.
+    and ``deferred`` manifest rows (a rejection or a deferral is the row's, in every channel):
+    every row ends as ``channels`` outcomes, so ``outcomes == manifest rows * channels`` is
+    the accounting identity.
     """
 
     assets: int = 0
     written: int = 0
     failed: int = 0
     rejected: int = 0
+    #: rows the budget left for a later run (``factory.budget``): no stage ran them
+    deferred: int = 0
     failures_by_stage: dict[str, int] = field(default_factory=dict)
     #: milliseconds and rows per stage among the rows recorded so far (rendered rows only)
     stage_ms: dict[str, float] = field(default_factory=dict)
@@ -88,16 +104,25 @@ class Counts:
     channels: int = 1
     #: device seconds and dollars per stage, over the assets recorded so far
     cost: CostTotals = field(default_factory=CostTotals)
+    #: in a job with routes: assets, and their dollars, per route
+    route_assets: dict[str, int] = field(default_factory=dict)
+    route_usd: dict[str, Decimal] = field(default_factory=dict)
+
+    def routes_summary(self) -> dict[str, dict[str, Any]]:
+        """The run summary's ``routes``: assets and dollars per route (empty without)."""
+        return {route: {"assets": n, "usd": float(self.route_usd.get(route, Decimal(0)))}
+                for route, n in sorted(self.route_assets.items())}
 
     @property
     def outcomes(self) -> int:
-        """(row, channel) pairs accounted for: assets, failures and rejected rows' channels."""
-        return self.assets + self.failed + self.rejected * self.channels
+        """(row, channel) pairs accounted for: assets, failures, and the channels of rejected
+        and deferred rows."""
+        return self.assets + self.failed + (self.rejected + self.deferred) * self.channels
 
     @property
     def total(self) -> int:
         """Manifest rows accounted for (a row's channels arrive together)."""
-        return self.rejected + (self.assets + self.failed) // self.channels
+        return self.rejected + self.deferred + (self.assets + self.failed) // self.channels
 
 
 class _GroupedWriter:
@@ -147,20 +172,26 @@ class RunRecorder:
     def __init__(self, store: Store, run_id: str, plans: tuple[StagePlan, ...],
                  keep: tuple[str, ...] = (), *, channels: int = 0,
                  costs: CostModel | None = None,
-                 on_cost: Callable[[CostTotals], None] | None = None) -> None:
+                 on_cost: Callable[[CostTotals], None] | None = None,
+                 routes: Any = None, qa: bool = False) -> None:
         self.store, self.run_id, self.plans = store, run_id, plans
         self.costs, self.on_cost = costs, on_cost
-        self.schema = lineage_schema(plans, keep, channels=channels > 0, costs=costs)
+        self.routes = routes  # factory.routes.Routes, or None
+        self.schema = lineage_schema(plans, keep, channels=channels > 0, costs=costs,
+                                     routes=routes is not None, qa=qa)
         self.counts = Counts(channels=max(channels, 1))
         self._measured = {"width", "height", "fill_ratio", "background_purity"} if channels \
             else set()
         self._constants = {}
+        self._stage_of: dict[str, StagePlan] = {}  # constant column -> its stage
         for plan in plans:
             self._constants[f"{plan.name}_model"] = plan.card.name
             self._constants[f"{plan.name}_revision"] = plan.revision
             self._constants[f"{plan.name}_params_hash"] = params_hash(plan)
             if (adapter := _adapter(plan)) is not None:
                 self._constants[f"{plan.name}_adapter"] = adapter
+            for name in ("model", "revision", "params_hash", "adapter"):
+                self._stage_of[f"{plan.name}_{name}"] = plan
         self._spool = Path(tempfile.mkdtemp(prefix=f"factory-{run_id}-"))
         self._rejects = _GroupedWriter(self._spool / REJECTS, REJECT_SCHEMA)
         self._lineage = _GroupedWriter(self._spool / LINEAGE, self.schema)
@@ -187,6 +218,11 @@ class RunRecorder:
             for name in self.schema.names:
                 if name == "run_id":
                     columns[name] = [self.run_id] * len(kept)
+                elif name in self._constants and self.routes is not None:
+                    # a stage off a row's route did not make its asset: no model recorded
+                    stage = self._stage_of[name]
+                    columns[name] = [self._constants[name]
+                                     if rows["route"][i] in stage.routes else None for i in kept]
                 elif name in self._constants:
                     columns[name] = [self._constants[name]] * len(kept)
                 elif name in self._measured and name in rows:
@@ -202,6 +238,14 @@ class RunRecorder:
             if status[i] == STATUS_OK:
                 self.counts.assets += 1
                 self.counts.written += bool(rows["written"][i])
+                if self.routes is not None:
+                    route = rows["route"][i]
+                    self.counts.route_assets[route] = self.counts.route_assets.get(route, 0) + 1
+                    if "cost_usd" in rows:
+                        self.counts.route_usd[route] = (self.counts.route_usd.get(route, Decimal(0))
+                                                        + rows["cost_usd"][i])
+            elif status[i] == STATUS_DEFERRED:
+                self.counts.deferred += 1
             elif status[i] == STATUS_FAILED:
                 self.counts.failed += 1
                 stage = rows["failed_stage"][i] or "?"

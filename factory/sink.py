@@ -11,7 +11,8 @@ Three Ray Data task functions, each given one frozen config:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +39,14 @@ class SinkConfig:
     png_compression: int
     chain_fingerprint: str
     labels: RunLabels = RunLabels()
+    #: In a job with routes: each route's chain fingerprint (a row's is its route's).
+    route_fingerprints: Mapping[str, str] = field(default_factory=dict)
+
+    def fingerprint_of(self, row: Mapping) -> str:
+        """The chain fingerprint of a row's asset: its route's, or the job's."""
+        if self.route_fingerprints:
+            return self.route_fingerprints[row["route"]]
+        return self.chain_fingerprint
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,7 @@ def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[st
         # SKU's fault: it propagates, the run stops uncommitted, and a rerun resumes.
         written[i] = config.store.put_if_absent(
             keys[i], data, content_type=content_type,
-            metadata={WORK_META: work_hash(config.chain_fingerprint, row), SHA_META: digests[i]})
+            metadata={WORK_META: work_hash(config.fingerprint_of(row), row), SHA_META: digests[i]})
         sizes[i] = len(data)
     ok = status == STATUS_OK
     tags = config.labels.tags()

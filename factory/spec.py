@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from factory import settings
 from factory.commerce_formats import CatalogOptions
 from factory.pricing import Prices, PricingSpec, resolve_prices
+from factory.qa import QaConfig, QaSpec, resolve_qa
+from factory.routes import Routes, RoutesSpec, resolve_routes
 from factory.s3 import S3Options
 from factory.templating import TemplateError, template_fields
 from stages.base import StagePlan
@@ -132,6 +135,12 @@ class StageSpec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
 
 
+class BudgetSpec(_Strict):
+    """``budget:``: the run's cap in dollars (``factory.budget``); rows past it are deferred."""
+
+    usd: Decimal = Field(gt=0)
+
+
 class JobSpec(_Strict):
     name: str = Field(min_length=1, max_length=128)
     manifest: ManifestSpec
@@ -151,6 +160,12 @@ class JobSpec(_Strict):
     channels: list[str | dict[str, Any]] = Field(default_factory=list)
     #: Prices per device type and the GPU type used (``factory.pricing``).
     pricing: PricingSpec = PricingSpec()
+    #: Named chains of the stages, picked per row by a manifest column (``factory.routes``).
+    routes: RoutesSpec | None = None
+    #: A cap on the run's dollars (``factory.budget``); ``--budget`` overrides it.
+    budget: BudgetSpec | None = None
+    #: A brand QA gate on what the stages measure (``factory.qa``).
+    qa: QaSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,13 @@ class Job:
     channels: tuple[Any, ...] = ()
     #: The run's price table (``pricing:`` over ``factory.pricing``'s defaults).
     prices: Prices = Prices()
+    #: Routes by tier (``factory.routes``); None: every row runs every stage.
+    routes: Routes | None = None
+    #: The run's cap in dollars (``budget.usd``, ``--budget``); None: no cap. Part of the
+    #: run's inputs (``factory.identity``), not of ``spec_hash``.
+    budget_usd: Decimal | None = None
+    #: The brand QA gate (``factory.qa``); None: no gate, no extra pass.
+    qa: QaConfig | None = None
 
     def with_season(self, name: str | None, *, today: date | None = None) -> Job:
         """The job inside a season: by ``name``, or the season whose window holds ``today``
@@ -212,9 +234,15 @@ class Job:
                        template_fields=tuple(dict.fromkeys(
                            self.template_fields + template_fields(season.prompt))))
 
-    def with_overrides(self, *, output_uri: str | None = None, run_id: str | None = None) -> Job:
-        """The same job with the CLI's ``--output``/``--run-id`` applied."""
+    def with_overrides(self, *, output_uri: str | None = None, run_id: str | None = None,
+                       budget_usd: Decimal | None = None) -> Job:
+        """The same job with the CLI's ``--output``/``--run-id``/``--budget`` applied."""
         job = self
+        if budget_usd is not None:
+            if not budget_usd.is_finite() or not budget_usd > 0:
+                raise SpecError(self.source, [f"budget.usd: must be a number > 0 (got "
+                                              f"{budget_usd})"])
+            job = replace(job, budget_usd=budget_usd)
         if output_uri:
             job = replace(job, output=job.output.model_copy(update={"uri": output_uri}))
         if run_id:
@@ -282,7 +310,11 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
             fields = template_fields(spec.prompt.template) + template_fields(spec.prompt.negative)
         except TemplateError as exc:
             problems.append(f"prompt.template: {exc}")
-    _check_chain(spec, plans, problems, warnings)
+    routes = _resolve_routes(spec, plans, problems, warnings)
+    if routes is None:
+        _check_chain(spec, plans, problems, warnings)
+    else:  # each stage serves the routes that use it (``stages.base.Stage``)
+        plans = [replace(p, routes=routes.serving(p.name)) for p in plans]
     if spec.run_id is not None and not _RUN_ID.match(spec.run_id):
         problems.append(f"run_id: '{spec.run_id}' must match {_RUN_ID.pattern}")
     manifest_format = spec.manifest.format or _infer_format(spec.manifest.uri, problems)
@@ -295,10 +327,12 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         if name not in names:
             problems.append(f"keep_intermediates[{i}]: no stage named '{name}' "
                             f"(stages: {', '.join(names)})")
+    qa = resolve_qa(spec.qa, plans, routes, problems) if spec.qa is not None else None
     if problems:
         raise SpecError(source, problems)
-    # prices change what a run costs, not what it renders: they are not part of its identity
-    hashed = {k: v for k, v in data.items() if k != "pricing"}
+    # prices change what a run costs, not what it renders: they are not part of its identity;
+    # a budget is, as a run input of its own (``factory.identity``), whether spec or --budget
+    hashed = {k: v for k, v in data.items() if k not in ("pricing", "budget")}
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
     return Job(
         name=spec.name,
@@ -324,6 +358,9 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         warnings=tuple(warnings),
         channels=channels,
         prices=prices,
+        routes=routes,
+        budget_usd=spec.budget.usd if spec.budget is not None else None,
+        qa=qa,
     )
 
 
@@ -368,22 +405,40 @@ def _plan_stages(spec: JobSpec, problems: list[str], s3_options: S3Options) -> l
 
 
 def _check_chain(spec: JobSpec, plans: list[StagePlan], problems: list[str],
-                 warnings: list[str]) -> None:
+                 warnings: list[str], *, where: str = "stages") -> None:
+    """Each stage's inputs come from the rows or an earlier stage of ``plans`` (the whole
+    chain, or one route's: ``where`` is the key path problems name)."""
     available = set(ROW_COLUMNS)
     upscaled = False
     for i, plan in enumerate(plans):
         for column in plan.card.inputs:
             if column == "prompt" and spec.prompt is None:
-                problems.append(f"stages[{i}]: '{plan.card.name}' needs a prompt; add "
+                problems.append(f"{where}[{i}]: '{plan.card.name}' needs a prompt; add "
                                 "'prompt.template' to the spec")
             elif column not in available:
-                problems.append(f"stages[{i}]: '{plan.card.name}' needs column '{column}', "
+                problems.append(f"{where}[{i}]: '{plan.card.name}' needs column '{column}', "
                                 "which no earlier stage produces")
         if plan.card.kind in DIFFUSION_KINDS and upscaled:
-            warnings.append(f"stages[{i}]: diffusion stage '{plan.name}' runs after an upscale; "
-                            "its cost grows with the pixel count")
+            warnings.append(f"{where}[{i}]: diffusion stage '{plan.name}' runs after an "
+                            "upscale; its cost grows with the pixel count")
         upscaled = upscaled or plan.card.kind == "upscale"
         available.update(plan.card.outputs)
+
+
+def _resolve_routes(spec: JobSpec, plans: list[StagePlan], problems: list[str],
+                    warnings: list[str]) -> Routes | None:
+    """``routes:`` checked against the stages (``factory.routes``), each route as a chain of
+    its own; None without ``routes:``."""
+    if spec.routes is None:
+        return None
+    complete = len(plans) == len(spec.stages)  # else a stage's own problem is reported
+
+    def check(indices: list[int], where: str) -> None:
+        if complete:
+            _check_chain(spec, [plans[i] for i in indices], problems, warnings, where=where)
+
+    return resolve_routes(spec.routes, [stage.name or stage.kind for stage in spec.stages],
+                          problems, check_chain=check, keep=spec.keep_intermediates)
 
 
 def _check_seasons(spec: JobSpec, problems: list[str]) -> None:

@@ -128,6 +128,8 @@ class StagePlan:
     and is what fingerprints use, so keys do not depend on where the models directory is.
     ``models_dir`` is where ``tiny:NAME`` references in params (a LoRA, say) resolve; ``s3``
     (the job's ``S3Options``) and ``cache_dir`` are how ``s3://`` weights are fetched.
+    ``routes``: in a job with routes (``factory.routes``), the routes this stage serves; rows
+    of other routes pass through it untouched. Empty: every row.
     """
 
     name: str
@@ -141,6 +143,7 @@ class StagePlan:
     models_dir: str = ""
     s3: Any = None
     cache_dir: str = ""
+    routes: tuple[str, ...] = ()
 
     @property
     def model_id(self) -> str:
@@ -211,11 +214,16 @@ class Stage(ABC):
         error = _column(batch, "error", n)
         failed_stage = _column(batch, "failed_stage", n)
         outputs: dict[str, np.ndarray] = {}
-        ok = np.flatnonzero(status == STATUS_OK)
+        mine = self._serves(batch, n)
+        ok = np.flatnonzero((status == STATUS_OK) & mine)
         started = time.perf_counter()
         if ok.size:
             self._run_rows(batch, ok, outputs, status, error, failed_stage)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
+        # rows of routes this stage does not serve keep what earlier stages gave them
+        passing = np.flatnonzero((status == STATUS_OK) & ~mine)
+        if passing.size:
+            _keep_values(batch, outputs, passing, self.image_columns)
         result = dict(batch)
         metric_names = {name for name, _ in self.plan.card.metrics}
         for column, values in outputs.items():
@@ -230,13 +238,23 @@ class Stage(ABC):
         for name, _ in self.plan.card.metrics:
             values = outputs.get(name, np.full(n, None, dtype=object))
             result[name] = np.array([np.nan if v is None else float(v) for v in values])
+            if passing.size and name in batch and name not in outputs:
+                result[name][passing] = batch[name][passing]
         result["status"], result["error"], result["failed_stage"] = status, error, failed_stage
         per_row = elapsed_ms / ok.size if ok.size else 0.0
-        done = status == STATUS_OK
+        done = (status == STATUS_OK) & mine  # a row passing through is not charged here
         result[f"ms_{self.plan.name}"] = np.where(done, per_row, 0.0)
         result[f"{self.plan.name}_placement"] = np.where(done, self.placement, "").astype(object)
-        self._record(n, ok.size, int(done.sum()), elapsed_ms / 1000.0)
+        self._record(int(mine.sum()), ok.size, int(done.sum()), elapsed_ms / 1000.0)
         return result
+
+    def _serves(self, batch: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+        """Which rows this stage renders: in a job with routes, those of the routes it serves
+        (``StagePlan.routes``, the batch's ``route`` column); otherwise every row."""
+        if not self.plan.routes or "route" not in batch:
+            return np.ones(n, dtype=bool)
+        served = frozenset(self.plan.routes)
+        return np.array([route in served for route in batch["route"]], dtype=bool)
 
     def _record(self, rows_in: int, attempted: int, passed: int, seconds: float) -> None:
         """This batch's metrics (Ray's metrics agent; see ``factory.metrics``)."""
@@ -403,6 +421,18 @@ def _placement(device: str) -> str:
     except Exception:  # noqa: BLE001 - placement is informational; never fail a stage on it
         log.debug("could not read the Ray placement", exc_info=True)
     return f"node=local actor=local gpus=[] device={device}"
+
+
+def _keep_values(batch: Mapping[str, np.ndarray], outputs: dict[str, np.ndarray],
+                 rows: np.ndarray, image_columns: tuple[str, ...]) -> None:
+    """Give ``rows`` (passing through the stage) their incoming values in every output column
+    the batch already had (an image stays the image an earlier stage of its route made)."""
+    for column, values in outputs.items():
+        if column not in batch:
+            continue
+        previous = images.load(column, batch) if column in image_columns else batch[column]
+        for i in rows:
+            values[i] = previous[i]
 
 
 def _column(batch: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:

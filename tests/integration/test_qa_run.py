@@ -1,0 +1,93 @@
+"""The brand QA gate end to end (``factory.qa``), on a local Ray, through the CLI.
+
+A gate no image can pass (ΔE to the palette at most -1) makes every rendered row go through
+all its retries, deterministically: each is rendered ``retries + 1`` times with a new seed per
+attempt, then written and flagged ``review``; its retries' dollars are in its lineage row and
+the run's totals; the accounting stays exact and the store holds one asset per row.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from factory.cli import main
+from factory.demo import write_catalog
+from factory.qa import retry_seed
+from factory.rows import derive_seed
+from factory.runs import read_lineage
+from factory.storage import Store
+
+pytestmark = pytest.mark.integration
+RETRIES = 2
+FAIL = "SKU-00002"
+
+
+def spec(tmp: Path, catalog: Path, output: Path) -> Path:
+    path = tmp / "qa.yaml"
+    path.write_text(f"""
+name: qa-gate
+manifest: {{uri: "{catalog}"}}
+output: {{uri: "{output}"}}
+seed: 5
+prompt: {{template: "a {{{{ color }}}} {{{{ title }}}}"}}
+pricing: {{usd_per_hour: {{cpu: 0.06}}}}
+stages:
+  - {{kind: generate, model: synthetic, params: {{width: 32, height: 32}}}}
+  - {{kind: recolor, model: lab, params: {{palette: ["#C8553D"]}}}}
+  - {{kind: identity, model: passthrough, params: {{fail_skus: ["{FAIL}"]}}}}
+qa:
+  retries: {RETRIES}
+  thresholds: {{delta_e_after: {{max: -1}}}}
+""")
+    return path
+
+
+def test_rows_outside_the_gate_are_retried_then_flagged_review(local_ray, tmp_path) -> None:
+    catalog = write_catalog(tmp_path / "catalog.csv", 30)  # two rows are bad on purpose
+    out = tmp_path / "out"
+    job = spec(tmp_path, catalog, out)
+    run = CliRunner().invoke(main, ["run", str(job), "--run-id", "qa1", "--no-dashboard"],
+                             catch_exceptions=False)
+    assert "qa gate: 27 assets flagged review after 54 re-renders" in run.output, run.output
+
+    store = Store(str(out))
+    lineage, summary = read_lineage(store, "qa1")
+    rows = lineage.to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    # exact accounting: assets + failed + rejected = manifest rows; no retry left a row behind
+    assert summary["assets"] + summary["failed"] + summary["rejected"] == 30
+    assert (len(ok), len(failed), summary["rejected"]) == (27, 1, 2)
+    assert sorted(r["row"] for r in rows) == sorted({r["row"] for r in rows})
+    for r in ok:  # every render outside the gate: all retries, then review
+        assert (r["qa"], r["qa_attempts"]) == ("review", RETRIES + 1)
+        assert r["qa_reason"].startswith("delta_e_after ") and r["qa_reason"].endswith("> max -1")
+        assert r["qa_retry_usd"] > 0 and r["cost_usd"] > 0
+    # the failing SKU fails in its first render: a failure, not retried
+    assert failed[0]["sku"] == FAIL and failed[0]["qa_attempts"] == 1
+    assert failed[0]["qa_retry_usd"] == 0
+    # each attempt a new derived seed, and the key follows the seed
+    first = next(r for r in ok if r["sku"] == "SKU-00000")
+    seed = derive_seed(5, "SKU-00000", "default")
+    for attempt in range(2, RETRIES + 2):
+        seed = retry_seed(seed, attempt)
+    assert first["seed"] == seed
+    # retries are counted: in the summary, and in the run's dollars (rows' + retries' exactly)
+    retry_usd = sum((r["qa_retry_usd"] or Decimal(0) for r in rows), Decimal(0))
+    assets_usd = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
+    assert summary["qa"] == {"review": 27, "retries": 54, "retry_usd": float(retry_usd)}
+    assert Decimal(repr(summary["cost_usd"])) == assets_usd + retry_usd
+    # a failed attempt writes no image: one asset per asset row, each the lineage's key
+    stored = sorted(str(p.relative_to(out)) for p in (out / "assets").rglob("*.png"))
+    assert stored == sorted(r["output_key"] for r in ok)
+
+    show = CliRunner().invoke(main, ["runs", "show", "qa1", "--output", str(out)])
+    assert "qa             27 assets flagged review after 54 re-renders" in show.output
+    assert f"review  row 1      SKU-00000                [{RETRIES + 1} renders] delta_e_after" \
+        in show.output
+    report = (out / "runs" / "qa1" / "report.html").read_text(encoding="utf-8")
+    assert 'data-qa="review"' in report and '<option value="review">' in report
