@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import ray
 import ray.data
@@ -22,7 +22,7 @@ from ray.data import ActorPoolStrategy
 
 from factory.channel_sink import ChannelSinkConfig, write_channel_assets
 from factory.budget import Budget
-from factory.identity import RunInputs, RunInputsMismatch, budget_text
+from factory.identity import RunInputs, budget_text
 from factory.keys import asset_key, chain_fingerprint, channel_fingerprints, extension
 from factory.metrics import RunLabels
 from factory.pricing import CostModel, CostTotals, StageShare, stage_shares
@@ -35,12 +35,12 @@ from factory.qa import QaRetries, check_batch
 from factory.routes import route_stages
 from factory.s3 import is_s3
 from factory.rows import RowRules, validate_batch
-from factory.runs import LINEAGE, REJECTS, Counts, RunRecorder, is_committed, read_summary
-from factory.sink import (STATUS_EXISTS, IntermediateConfig, SinkConfig, list_existing,
+from factory.run_result import RunPlan, RunResult, committed_result, count_fates
+from factory.runs import LINEAGE, REJECTS, Counts, RunRecorder, is_committed
+from factory.sink import (IntermediateConfig, SinkConfig, list_existing,
                           mark_existing, select_rows, write_assets, write_intermediates)
 from factory.spec import Job
 from factory.storage import Store
-from stages.base import STATUS_OK, STATUS_REJECTED
 from stages.chain import StageChain, pool_resources, pools
 
 log = logging.getLogger(__name__)
@@ -49,82 +49,6 @@ log = logging.getLogger(__name__)
 SINK_BATCH = 8
 #: Rows per block while reading, validating and looking up existing work: cheap per row.
 PREPARE_ROWS = 256
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What a run will do, decided before any model loads.
-
-    Attributes:
-        run_id: the run's id (explicit, or derived from ``inputs``).
-        inputs: everything that decides the run's work.
-        rows: manifest rows the run covers.
-        rejected: rows rejected by validation.
-        existing: valid rows whose asset is already in the store (not rendered again).
-        to_render: valid rows that go through the stages.
-        skipped: a catalog export's rows that are not manifest rows, by reason (not in
-            ``rows``: image-only rows, products filtered out by status).
-    """
-
-    run_id: str
-    inputs: RunInputs
-    rows: int
-    rejected: int
-    existing: int
-    to_render: int
-    skipped: Mapping[str, int] = field(default_factory=dict)
-
-    def line(self) -> str:
-        skipped = "".join(f"; {n} export rows skipped: {why}"
-                          for why, n in sorted(self.skipped.items()))
-        budget = (f"; budget ${self.inputs.budget_usd} (rows past it are deferred)"
-                  if self.inputs.budget_usd is not None else "")
-        return (f"plan for run {self.run_id}: {self.rows} rows: {self.rejected} rejected, "
-                f"{self.existing} already in the store, {self.to_render} to render{skipped}"
-                f"{budget}")
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a run reports: counts, paths, and whether it was committed before this call.
-
-    ``already_committed`` is True when the run id had been committed (by an earlier call, or
-    by a concurrent run of the same id that committed first): the counts are that commit's.
-    """
-
-    run_id: str
-    manifest_rows: int
-    counts: Counts
-    wall_s: float
-    output_uri: str
-    lineage_path: str
-    rejects_path: str
-    already_committed: bool = False
-    write_mode: str = ""
-    report_path: str = ""
-    #: the summary's ``cost``: dollars and device seconds per stage (``factory.pricing``)
-    cost: Mapping[str, Any] = field(default_factory=dict)
-    #: the summary's ``budget``: the cap, dollars spent, the estimate used (``factory.budget``)
-    budget: Mapping[str, Any] = field(default_factory=dict)
-    #: the summary's ``qa``: assets flagged for review, re-renders, their dollars (``factory.qa``)
-    qa: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def assets_per_s(self) -> float:
-        return self.counts.assets / self.wall_s if self.wall_s > 0 else 0.0
-
-    def summary(self) -> dict:
-        c = self.counts
-        return {"run_id": self.run_id, "manifest_rows": self.manifest_rows, "assets": c.assets,
-                "written": c.written, "failed": c.failed, "rejected": c.rejected,
-                "deferred": c.deferred, "failures_by_stage": c.failures_by_stage,
-                "wall_s": round(self.wall_s, 3),
-                "assets_per_s": round(self.assets_per_s, 3), "write_mode": self.write_mode,
-                **({"cost_usd": self.cost.get("usd"), "cost": dict(self.cost)} if self.cost
-                   else {}),
-                **({"routes": c.routes_summary()} if c.route_assets else {}),
-                **({"budget": dict(self.budget)} if self.budget else {}),
-                **({"qa": dict(self.qa)} if self.qa else {})}
 
 
 def fingerprint(job: Job, upto: int | None = None, *, route: str | None = None) -> str:
@@ -318,7 +242,7 @@ def run_job(job: Job, *, limit: int | None = None,
     paths = {"lineage_path": store.path(f"runs/{run_id}/{LINEAGE}"),
              "rejects_path": store.path(f"runs/{run_id}/{REJECTS}")}
     if is_committed(store, run_id):
-        return _committed_result(job, run_id, inputs, store, paths)
+        return committed_result(job, run_id, inputs, store, paths)
     nodes = len(alive_nodes())
     check_output_reach(job, nodes)
     check_resources(job)
@@ -335,7 +259,7 @@ def run_job(job: Job, *, limit: int | None = None,
     try:
         work = _work_list(job, info, store, limit=limit, nodes=nodes)
         work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
-        plan = _plan(work, run_id, inputs, info.skipped)
+        plan = count_fates(work, run_id, inputs, info.skipped)
         if on_plan is not None:
             on_plan(plan)
         stage_names = [p.name for p in job.stages]
@@ -392,7 +316,7 @@ def run_job(job: Job, *, limit: int | None = None,
     if not committed:  # a concurrent run of this id committed first: report its result
         log.warning("run %s was committed by a concurrent run first; reporting its result",
                     run_id)
-        return _committed_result(job, run_id, inputs, store, paths)
+        return committed_result(job, run_id, inputs, store, paths)
     return replace(result, report_path=_write_report(store, run_id))
 
 
@@ -453,52 +377,6 @@ def _add_stage_ms(counts: Counts, batch, stages: list[str]) -> None:
             if total:
                 counts.stage_ms[stage] = counts.stage_ms.get(stage, 0.0) + total
                 counts.stage_rows[stage] = counts.stage_rows.get(stage, 0) + len(done)
-
-
-def _plan(work: ray.data.Dataset, run_id: str, inputs: RunInputs,
-          skipped: Mapping[str, int]) -> RunPlan:
-    """Count the work list's fates (one light pass over its status column)."""
-    tally: dict[str, int] = {}
-    for batch in work.select_columns(["status"]).iter_batches(batch_size=None,
-                                                               batch_format="pyarrow"):
-        for status, n in zip(*_value_counts(batch["status"])):
-            tally[status] = tally.get(status, 0) + n
-    return RunPlan(run_id=run_id, inputs=inputs, rows=inputs.manifest_rows,
-                   rejected=tally.get(STATUS_REJECTED, 0), existing=tally.get(STATUS_EXISTS, 0),
-                   to_render=tally.get(STATUS_OK, 0), skipped=dict(skipped))
-
-
-def _value_counts(column) -> tuple[list[str], list[int]]:
-    import pyarrow.compute as pc
-
-    counts = pc.value_counts(column)
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
-
-
-def _committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
-                      paths: dict[str, str]) -> RunResult:
-    summary = read_summary(store, run_id)
-    if job.run_id is not None or summary.get("inputs") is not None:
-        differences = inputs.differences(summary.get("inputs"))
-        if differences:
-            raise RunInputsMismatch(run_id, differences)
-    log.warning("run %s is already committed; nothing to do", run_id)
-    counts = Counts(assets=summary.get("assets", 0), written=summary.get("written", 0),
-                    failed=summary.get("failed", 0), rejected=summary.get("rejected", 0),
-                    deferred=summary.get("deferred", 0),
-                    failures_by_stage=summary.get("failures_by_stage", {}),
-                    channels=len(summary.get("channels") or ()) or 1)
-    cost = summary.get("cost") or {}
-    from factory.report import report_key
-
-    report = report_key(run_id)
-    return RunResult(run_id=run_id, manifest_rows=summary.get("manifest_rows", 0),
-                     counts=counts, wall_s=float(summary.get("wall_s", 0.0)),
-                     output_uri=job.output.uri, already_committed=True,
-                     write_mode=summary.get("write_mode", ""),
-                     report_path=store.path(report) if store.exists(report) else "", cost=cost,
-                     budget=summary.get("budget") or {}, qa=summary.get("qa") or {},
-                     **paths)
 
 
 def local_cpus(logical_cpus: float | None) -> int:

@@ -25,6 +25,8 @@ from factory.pricing import Prices, PricingSpec, resolve_prices
 from factory.qa import QaConfig, QaSpec, resolve_qa
 from factory.routes import Routes, RoutesSpec, resolve_routes
 from factory.s3 import S3Options
+from factory.seasons import (ScheduleSpec, SeasonSpec,  # noqa: F401 - API
+                             check_seasons, season_stage)
 from factory.templating import TemplateError, template_fields
 from stages.base import StagePlan
 from stages.registry import UnknownModelError, get_card
@@ -81,35 +83,6 @@ class StorageSpec(_Strict):
     retry_mode: Literal["standard", "adaptive"] | None = None
     max_attempts: int | None = Field(None, ge=1, le=20)
     create_only: Literal["auto", "if-none-match", "checked"] | None = None
-
-
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-
-class SeasonSpec(_Strict):
-    """A seasonal overlay: a date window and what changes inside it."""
-
-    name: str = Field(pattern=_NAME)
-    start: str = Field(pattern=r"^\d{2}-\d{2}$", description="MM-DD, inclusive")
-    end: str = Field(pattern=r"^\d{2}-\d{2}$", description="MM-DD, inclusive; may wrap the year")
-    prompt: str = ""
-    palette: list[str] | None = None
-    lora: str | None = None
-    lora_scale: float | None = Field(None, ge=0, le=2)
-
-    def contains(self, day: date) -> bool:
-        """Whether ``day`` falls in the window (a window may wrap over New Year)."""
-        key = (day.month, day.day)
-        start, end = _month_day(self.start), _month_day(self.end)
-        return start <= key <= end if start <= end else key >= start or key <= end
-
-
-class ScheduleSpec(_Strict):
-    """A cron schedule that submits a refresh of this job."""
-
-    name: str = Field(pattern=_NAME)
-    cron: str
-    season: str | None = None
 
 
 class PromptSpec(_Strict):
@@ -228,7 +201,7 @@ class Job:
             if season is None:
                 raise SpecError(self.source, [f"season '{name}': not in the spec (seasons: "
                                               f"{', '.join(s.name for s in self.seasons)})"])
-        stages = tuple(_season_stage(plan, season) for plan in self.stages)
+        stages = tuple(season_stage(plan, season) for plan in self.stages)
         template = self.prompt_template + season.prompt
         return replace(self, stages=stages, prompt_template=template, season=season.name,
                        template_fields=tuple(dict.fromkeys(
@@ -319,7 +292,7 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         problems.append(f"run_id: '{spec.run_id}' must match {_RUN_ID.pattern}")
     manifest_format = spec.manifest.format or _infer_format(spec.manifest.uri, problems)
     names = [p.name for p in plans]
-    _check_seasons(spec, problems)
+    check_seasons(spec, problems)
     channels = _resolve_channels(spec, problems)
     prices = resolve_prices(spec.pricing, problems=problems,
                             base_dir=Path(source).parent if Path(source).is_file() else None)
@@ -441,39 +414,6 @@ def _resolve_routes(spec: JobSpec, plans: list[StagePlan], problems: list[str],
                           problems, check_chain=check, keep=spec.keep_intermediates)
 
 
-def _check_seasons(spec: JobSpec, problems: list[str]) -> None:
-    from factory.cron import validate_cron
-    from stages.colour import parse_palette
-
-    names = [s.name for s in spec.seasons]
-    for i, season in enumerate(spec.seasons):
-        where = f"seasons[{i}]"
-        if names.count(season.name) > 1:
-            problems.append(f"{where}.name: season '{season.name}' is defined twice")
-        for key in ("start", "end"):
-            try:
-                month, day = _month_day(getattr(season, key))
-                date(2024, month, day)  # a leap year, so 02-29 is a valid day
-            except ValueError:
-                problems.append(f"{where}.{key}: '{getattr(season, key)}' is not a MM-DD date")
-        try:
-            template_fields(season.prompt)
-        except TemplateError as exc:
-            problems.append(f"{where}.prompt: {exc}")
-        for j, colour in enumerate(season.palette or []):
-            try:
-                parse_palette([colour])
-            except ValueError as exc:
-                problems.append(f"{where}.palette[{j}]: {exc}")
-    for i, schedule in enumerate(spec.schedules):
-        if why := validate_cron(schedule.cron):
-            problems.append(f"schedules[{i}].cron: '{schedule.cron}': {why}")
-        if schedule.season is not None and schedule.season not in names + ["none"]:
-            problems.append(f"schedules[{i}].season: no season named '{schedule.season}'")
-    if len({s.name for s in spec.schedules}) != len(spec.schedules):
-        problems.append("schedules: schedule names must be unique")
-
-
 def _resolve_channels(spec: JobSpec, problems: list[str]) -> tuple[Any, ...]:
     from factory.channels import ChannelError, resolve
 
@@ -482,25 +422,6 @@ def _resolve_channels(spec: JobSpec, problems: list[str]) -> tuple[Any, ...]:
     except ChannelError as exc:
         problems.extend(exc.problems)
         return ()
-
-
-def _season_stage(plan: StagePlan, season: SeasonSpec) -> StagePlan:
-    update: dict[str, Any] = {}
-    if season.palette and "palette" in type(plan.params).model_fields:
-        update["palette"] = tuple(season.palette)
-    if plan.card.kind == "lora" and season.lora:
-        update["lora"] = season.lora
-    if plan.card.kind == "lora" and season.lora_scale is not None:
-        update["adapter_scale"] = season.lora_scale
-    if not update:
-        return plan
-    params = type(plan.params).model_validate({**plan.params.model_dump(), **update})
-    return replace(plan, params=params)
-
-
-def _month_day(text: str) -> tuple[int, int]:
-    month, day = text.split("-")
-    return int(month), int(day)
 
 
 def _check_run_id(run_id: str, source: str) -> None:
