@@ -278,6 +278,8 @@ def run_job(job: Job, *, limit: int | None = None,
 
         for ds, role in zip(build_datasets(job, work, store, render=plan.to_render > 0,
                                            labels=labels, budget=budget), ("finished", "render")):
+            if role == "finished" and plan.to_render == plan.rows:
+                continue  # every row renders: no execution (and its start-up) for none
             ds.set_name(f"{run_id}:{role}")
             # with a budget each batch is handed over as it arrives (Ray's prefetch would hold
             # it until the next one is in): the gate waits on what the driver records
