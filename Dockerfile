@@ -41,7 +41,8 @@ COPY --chown=1000:100 stages/ stages/
 COPY --chown=1000:100 jobs/ jobs/
 COPY --chown=1000:100 manifests/ manifests/
 RUN python -m pip install --no-cache-dir --no-deps --no-build-isolation --editable . \
-    && factory models list > /dev/null
+    && factory models list > /dev/null \
+    && python -c "import rembg"  # numba's compiled pymatting kernels (~50 CPU s) in the image
 
 # 3. The tiny models of the demo and of jobs/seasonal-catalog.yaml, built offline, so that a
 #    tiny: source resolves on every node of the cluster (FACTORY_MODELS_DIR).

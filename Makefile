@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(PY) -m pip install --quiet $(LOCKED) -e ".[$(EXTRAS)]"
+	@# numba compiles pymatting's kernels (rembg imports them) on the first import: ~50 CPU s
+	@# here, once, into its cache, not in the first run's segment actors or the first test
+	$(PY) -c "import rembg"
 	touch $(STAMP)
 
 # Rewrite the lock and cluster/runtime-env.yaml from the installed environment (after a
