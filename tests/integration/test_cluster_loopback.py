@@ -193,6 +193,12 @@ def test_a_worker_killed_mid_run_loses_no_sku_and_writes_no_key_twice(cluster):
     print(f"killed {victim.name} after {before_kill} assets; first submission {state}; "
           f"{resumed} assets kept from it")
     if state == "SUCCEEDED":  # finished on the surviving node: one run wrote everything
-        assert resumed == 0 and result["run_id"] == run_id
+        assert result["run_id"] == run_id
+        # ... where a sink task on the killed node had PUT some of its assets before it died,
+        # Ray ran that task again elsewhere and it found them (create-only): written once, by
+        # the first attempt (check_exact counts the PUTs), so a few rows read written=False
+        from factory.pipeline import SINK_BATCH
+
+        assert resumed <= 4 * SINK_BATCH, resumed
     else:  # what the killed run wrote is kept, not rendered again
         assert resumed >= before_kill
