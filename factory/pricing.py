@@ -238,6 +238,13 @@ class CostTotals:
         self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + cpu_s
         self.usd[stage] = self.usd.get(stage, Decimal(0)) + usd
 
+    def add_row(self, priced: Mapping[str, Any], stages: Sequence[str], times: int = 1) -> None:
+        """One row priced by ``CostModel.row``: its seconds and dollars per stage, ``times``
+        over (a row's channel assets each carry its share)."""
+        for stage in stages:
+            self.add(stage, priced[f"gpu_s_{stage}"] * times, priced[f"cpu_s_{stage}"] * times,
+                     priced[f"usd_{stage}"] * times)
+
     @property
     def total_usd(self) -> Decimal:
         return sum(self.usd.values(), Decimal(0))

@@ -298,10 +298,7 @@ class QaRetries:
               else [None] * held.num_rows for n in names}
         for i, row in enumerate(held["row"].to_pylist()):
             priced = self.costs.row({n: ms[n][i] for n in names})
-            for n in names:
-                self.counts.cost.add(n, priced[f"gpu_s_{n}"] * channels,
-                                     priced[f"cpu_s_{n}"] * channels,
-                                     priced[f"usd_{n}"] * channels)
+            self.counts.cost.add_row(priced, names, times=channels)
             self._carry[row] = self._carry.get(row, Decimal(0)) + priced["cost_usd"]
             self.retry_usd += priced["cost_usd"] * channels
 

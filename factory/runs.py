@@ -260,9 +260,7 @@ class RunRecorder:
         priced = {i: costs.row({name: ms[name][i] for name in names}) for i in kept}
         batch = CostTotals()
         for i in kept:
-            for name in names:
-                batch.add(name, priced[i][f"gpu_s_{name}"], priced[i][f"cpu_s_{name}"],
-                          priced[i][f"usd_{name}"])
+            batch.add_row(priced[i], names)
         for column, _ in costs.columns():
             rows[column] = [priced[i][column] if i in priced else None for i in range(n)]
         for name in batch.usd:
