@@ -18,6 +18,11 @@ milliseconds per asset (the loop's from its own timers, the factory's from its l
     python benchmarks/p0_vs_loop.py --chain demo    [--rows 200] [--repeats 3]
     python benchmarks/p0_vs_loop.py --job jobs/demo.yaml --rows 8 --repeats 1   # smoke test
     python benchmarks/p0_vs_loop.py --chain mission --rows 96 --cluster   # + on a running Ray
+    python benchmarks/p0_vs_loop.py --chain demo --rows 200 2000 --repeats 1  # where it pays off
+
+With several ``--rows``, each size is its own catalog and its own interleaved repeats, and the
+medians of two sizes fit each side as ``fixed s + rows x s per asset``: the printed break-even
+is the catalog size from which the factory's whole run is the faster one on this machine.
 
 ``--chain mission`` is the mission's order (generate 64 px 4 steps → segment u2net-tiny →
 upscale swin2sr-tiny-x4 → recolor → LoRA img2img at 256 px, strength 0.5); ``--chain demo`` is
@@ -101,8 +106,8 @@ def write_spec(directory: Path, base: dict[str, Any], rows: int) -> Path:
 def run_loop(spec_path: Path, out_dir: Path) -> dict[str, float]:
     """What a user would write: load each model once, loop over batches, encode, write."""
     import numpy as np
-
     from _common import work_rows
+
     from factory import images
     from factory.spec import load_job
 
@@ -157,7 +162,7 @@ def time_factory(spec: Path, out: Path, run_id: str,
     if cluster:
         command += ["--address", cluster["address"]]
         env.update(cluster["env"])
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.stderr.write(done.stdout + done.stderr)
@@ -175,8 +180,9 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--chain", choices=("mission", "demo"), default="mission")
     source.add_argument("--job", type=Path, help="a job spec; its manifest is replaced")
-    parser.add_argument("--rows", type=int, default=None,
-                        help="catalog rows (default: 24 for mission, 200 otherwise)")
+    parser.add_argument("--rows", type=int, nargs="+", default=None,
+                        help="catalog rows, one or more sizes (default: 24 for mission, "
+                             "200 otherwise)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--cluster", action="store_true",
@@ -202,10 +208,24 @@ def main() -> None:
         base, label = yaml.safe_load((ROOT / "jobs" / "demo.yaml").read_text()), "jobs/demo.yaml"
     else:
         base, label = MISSION, "mission order"
-    rows = args.rows or (24 if args.chain == "mission" and not args.job else 200)
-    directory = Path(tempfile.mkdtemp(prefix="bench-p0-"))
-    spec = write_spec(directory, base, rows)
+    sizes = args.rows or [24 if args.chain == "mission" and not args.job else 200]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    results = []
+    for rows in sizes:
+        directory = Path(tempfile.mkdtemp(prefix="bench-p0-"))
+        try:
+            results.append(measure(base, label, rows, directory, args, cores))
+        finally:
+            if not args.keep:
+                shutil.rmtree(directory, ignore_errors=True)
+    if len(results) > 1:
+        print_break_even(results)
+
+
+def measure(base: dict[str, Any], label: str, rows: int, directory: Path,
+            args: argparse.Namespace, cores: int) -> dict[str, float]:
+    """One catalog size: interleaved repeats of both sides; prints and returns the medians."""
+    spec = write_spec(directory, base, rows)
     print(f"P0 factory vs plain loop: {label}, {rows} rows, {cores} cores, "
           f"{args.repeats} interleaved repeats (whole process each)", flush=True)
     head = start_cluster(spec) if args.cluster else None
@@ -229,18 +249,45 @@ def main() -> None:
         if head is not None:
             head[0].stop()
     loop_s, factory_s = statistics.median(loops), statistics.median(factories)
-    print(f"  loop ms/asset (last):    "
+    print("  loop ms/asset (last):    "
           + ", ".join(f"{k} {v:.1f}" for k, v in loop_ms.items()))
-    print(f"  factory ms/asset (lineage, last): "
+    print("  factory ms/asset (lineage, last): "
           + ", ".join(f"{k} {v:.1f}" for k, v in factory_ms.items()))
     print(f"  median wall: loop {loop_s:.1f} s, factory {factory_s:.1f} s")
     print(f"  P0 factory ÷ loop throughput: {loop_s / factory_s:.2f}   (goal >= 1.0)")
+    out = {"rows": rows, "loop": loop_s, "factory": factory_s}
     if on_cluster:
         cluster_s = statistics.median(on_cluster)
         print(f"  P0 on a running Ray (factory run --address): factory {cluster_s:.1f} s: "
               f"{loop_s / cluster_s:.2f}")
-    if not args.keep:
-        shutil.rmtree(directory, ignore_errors=True)
+        out["cluster"] = cluster_s
+    return out
+
+
+def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """``(fixed s, s per asset)`` of the line through the smallest and largest size."""
+    (n0, t0), (n1, t1) = min(points), max(points)
+    per = (t1 - t0) / (n1 - n0)
+    return t0 - per * n0, per
+
+
+def print_break_even(results: list[dict[str, float]]) -> None:
+    """Each side as fixed + per-asset seconds (from the smallest and largest size), and the
+    catalog size from which the factory's whole run takes less time than the loop's."""
+    loop_fixed, loop_per = fit([(r["rows"], r["loop"]) for r in results])
+    print(f"  fit: loop    {loop_fixed:5.1f} s fixed + {loop_per * 1000:6.1f} ms/asset")
+    for side, name in (("factory", "its own local Ray"), ("cluster", "a running Ray")):
+        if not all(side in r for r in results):
+            continue
+        fixed, per = fit([(r["rows"], r[side]) for r in results])
+        print(f"  fit: factory {fixed:5.1f} s fixed + {per * 1000:6.1f} ms/asset ({name})")
+        if per >= loop_per:
+            print(f"  break-even ({name}): none; the factory's steady rate is not above "
+                  "the loop's")
+        else:
+            rows = max(0.0, (fixed - loop_fixed) / (loop_per - per))
+            print(f"  break-even ({name}): the factory's whole run is faster from about "
+                  f"{rows:.0f} rows; steady rate {1 / per:.1f} vs {1 / loop_per:.1f} assets/s")
 
 
 def start_cluster(spec: Path):

@@ -361,13 +361,17 @@ def _plan_stages(spec: JobSpec, problems: list[str], s3_options: S3Options) -> l
             problems.extend(_pydantic_problems(exc, prefix=f"{where}.params"))
             continue
         overrides = {k: v for k, v in stage.resources.model_dump().items() if v is not None}
+        resources = replace(card.resources, **overrides) if overrides else card.resources
+        if resources.num_gpus > 0 and card.cpu_only:
+            problems.append(f"{where}.resources.num_gpus: {card.name} runs on the CPU and "
+                            "cannot use a GPU; set it to 0")
         plans.append(StagePlan(
             name=name,
             card=card,
             params=params,
             source=resolve_source(stage.source or card.source, settings.models_dir()),
             revision=stage.revision or card.revision,
-            resources=replace(card.resources, **overrides) if overrides else card.resources,
+            resources=resources,
             allow_pickle=stage.allow_pickle,
             source_ref=stage.source or card.source,
             models_dir=str(settings.models_dir()),

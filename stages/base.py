@@ -78,6 +78,8 @@ class StageCard:
             ``factory models make-tiny``); empty for stages without weights.
         revision: weights revision (hub commit or tag); part of every asset's fingerprint.
         weight_format: ``safetensors``, ``onnx`` or ``none``.
+        cpu_only: the stage's maths runs on the CPU whatever it holds (no model to put on a
+            GPU): a job reserving a GPU for it is rejected at validation.
         inputs: columns a row must carry into the stage.
         outputs: columns the stage adds or replaces (image columns).
         metrics: per-asset numbers the stage records, as ``(column, arrow type name)``; they
@@ -112,6 +114,7 @@ class StageCard:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     family: str = ""
     cuda_dtype: str = "float32"
+    cpu_only: bool = False
 
     def make_params(self, overrides: Mapping[str, Any] = MappingProxyType({})) -> StageParams:
         """The typed params: the params class's defaults, then the card's, then ``overrides``

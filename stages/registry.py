@@ -246,6 +246,7 @@ CARDS: tuple[StageCard, ...] = (
     ),
     StageCard(
         name="upscale/lanczos",
+        cpu_only=True,
         kind="upscale",
         runtime=LanczosUpscaler,
         params=LanczosParams,
@@ -258,6 +259,7 @@ CARDS: tuple[StageCard, ...] = (
     ),
     StageCard(
         name="recolor/lab",
+        cpu_only=True,
         kind="recolor",
         runtime=LabRecolor,
         params=RecolorParams,
@@ -322,6 +324,7 @@ CARDS: tuple[StageCard, ...] = (
     ),
     StageCard(
         name="identity/passthrough",
+        cpu_only=True,
         kind="identity",
         runtime=Passthrough,
         params=PassthroughParams,

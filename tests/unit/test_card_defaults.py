@@ -77,3 +77,51 @@ def test_forced_cuda_turns_tf32_on(monkeypatch, tf32_off):
     assert weights.torch_device(0) == "cpu"  # no GPU reserved: no CUDA
     assert weights.torch_device(0.5) == "cuda"
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+CPU_ONLY = [c for c in CARDS if c.cpu_only]
+
+
+def test_every_model_free_card_but_the_gpu_stand_in_is_cpu_only():
+    # a card without weights has nothing to put on a GPU; generate/synthetic may hold one: it
+    # stands in for a GPU stage in the placement and pricing tests
+    model_free = {c.name for c in CARDS if c.weight_format == "none"}
+    assert {c.name for c in CPU_ONLY} == model_free - {"generate/synthetic"}
+    assert {c.name for c in CPU_ONLY} >= {"recolor/lab", "upscale/lanczos",
+                                          "identity/passthrough"}
+    parse_job(spec({"kind": "generate", "model": "synthetic", "resources": {"num_gpus": 1}}))
+
+
+@pytest.mark.parametrize("card", CPU_ONLY, ids=[c.name for c in CPU_ONLY])
+@pytest.mark.parametrize("gpus", [1, 0.5])
+def test_a_model_free_card_reserving_a_gpu_is_rejected_naming_the_key(card, gpus):
+    kind, model = card.name.split("/")
+    first = {"kind": "generate", "model": "synthetic"}
+    stage = {"kind": kind, "model": model, "params": dict(card.example_params)}
+    chain = [stage] if kind == "generate" else [first, stage]
+    at = len(chain) - 1
+    parse_job(spec(*chain))  # the card's own resources: no GPU
+    stage["resources"] = {"num_gpus": gpus}
+    with pytest.raises(SpecError) as err:
+        parse_job(spec(*chain))
+    assert (f"stages[{at}].resources.num_gpus: {card.name} runs on the CPU and cannot use a "
+            "GPU; set it to 0") in str(err.value)
+    stage["resources"] = {"num_gpus": 0}
+    parse_job(spec(*chain))
+
+
+def test_models_list_shows_the_card_defaults():
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    result = CliRunner().invoke(main, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("generate/flux-schnell "))
+    flux = lines[at] + lines[at + 1]  # the card's line, then its defaults' line
+    assert "black-forest-labs/FLUX.1-schnell" in flux and "gpus=1 " in flux
+    for shown in ("width=1024", "height=1024", "steps=4", "guidance=0.0", "bfloat16 on CUDA"):
+        assert shown in flux, shown
+    names = {line.split()[0] for line in lines if line[:1].strip()}
+    assert names == {card.name for card in CARDS}  # every card is listed

@@ -213,6 +213,16 @@ def test_spec_channels_are_parsed_and_checked():
                                                   "width": 506, "height": 900}]})
 
 
+def test_the_demo_job_renders_at_least_two_channels():
+    from pathlib import Path
+
+    from factory.spec import load_job
+
+    demo = load_job(Path(__file__).resolve().parents[2] / "jobs" / "demo.yaml")
+    assert len(demo.channels) >= 2
+    assert len({c.name for c in demo.channels}) == len(demo.channels)
+
+
 def test_channel_keys_are_deterministic_and_name_the_channel():
     from factory.spec import parse_job
 

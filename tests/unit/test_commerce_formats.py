@@ -89,8 +89,13 @@ def test_a_csv_with_a_shopify_header_is_read_as_shopify():
 
 def test_shopify_current_export_exact_accounting():
     info, rows = account(CURRENT, "csv")
-    assert info.skipped == {SKIP_IMAGE_ROW: 2, "product status draft": 1}
-    assert info.rows == 5
+    # 10 export rows: 5 skipped (2 image-only, 1 draft, an archived product and its variant)
+    assert info.skipped == {SKIP_IMAGE_ROW: 2, "product status draft": 1,
+                            "product status archived": 2}
+    assert info.rows == 5 and info.rows + sum(info.skipped.values()) == 10
+    assert not {"BELT-S", "BELT-M"} & {r["sku"] for r in rows.values()}
+    kept = fields(CURRENT, "shopify", statuses=("active", "archived"))
+    assert kept["BELT-M"]["size"] == "M"  # its status skipped it, not its rows
     assert by_status(rows, "ok") == [2, 6]
     assert by_status(rows, "rejected") == [1, 7, 8]
     assert rows[7]["reject_field"] == "url handle"

@@ -153,3 +153,18 @@ def test_more_workers_than_images_is_rejected(brand):
     training = load_training(write(brand, spec(brand, **{"train.num_workers": 4})))
     with pytest.raises(TrainSpecError, match="train.num_workers: 4 workers but only 3 images"):
         collect_data(training)
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_the_lora_demo_render_job_validates_and_names_its_adapter(tmp_path, store):
+    from factory.lora_adapter import ADAPTER_FILE
+    from factory.lora_demo import write_render_job
+    from factory.spec import load_job
+
+    key = f"loras/{'ab' * 32}/{ADAPTER_FILE}"  # where training stores an adapter
+    adapter = str(tmp_path / "lora-out" / key) if store == "local" else f"s3://brand/{key}"
+    path = write_render_job(adapter, out_dir=tmp_path / "brand", rows=3)
+    job = load_job(path)  # the real job parser
+    assert [p.card.name for p in job.stages] == ["generate/sd-tiny", "lora/sd-tiny-brand"]
+    assert job.stages[1].params.lora == adapter
+    assert Path(job.manifest_uri).read_text().count("\n") == 1 + 3  # header and 3 SKUs
