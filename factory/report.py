@@ -305,7 +305,7 @@ def _thumbnail(store: Store, run_id: str, row: dict[str, Any], size: int) -> str
         log.warning("report %s: no thumbnail for %s: %s", run_id, row["output_key"], exc)
         return None
     buffer = io.BytesIO()
-    thumb.save(buffer, format="WEBP", quality=80, method=4)
+    thumb.save(buffer, format="WEBP", quality=80, method=0)  # fastest: 2 vs 4 ms a thumbnail
     channel = row.get("channel") or ""
     store.put_if_absent(thumb_key(run_id, row["row"], channel), buffer.getvalue(),
                         content_type="image/webp")
