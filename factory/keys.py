@@ -40,9 +40,17 @@ def chain_fingerprint(plans: tuple[StagePlan, ...], *, encoding: str = "") -> st
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: A re-render's first seed (``factory.qa``): its key is the row's, whatever seed renders it.
+KEY_SEED = "key_seed"
+
+
 def work_hash(fingerprint: str, row: Mapping[str, Any]) -> str:
-    """What makes this output: the chain and the row's own inputs."""
+    """What makes this output: the chain and the row's own inputs. A row the QA gate sent back
+    carries its first seed (``KEY_SEED``): the gated chain's output for the row is one asset,
+    under one key, whichever derived seed's render passed (the gate is in ``fingerprint``)."""
     inputs = {k: _plain(row.get(k)) for k in WORK_FIELDS}
+    if row.get(KEY_SEED) is not None:
+        inputs["seed"] = _plain(row[KEY_SEED])
     text = json.dumps({"chain": fingerprint, "row": inputs}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -56,8 +56,15 @@ def fingerprint(job: Job, upto: int | None = None, *, route: str | None = None) 
     with ``route``, of that route's chain (``factory.routes``)."""
     if upto is not None:
         return chain_fingerprint(job.stages[:upto], encoding="png")
-    encoding = f"{job.output.image_format}:{job.output.quality}"
+    encoding = f"{job.output.image_format}:{job.output.quality}{_gate_text(job, route)}"
     return chain_fingerprint(chain_of(job, route), encoding=encoding)
+
+
+def _gate_text(job: Job, route: str | None) -> str:
+    """A gated row's key names its gate (``factory.qa``): "" where no gate applies, so the
+    keys of a job without ``qa:`` are what they always were."""
+    gate = job.qa.gate(route) if job.qa is not None else None
+    return f":qa:{gate.fingerprint_text()}" if gate is not None else ""
 
 
 def chain_of(job: Job, route: str | None = None) -> tuple:
@@ -90,8 +97,8 @@ def _lookup_key(job: Job, route: str | None) -> tuple[str, str]:
 def channel_prints(job: Job, route: str | None = None) -> tuple[str, ...]:
     """The fingerprint of each of the job's channels (``factory.keys.channel_fingerprints``),
     over the job's chain or ``route``'s."""
-    return channel_fingerprints(chain_of(job, route),
-                                tuple(c.fingerprint_text() for c in job.channels))
+    return channel_fingerprints(chain_of(job, route), tuple(
+        c.fingerprint_text() + _gate_text(job, route) for c in job.channels))
 
 
 def _work_list(job: Job, info: ManifestInfo, store: Store, *,

@@ -31,14 +31,17 @@ Three parts, on Ray Data's own paths:
   (``ray.data.from_arrow``) that goes through the same stage pools, gate and sink again; a
   pass per attempt, until no row is sent back.
 
-A failed attempt writes no image, so the store holds one asset per row (the last attempt's).
-A row that needed retries is looked up by its first seed's key, which is never written: a
-later run renders it again (its later attempts then land on keys already in the store).
+A failed attempt writes no image, so the store holds one asset per row (the last attempt's),
+under the row's own key: a re-render keeps its first seed as ``key_seed``
+(``factory.keys.KEY_SEED``), and the keys of a gated job fingerprint its gate
+(``Gate.fingerprint_text``). A later run finds the asset and renders nothing again; a changed
+gate is a changed chain, rendered anew.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from factory.keys import KEY_SEED
 from stages.base import STATUS_FAILED, STATUS_OK
 
 #: A row the gate sends back for another render: no asset, no outcome (yet).
@@ -117,6 +121,11 @@ class Gate:
 
     retries: int
     thresholds: tuple[Threshold, ...]
+
+    def fingerprint_text(self) -> str:
+        """What of the gate decides which render is kept: part of a gated row's key."""
+        return json.dumps({"retries": self.retries, "thresholds": [
+            [t.metric, t.min, t.max] for t in self.thresholds]}, sort_keys=True)
 
     def breaches(self, batch: Mapping[str, np.ndarray], i: int) -> str:
         """Row ``i``'s breaches, joined ("" when it passes)."""
@@ -275,7 +284,9 @@ class QaRetries:
         held = batch.filter(back)
         if held.num_rows:
             self._price(held)
-            self._held.append(held.select(self.columns))
+            if KEY_SEED not in held.column_names:  # its first render: the row's own seed
+                held = held.append_column(KEY_SEED, held["seed"])
+            self._held.append(held.select([*self.columns, KEY_SEED]))
         kept = batch.filter(pc.invert(back))
         rows = kept["row"].to_pylist()
         attempts = kept["qa_attempts"].to_pylist()
@@ -317,7 +328,7 @@ class QaRetries:
 
     def next_pass(self) -> Any:
         """The held rows as the next pass's work items (``pyarrow.Table``): each with its
-        next seed and the key that seed gives; None when none is held."""
+        next seed, its first seed (``key_seed``) and so its own key; None when none is held."""
         import pyarrow as pa
 
         if not self._held:

@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from factory.cli import main
@@ -76,6 +77,15 @@ def test_rows_outside_the_gate_are_retried_then_flagged_review(local_ray, tmp_pa
     for attempt in range(2, RETRIES + 2):
         seed = retry_seed(seed, attempt)
     assert first["seed"] == seed
+    # ...but the key is the row's own (its first seed, under the gated chain): a later run of
+    # the job finds every retried asset and renders nothing again
+    from factory.pipeline import fingerprint
+    from factory.spec import load_job, parse_job
+
+    gated = load_job(job)
+    data = yaml.safe_load(job.read_text(encoding="utf-8"))
+    del data["qa"]  # the gate is in the key: the same chain without it keys apart
+    assert fingerprint(parse_job(data)) != fingerprint(gated)
     # retries are counted: in the summary, and in the run's dollars (rows' + retries' exactly)
     retry_usd = sum((r["qa_retry_usd"] or Decimal(0) for r in rows), Decimal(0))
     assets_usd = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
@@ -84,6 +94,17 @@ def test_rows_outside_the_gate_are_retried_then_flagged_review(local_ray, tmp_pa
     # a failed attempt writes no image: one asset per asset row, each the lineage's key
     stored = sorted(str(p.relative_to(out)) for p in (out / "assets").rglob("*.png"))
     assert stored == sorted(r["output_key"] for r in ok)
+
+    again = CliRunner().invoke(main, ["run", str(job), "--run-id", "qa2", "--no-dashboard"],
+                               catch_exceptions=False)
+    assert "30 rows: 2 rejected, 27 already in the store, 1 to render" in again.output, \
+        again.output
+    rerun, rerun_summary = read_lineage(store, "qa2")
+    found = [r for r in rerun.to_pylist() if r["status"] == "ok"]
+    assert sorted(r["output_key"] for r in found) == stored and not any(
+        r["written"] for r in found)
+    assert rerun_summary["qa"]["retries"] == 0  # only the failing SKU rendered, and failed
+    assert sorted(str(p.relative_to(out)) for p in (out / "assets").rglob("*.png")) == stored
 
     show = CliRunner().invoke(main, ["runs", "show", "qa1", "--output", str(out)])
     assert "qa             27 assets flagged review after 54 re-renders" in show.output
