@@ -341,7 +341,7 @@ def qa_retries(job: Job, recorder: RunRecorder, work: ray.data.Dataset) -> QaRet
         return asset_key(*keys[item["route"] if job.routes is not None else None], item)
 
     return QaRetries(costs=recorder.costs, counts=recorder.counts, key_of=key_of,
-                     columns=work.schema().names)
+                     columns=work.schema().names, on_cost=recorder.on_cost)
 
 
 def _write_report(store: Store, run_id: str) -> str:

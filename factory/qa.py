@@ -258,11 +258,14 @@ class QaRetries:
         counts: the run's ``factory.runs.Counts``: retried attempts' dollars join its totals.
         key_of: a work item's asset key (``factory.rows``'s derivation: its route's chain).
         columns: the work list's columns, the ones a row carries into the stages.
+        on_cost: hears each held batch's dollars (``factory_stage_cost_usd``), as the
+            recorder's ``on_cost`` hears the recorded rows': the metric is the run's total.
     """
 
     def __init__(self, *, costs: Any, counts: Any, key_of: Callable[[dict], str],
-                 columns: Sequence[str]) -> None:
+                 columns: Sequence[str], on_cost: Callable[[Any], None] | None = None) -> None:
         self.costs, self.counts, self.key_of = costs, counts, key_of
+        self.on_cost = on_cost
         self.columns = [*columns, "qa_attempts"]
         self.review = 0
         self.retries = 0
@@ -300,6 +303,8 @@ class QaRetries:
     def _price(self, held: Any) -> None:
         """The attempt each held row made: into its carry and the run's cost totals (every
         channel asset of the row carries its share, as the recorder prices assets)."""
+        from factory.pricing import CostTotals
+
         self.retries += held.num_rows
         if self.costs is None:
             return
@@ -307,11 +312,16 @@ class QaRetries:
         names = [s.name for s in self.costs.shares]
         ms = {n: held[f"ms_{n}"].to_pylist() if f"ms_{n}" in held.column_names
               else [None] * held.num_rows for n in names}
+        batch = CostTotals()
         for i, row in enumerate(held["row"].to_pylist()):
             priced = self.costs.row({n: ms[n][i] for n in names})
-            self.counts.cost.add_row(priced, names, times=channels)
+            batch.add_row(priced, names, times=channels)
             self._carry[row] = self._carry.get(row, Decimal(0)) + priced["cost_usd"]
             self.retry_usd += priced["cost_usd"] * channels
+        for name in batch.usd:
+            self.counts.cost.add(name, batch.gpu_s[name], batch.cpu_s[name], batch.usd[name])
+        if self.on_cost is not None:
+            self.on_cost(batch)
 
     @staticmethod
     def settled(batch: Any) -> Any:

@@ -156,11 +156,14 @@ def test_the_driver_holds_retries_prices_them_and_carries_their_cost() -> None:
     costs = CostModel(Prices(usd_per_hour={"cpu": 3.6, "h100": 1.0}, gpu="h100"),
                       (StageShare("generate", "generate/synthetic", 0.0, 1.0),))
     counts = type("Counts", (), {"cost": CostTotals()})()
+    exported: list[CostTotals] = []  # what reaches factory_stage_cost_usd
     retries = QaRetries(costs=costs, counts=counts, key_of=lambda item: f"k{item['seed']}",
-                        columns=["row", "sku", "seed", "status", "output_key"])
+                        columns=["row", "sku", "seed", "status", "output_key"],
+                        on_cost=exported.append)
     kept = retries.take(sink_rows([STATUS_QA_RETRY, STATUS_QA_RETRY], [1, 1], ms=1000.0))
     assert kept.num_rows == 0 and retries.retries == 2
     assert counts.cost.usd["generate"] == Decimal("0.002")  # 2 rows x 1 s x $3.6/h
+    assert [b.usd for b in exported] == [{"generate": Decimal("0.002")}]  # the metric too
     again = retries.next_pass()
     assert again["seed"].to_pylist() == [retry_seed(7, 2)] * 2
     assert again["output_key"].to_pylist() == [f"k{retry_seed(7, 2)}"] * 2
