@@ -112,3 +112,29 @@ def test_rows_outside_the_gate_are_retried_then_flagged_review(local_ray, tmp_pa
         in show.output
     report = (out / "runs" / "qa1" / "report.html").read_text(encoding="utf-8")
     assert 'data-qa="review"' in report and '<option value="review">' in report
+
+
+def test_a_budget_admits_rows_whose_retries_then_all_run(local_ray, tmp_path) -> None:
+    """A budget and a gate together: the admitted rows go through every retry (their dollars
+    count as spent, not gated again), the rest are deferred, and the outcomes stay exact."""
+    from factory.pipeline import block_rows
+    from factory.spec import load_job
+
+    catalog = write_catalog(tmp_path / "catalog.csv", 30)  # rows 11 and 21 are rejected
+    out = tmp_path / "out"
+    job = spec(tmp_path, catalog, out)
+    block = block_rows(load_job(job))
+    assert 3 <= block < 11  # the first block holds the failing SKU and no rejected row
+    # a nano-dollar: with no earlier run to price a row, only the first block is admitted
+    run = CliRunner().invoke(main, ["run", str(job), "--run-id", "qa-budget", "--no-dashboard",
+                                    "--budget", "0.000000001"], catch_exceptions=False)
+    lineage, summary = read_lineage(Store(str(out)), "qa-budget")
+    rows = lineage.to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted(r["row"] for r in ok) == [r for r in range(1, block + 1) if r != 3], run.output
+    assert all((r["qa"], r["qa_attempts"]) == ("review", RETRIES + 1) for r in ok)
+    assert summary["qa"]["retries"] == len(ok) * RETRIES
+    assert (summary["assets"], summary["failed"], summary["rejected"], summary["deferred"]) == (
+        block - 1, 1, 2, 30 - block - 2)
+    deferred = [r for r in rows if r["status"] == "deferred"]
+    assert all(not r["output_key"] and r["qa_attempts"] in (None, 0) for r in deferred)
