@@ -47,7 +47,7 @@ _BATCH_ROWS = 16_384
 #: Lineage columns a card shows (besides the per-stage ``ms_<stage>``), where the chain has them.
 _CARD_COLUMNS = ("row", "sku", "variant", "status", "error", "failed_stage", "output_key",
                  "written", "delta_e_before", "delta_e_after", "alpha_coverage", "channel",
-                 "qa", "qa_attempts", "qa_reason")
+                 "qa", "qa_attempts", "qa_reason", "route")
 
 
 def report_key(run_id: str) -> str:
@@ -121,6 +121,7 @@ def write_report(store: Store, run_id: str, *, max_cards: int = MAX_CARDS,
         "rejects": rejects, "rejects_total": rejects_total,
         "cards": [_card(c, t, stages) for c, t in zip(cards, thumbs)],
         "lineage_rows": scan.rows,
+        "routes": sorted(summary.get("routes") or {}),  # factory.routes: a filter per route
         "inputs": sorted((k, _text(v)) for k, v in (summary.get("inputs") or {}).items()),
     }
     page = render(context)
@@ -241,6 +242,8 @@ def _figures(summary: dict[str, Any], lineage_rows: int) -> list[tuple[str, str]
                ("deferred", summary.get("deferred") if summary.get("budget") else None),
                ("budget", _budget(summary.get("budget"))),
                *_qa_figures(summary.get("qa")),
+               ("routes", ", ".join(f"{name} {v['assets']} (${v['usd']:,.6f})" for name, v
+                                    in sorted((summary.get("routes") or {}).items()))),
                ("lineage rows", lineage_rows),
                ("wall time", f"{summary['wall_s']:.1f} s" if "wall_s" in summary else None),
                ("assets/s", f"{summary['assets_per_s']:.2f}" if "assets_per_s" in summary
@@ -283,6 +286,7 @@ def _card(row: dict[str, Any], thumb: str | None, stages: list[str]) -> dict[str
         # the brand QA gate (factory.qa): review = written, outside it after its retries
         "qa": row.get("qa") or "", "qa_attempts": row.get("qa_attempts") or 0,
         "qa_reason": row.get("qa_reason") or "",
+        "route": row.get("route") or "",  # the chain the row took (factory.routes)
     }
 
 

@@ -101,7 +101,11 @@ def test_a_route_mix_renders_each_row_on_its_own_chain(local_ray, tmp_path) -> N
     assert shown.exit_code == 0, shown.output
     assert "route hero" in shown.output and "route thumbnail" in shown.output
 
-    assert result.report_path  # the report reads a routed lineage
+    # the report: each card names its route, a filter per route, the routes' figures
+    page = Path(result.report_path).read_text(encoding="utf-8")
+    assert page.count('data-route="hero"') == 2 and page.count('data-route="thumbnail"') == 5
+    assert '<option value="hero">hero</option>' in page and 'id="f-route"' in page
+    assert "hero 2 ($" in page and "thumbnail 5 ($" in page
 
     # the plan for two more rows, one per route, calibrated from that run: per route
     import json

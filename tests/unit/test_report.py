@@ -143,6 +143,8 @@ def test_one_card_per_lineage_row_in_row_order(run) -> None:
     assert status[4] == status[9] == "failed" and status[1] == "ok"
     stage = {int(c["data-row"]): c["data-stage"] for c in cards}
     assert (stage[4], stage[9], stage[1]) == ("identity", "recolor", "")
+    # a run without routes: no route filter, no route on the cards
+    assert 'id="f-route"' not in path.read_text() and {c["data-route"] for c in cards} == {""}
 
 
 def test_a_thumbnail_for_every_ok_row_and_none_for_failures(run) -> None:
