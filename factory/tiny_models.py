@@ -69,7 +69,7 @@ def make_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     out_dir = _fresh_dir(out_dir)
     vocab = _clip_vocab()
@@ -100,21 +100,7 @@ def make_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
         sample_size=64,
     )
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=CLIP_MAX_LENGTH,
-            projection_dim=32,
-            layer_norm_eps=1e-5,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(_tiny_clip_config(vocab, tokenizer))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
