@@ -97,3 +97,19 @@ def _tiny_clip_config(vocab: dict[str, int], tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def _tiny_vae():
+    """The 2-block, 8/16-channel SD VAE of diffusers' own dummy components (SD and SDXL)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )

@@ -19,6 +19,7 @@ from factory.tiny_common import (
     _fresh_dir,
     _mark_complete,
     _tiny_clip_config,
+    _tiny_vae,
     _write_clip_vocab,
 )
 
@@ -35,7 +36,6 @@ def make_tiny_sdxl(out_dir: Path, *, seed: int = 0) -> Path:
     """
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -64,16 +64,7 @@ def make_tiny_sdxl(out_dir: Path, *, seed: int = 0) -> Path:
         norm_num_groups=4,
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-    )
+    vae = _tiny_vae()
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_tiny_clip_config(vocab, tokenizer))
     torch.manual_seed(seed + 1)

@@ -37,6 +37,7 @@ from factory.tiny_common import (  # noqa: F401
     _fresh_dir,
     _mark_complete,
     _tiny_clip_config,
+    _tiny_vae,
     _write_clip_vocab,
     is_complete,
 )
@@ -64,7 +65,6 @@ def make_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
     """
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
@@ -89,16 +89,7 @@ def make_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
         norm_num_groups=4,
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-    )
+    vae = _tiny_vae()
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_tiny_clip_config(vocab, tokenizer))
     scheduler = EulerDiscreteScheduler(
