@@ -29,7 +29,8 @@ from factory.metrics import RunLabels
 
 log = logging.getLogger(__name__)
 
-STAGE_KINDS = ("generate", "segment", "upscale", "recolor", "lora", "identity")
+STAGE_KINDS = ("source", "generate", "segment", "scene", "upscale", "recolor", "lora",
+               "identity")
 
 # Columns every row carries from validation to the sink.
 STATUS_OK = "ok"
