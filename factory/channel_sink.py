@@ -36,6 +36,7 @@ from factory.keys import channel_key, work_hash
 from factory.provenance import Provenance
 from factory.sink import SHA_META, STATUS_EXISTS, WORK_META, SinkConfig
 from stages.base import STATUS_FAILED, STATUS_OK
+from stages.product import PRODUCT
 
 CHANNEL_STAGE = "channel"
 #: Lineage columns a channel run adds (name, Arrow type alias).
@@ -77,7 +78,7 @@ def write_channel_assets(batch: dict[str, np.ndarray], *,
     out: list[dict[str, Any]] = []  # one dict of overrides per output row, with its source
     for i in range(n):
         status = batch["status"][i]
-        row = {k: batch[k][i] for k in batch if k != "image"}
+        row = {k: batch[k][i] for k in batch if k not in ("image", PRODUCT)}
         if config.route_prints and row.get("route"):  # a routed row: its route's chain
             prints, packet = config.route_prints[row["route"]], packets.get(row["route"], b"")
         if status not in (STATUS_OK, STATUS_EXISTS, STATUS_FAILED):  # rejected: once
@@ -167,7 +168,7 @@ def _render(array: np.ndarray, channel: Any, packet: bytes) -> tuple[bytes, Any]
 def _columns(batch: dict[str, np.ndarray], out: list[dict[str, Any]],
              config: SinkConfig) -> dict[str, np.ndarray]:
     src = np.array([o["src"] for o in out], dtype=np.int64)
-    columns = {k: np.asarray(v)[src] for k, v in batch.items() if k != "image"}
+    columns = {k: np.asarray(v)[src] for k, v in batch.items() if k not in ("image", PRODUCT)}
     defaults: dict[str, Any] = {"status": None, "error": None, "failed_stage": None,
                                 "output_key": "", "sha256": "", "bytes": 0, "written": False,
                                 "channel": "", "channel_rule": "", "width": None,

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 #: How each input is described when two runs differ.
 _LABELS = {"spec_hash": "job spec", "manifest_sha256": "manifest content",
            "manifest_rows": "manifest rows", "limit": "--limit", "season": "season",
-           "budget_usd": "budget (USD)"}
+           "budget_usd": "budget (USD)", "sources_sha256": "source photos"}
 
 
 class RunInputsMismatch(ValueError):
@@ -55,6 +55,8 @@ class RunInputs:
         season: the season applied, or None.
         budget_usd: the run's budget in dollars (a normalised decimal string: ``budget_text``),
             or None for no cap.
+        sources_sha256: in a job that starts from the catalog's photos (``factory.sources``):
+            a hash of every row's photo content as fetched; None otherwise.
     """
 
     spec_hash: str
@@ -63,12 +65,15 @@ class RunInputs:
     limit: int | None
     season: str | None
     budget_usd: str | None = None
+    sources_sha256: str | None = None
 
     def digest(self) -> str:
-        """A stable hash of the inputs (no budget: the same hash as before budgets)."""
+        """A stable hash of the inputs (no budget, no photos: the same hash as before either
+        existed)."""
         inputs = asdict(self)
-        if inputs["budget_usd"] is None:
-            del inputs["budget_usd"]
+        for optional in ("budget_usd", "sources_sha256"):
+            if inputs[optional] is None:
+                del inputs[optional]
         text = json.dumps(inputs, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -28,7 +28,7 @@ WORK_FIELDS = ("sku", "variant", "seed", "prompt", "negative_prompt", "width", "
 
 def params_hash(plan: StagePlan) -> str:
     """Short hash of a stage's typed params."""
-    text = json.dumps(plan.params.model_dump(mode="json"), sort_keys=True)
+    text = json.dumps(plan.params.key_params(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -40,6 +40,9 @@ def chain_fingerprint(plans: tuple[StagePlan, ...], *, encoding: str = "") -> st
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: The sha256 of a row's product photo (``factory.sources``): part of its work where present.
+SOURCE_SHA256 = "source_sha256"
+
 #: A re-render's first seed (``factory.qa``): its key is the row's, whatever seed renders it.
 KEY_SEED = "key_seed"
 
@@ -49,6 +52,8 @@ def work_hash(fingerprint: str, row: Mapping[str, Any]) -> str:
     carries its first seed (``KEY_SEED``): the gated chain's output for the row is one asset,
     under one key, whichever derived seed's render passed (the gate is in ``fingerprint``)."""
     inputs = {k: _plain(row.get(k)) for k in WORK_FIELDS}
+    if row.get(SOURCE_SHA256):  # the product photo's content (rows of a source stage only)
+        inputs[SOURCE_SHA256] = _plain(row[SOURCE_SHA256])
     if row.get(KEY_SEED) is not None:
         inputs["seed"] = _plain(row[KEY_SEED])
     text = json.dumps({"chain": fingerprint, "row": inputs}, sort_keys=True)

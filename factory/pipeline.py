@@ -37,10 +37,12 @@ from factory.s3 import is_s3
 from factory.rows import RowRules, validate_batch
 from factory.run_result import RunPlan, RunResult, committed_result, count_fates
 from factory.runs import LINEAGE, REJECTS, Counts, RunRecorder, is_committed
+from factory.sources import SourceConfig, fetch_sources, manifest_folder, sources_digest
 from factory.sink import (IntermediateConfig, SinkConfig, list_existing,
                           mark_existing, select_rows, write_assets, write_intermediates)
 from factory.spec import Job
 from factory.storage import Store
+from stages.base import StagePlan
 from stages.chain import StageChain, pool_resources, pools
 
 log = logging.getLogger(__name__)
@@ -80,10 +82,17 @@ def row_rules(job: Job, info: ManifestInfo) -> RowRules:
     route_keys = ({r.name: _lookup_key(job, r.name) for r in job.routes.chains}
                   if job.routes is not None else {})
     chain, ext = _lookup_key(job, None)
+    source = source_plan(job)
     return RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
                     negative_template=job.negative_template,
                     duplicate_rejects=info.duplicate_rejects, chain_fingerprint=chain,
-                    image_ext=ext, routes=job.routes, route_keys=route_keys)
+                    image_ext=ext, routes=job.routes, route_keys=route_keys,
+                    photo_column=source.params.column if source is not None else "")
+
+
+def source_plan(job: Job) -> StagePlan | None:
+    """The job's source stage (its first, ``stages.source_photo``), or None."""
+    return job.stages[0] if job.stages and job.stages[0].card.kind == "source" else None
 
 
 def _lookup_key(job: Job, route: str | None) -> tuple[str, str]:
@@ -115,8 +124,15 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(),
                                   label_selector=pinned)
     ds = ds.repartition(target_num_rows_per_block=PREPARE_ROWS)
-    ds = ds.map_batches(validate_batch, fn_kwargs={"rules": row_rules(job, info)},
+    rules = row_rules(job, info)
+    ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules},
                         batch_size=None, batch_format="numpy", num_cpus=0.25)
+    source = source_plan(job)
+    if source is not None:  # the photo's hash is part of the key: fetched before the lookup
+        config = SourceConfig(store=store, params=source.params, s3=job.s3, rules=rules,
+                              base_dir=manifest_folder(job.manifest_uri))
+        ds = ds.map_batches(fetch_sources, fn_kwargs={"config": config}, batch_size=None,
+                            batch_format="numpy", num_cpus=0.25)
     existing = list_existing(store, rows=info.rows)  # on S3, one LIST per 1,000 assets
     ds = ds.map_batches(mark_existing, fn_kwargs={"store": store, "existing": existing},
                         batch_size=None, batch_format="numpy", num_cpus=0.25)
@@ -246,14 +262,26 @@ def run_job(job: Job, *, limit: int | None = None,
                        manifest_rows=info.rows, limit=limit, season=job.season,
                        budget_usd=budget_text(job.budget_usd))
     run_id = job.run_id or inputs.derived_run_id(job.name)
+    work = None
+    if source_plan(job) is not None:
+        # the photos are inputs too: fetched (conditional GETs where they were fetched
+        # before) and hashed before the run knows which run it is
+        nodes = len(alive_nodes())
+        check_output_reach(job, nodes)
+        check_resources(job)
+        store = store.preflight(run_id)
+        work = _work_list(job, info, store, limit=limit, nodes=nodes)
+        inputs = replace(inputs, sources_sha256=sources_digest(work))
+        run_id = job.run_id or inputs.derived_run_id(job.name)
     paths = {"lineage_path": store.path(f"runs/{run_id}/{LINEAGE}"),
              "rejects_path": store.path(f"runs/{run_id}/{REJECTS}")}
     if is_committed(store, run_id):
         return committed_result(job, run_id, inputs, store, paths)
-    nodes = len(alive_nodes())
-    check_output_reach(job, nodes)
-    check_resources(job)
-    store = store.preflight(run_id)
+    if work is None:
+        nodes = len(alive_nodes())
+        check_output_reach(job, nodes)
+        check_resources(job)
+        store = store.preflight(run_id)
     log.info("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
     labels = RunLabels(job=job.name, run_id=run_id)
     shares = stage_shares(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates)
@@ -264,7 +292,8 @@ def run_job(job: Job, *, limit: int | None = None,
                            qa=job.qa is not None)
     budget = Budget.start(job, store) if job.budget_usd is not None else None
     try:
-        work = _work_list(job, info, store, limit=limit, nodes=nodes)
+        if work is None:
+            work = _work_list(job, info, store, limit=limit, nodes=nodes)
         work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
         plan = count_fates(work, run_id, inputs, info.skipped)
         if on_plan is not None:

@@ -25,6 +25,8 @@ from stages.colour import parse_palette
 #: An S3 key holds 1024 bytes; the SKU is percent-encoded into ``assets/<sku>/...``.
 MAX_SKU_BYTES = 512
 MAX_SIZE = 8192
+#: A validated row's photo reference, in a job with a source stage (``factory.sources``).
+PHOTO = "photo"
 _VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -43,6 +45,9 @@ class RowRules:
     #: comes from its route's ``(chain fingerprint, image ext)`` in ``route_keys``.
     routes: Routes | None = None
     route_keys: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: A job whose chain starts from the row's photo (``factory.sources``): the manifest
+    #: field holding it, carried as the row's ``photo``; "" for jobs without a source stage.
+    photo_column: str = ""
 
 
 class RowReject(ValueError):
@@ -105,6 +110,8 @@ def validate_row(fields: Mapping[str, str | None], rules: RowRules) -> dict[str,
         raise RowReject(exc.field or "prompt", str(exc)) from None
     item = {"sku": sku, "variant": variant, "seed": seed, "prompt": prompt,
             "negative_prompt": negative, "width": width, "height": height, "palette": palette}
+    if rules.photo_column:
+        item[PHOTO] = (fields.get(rules.photo_column) or "").strip()
     if rules.routes is not None:
         try:
             item[ROUTE_COLUMN] = rules.routes.pick(fields).name
@@ -133,7 +140,8 @@ _OUT_COLUMNS = ("sku", "variant", "seed", "prompt", "negative_prompt", "width", 
 
 def validate_batch(batch: dict[str, np.ndarray], *, rules: RowRules) -> dict[str, np.ndarray]:
     """Ray Data task: ``ManifestDatasource`` rows in, work items and rejections out."""
-    columns = _OUT_COLUMNS + ((ROUTE_COLUMN,) if rules.routes is not None else ())
+    columns = (_OUT_COLUMNS + ((ROUTE_COLUMN,) if rules.routes is not None else ())
+               + ((PHOTO,) if rules.photo_column else ()))
     out: dict[str, list[Any]] = {name: [] for name in columns}
     for row, fields_json, parse_field, parse_error in zip(
             batch["row"], batch["fields"], batch["parse_field"], batch["parse_error"]):
@@ -141,7 +149,8 @@ def validate_batch(batch: dict[str, np.ndarray], *, rules: RowRules) -> dict[str
         row = int(row)
         item = {"sku": str(fields.get("sku") or "").strip(), "variant": "", "seed": 0,
                 "prompt": "", "negative_prompt": "", "width": 0, "height": 0, "palette": "",
-                "output_key": "", **({ROUTE_COLUMN: ""} if rules.routes is not None else {})}
+                "output_key": "", **({ROUTE_COLUMN: ""} if rules.routes is not None else {}),
+                **({PHOTO: ""} if rules.photo_column else {})}
         status, error, reject_field = STATUS_OK, "", ""
         try:
             if parse_error:

@@ -22,6 +22,7 @@ from factory.keys import intermediate_key, work_hash
 from factory.metrics import RunLabels
 from factory.storage import Store
 from stages.base import STATUS_FAILED, STATUS_OK
+from stages.product import PRODUCT
 
 #: A row whose asset was found in the store before rendering; lineage records it as ``ok``.
 STATUS_EXISTS = "exists"
@@ -183,7 +184,7 @@ def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[st
             keys[i], digests[i], sizes[i] = "", "", 0
             continue
         digests[i] = hashlib.sha256(data).hexdigest()
-        row = {k: batch[k][i] for k in batch if k != "image"}
+        row = {k: batch[k][i] for k in batch if k not in ("image", PRODUCT)}
         # A store that fails for good (StorageError, after botocore's retries) is not this
         # SKU's fault: it propagates, the run stops uncommitted, and a rerun resumes.
         written[i] = config.store.put_if_absent(
@@ -195,7 +196,7 @@ def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[st
     metrics.inc("factory_sink_assets_written", int(written.sum()), tags)
     metrics.inc("factory_sink_assets_skipped", int(ok.sum() - written.sum()), tags)
     metrics.inc("factory_sink_bytes_written", int(sizes[written].sum()), tags)
-    out = {k: v for k, v in batch.items() if k != "image"}
+    out = {k: v for k, v in batch.items() if k not in ("image", PRODUCT)}
     out.update(status=status, error=error, failed_stage=failed_stage, output_key=keys,
                sha256=digests, bytes=sizes, written=written)
     return out

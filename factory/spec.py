@@ -29,6 +29,7 @@ from factory.seasons import (ScheduleSpec, SeasonSpec,  # noqa: F401 - API
                              check_seasons, season_stage)
 from factory.templating import TemplateError, template_fields
 from stages.base import StagePlan
+from stages.source_photo import SOURCE_URI
 from stages.registry import UnknownModelError, get_card
 from stages.weights import resolve_source
 
@@ -386,8 +387,18 @@ def _check_chain(spec: JobSpec, plans: list[StagePlan], problems: list[str],
     """Each stage's inputs come from the rows or an earlier stage of ``plans`` (the whole
     chain, or one route's: ``where`` is the key path problems name)."""
     available = set(ROW_COLUMNS)
-    upscaled = False
+    upscaled = cut = False
     for i, plan in enumerate(plans):
+        if plan.card.kind == "source":
+            if i:
+                problems.append(f"{where}[{i}]: the source stage '{plan.name}' turns each "
+                                "row's photo into its first image: it must come first")
+            available.add(SOURCE_URI)
+        if plan.card.kind == "scene" and not cut:
+            problems.append(f"{where}[{i}]: scene stage '{plan.name}' builds the scene "
+                            "around a cut-out: put a segment stage (segment/studio-key for "
+                            "studio shots) before it")
+        cut = cut or plan.card.kind == "segment"
         for column in plan.card.inputs:
             if column == "prompt" and spec.prompt is None:
                 problems.append(f"{where}[{i}]: '{plan.card.name}' needs a prompt; add "

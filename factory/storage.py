@@ -152,6 +152,28 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise s3.explain(exc, self.uri, f"write {key}") from exc
 
+    def replace_bytes(self, key: str, data: bytes, *,
+                      content_type: str = "application/octet-stream") -> None:
+        """Write ``data`` at ``key``, replacing what is there, in one step (readers see the
+        old object or the new one). For caches only: assets and run tables are create-only."""
+        if not self.is_s3:
+            target = Path(self.uri) / key
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+                staging.write_bytes(data)
+                os.replace(staging, target)
+            except OSError as exc:
+                raise StorageError(f"{self.uri}: cannot write {key}: "
+                                   f"{exc.strerror or exc}") from exc
+            return
+        bucket, name = self._object(key)
+        try:
+            s3.client(self.s3).put_object(Bucket=bucket, Key=name, Body=data,
+                                          ContentType=content_type)
+        except Exception as exc:  # noqa: BLE001
+            raise s3.explain(exc, self.uri, f"write {key}") from exc
+
     def open_input_file(self, key: str) -> Any:
         """A pyarrow random-access file over the object at ``key``: reads are ranged (on S3,
         one ranged GET each), so a reader of a Parquet footer never fetches the whole file.

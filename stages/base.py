@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict
 
 from factory import images, metrics
 from factory.metrics import RunLabels
+from factory.s3 import StorageError
+from stages.product import FIDELITY, PRODUCT, composite, fidelity_delta_e, resize_layer
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +38,35 @@ STAGE_KINDS = ("source", "generate", "segment", "scene", "upscale", "recolor", "
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_REJECTED = "rejected"
+#: Internal output name for the fidelity figure a protecting stage measured (written to the
+#: ``FIDELITY`` column whichever card declares it).
+FIDELITY_COLUMN = "__fidelity__"
 
 
 class StageParams(BaseModel):
-    """Base of every stage's typed, frozen parameters; unknown keys are errors."""
+    """Base of every stage's typed, frozen parameters; unknown keys are errors.
+
+    Every param is part of the stage's params hash (and so of every asset key) except:
+    ``key_neutral`` ones, which say how work is done and never what it makes (a fetch
+    timeout, a thread count), and ``key_added`` ones while they hold their default: options a
+    card gained after keys were in use, so jobs that do not set them keep their keys.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key_neutral: ClassVar[frozenset[str]] = frozenset()
+    key_added: ClassVar[frozenset[str]] = frozenset()
+
+    def key_params(self) -> dict[str, Any]:
+        """The params that make an asset what it is, as JSON-ready values."""
+        values = self.model_dump(mode="json")
+        fields = type(self).model_fields
+        for name in self.key_neutral:
+            values.pop(name, None)
+        for name in self.key_added:
+            if name in values and getattr(self, name) == fields[name].default:
+                del values[name]
+        return values
 
 
 class NoParams(StageParams):
@@ -166,7 +191,11 @@ class Stage(ABC):
     Image columns arrive and leave as lists of ``HxWxC uint8`` arrays.
     """
 
-    image_columns: ClassVar[tuple[str, ...]] = ("image",)
+    image_columns: ClassVar[tuple[str, ...]] = ("image", PRODUCT)
+    #: Stage kinds that may change pixels of an image that carries a product layer: each
+    #: composites the product's pixels back unless its params release them
+    #: (``protects_product``), and measures ``fidelity_delta_e``.
+    protecting_kinds: ClassVar[tuple[str, ...]] = ("upscale", "recolor", "lora")
 
     def __init__(self, *, plan: StagePlan, labels: RunLabels = RunLabels(),
                  threads: int | None = None) -> None:
@@ -223,6 +252,8 @@ class Stage(ABC):
         started = time.perf_counter()
         if ok.size:
             self._run_rows(batch, ok, outputs, status, error, failed_stage)
+        if ok.size and PRODUCT in batch and self.plan.card.kind in self.protecting_kinds:
+            self._protect_product(batch, ok, outputs, status)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         # rows of routes this stage does not serve keep what earlier stages gave them
         passing = np.flatnonzero((status == STATUS_OK) & ~mine)
@@ -231,7 +262,9 @@ class Stage(ABC):
         result = dict(batch)
         metric_names = {name for name, _ in self.plan.card.metrics}
         for column, values in outputs.items():
-            if column in self.image_columns:
+            if column == FIDELITY_COLUMN:  # the product's fidelity, measured after protecting
+                result[FIDELITY] = values
+            elif column in self.image_columns:
                 result.update(images.store(column, values))
             elif column not in metric_names:
                 result[column] = values
@@ -251,6 +284,37 @@ class Stage(ABC):
         result[f"{self.plan.name}_placement"] = np.where(done, self.placement, "").astype(object)
         self._record(int(mine.sum()), ok.size, int(done.sum()), elapsed_ms / 1000.0)
         return result
+
+    @property
+    def protects_product(self) -> bool:
+        """Whether this stage puts the product's incoming pixels back over what it made
+        (``protect_product`` in its params; true where it has none)."""
+        return bool(getattr(self.params, "protect_product", True))
+
+    def _protect_product(self, batch, ok, outputs, status) -> None:
+        """For each rendered row with a product layer: the layer at the output's size, the
+        product's incoming pixels composited back (``protects_product``), and the asset's
+        fidelity to the source photo so far (``stages.product``)."""
+        made = outputs.get("image")
+        if made is None:
+            return
+        layers = images.load(PRODUCT, batch)
+        incoming = images.load("image", batch)
+        n = len(batch["sku"])
+        out_layers = outputs.setdefault(PRODUCT, np.empty(n, dtype=object))
+        fidelity = batch[FIDELITY].astype(np.float64).copy() if FIDELITY in batch \
+            else np.full(n, np.nan)
+        for i in ok:
+            if status[i] != STATUS_OK or made[i] is None or layers[i] is None:
+                continue
+            image = made[i]
+            layer = resize_layer(layers[i], image.shape[:2])
+            if self.protects_product and layer[..., 3].any():
+                own = _resized_rgb(incoming[i], image.shape[:2])
+                image = composite(image, np.concatenate([own, layer[..., 3:]], axis=2))
+            made[i], out_layers[i] = image, layer
+            fidelity[i] = fidelity_delta_e(image, layer)
+        outputs[FIDELITY_COLUMN] = fidelity
 
     def _serves(self, batch: Mapping[str, np.ndarray], n: int) -> np.ndarray:
         """Which rows this stage renders: in a job with routes, those of the routes it serves
@@ -276,6 +340,8 @@ class Stage(ABC):
         try:
             self._assign(outputs, ok, self._predict(self._take(batch, ok)), len(batch["sku"]))
             return
+        except StorageError:  # the store, not a row: the run stops uncommitted and resumes
+            raise
         except Exception:  # one bad row must not fail its batch-mates: retry row by row
             if ok.size == 1:
                 self._fail(ok[0], status, error, failed_stage)
@@ -286,6 +352,8 @@ class Stage(ABC):
             try:
                 rows = self._take(batch, np.array([i]))
                 self._assign(outputs, np.array([i]), self._predict(rows), len(batch["sku"]))
+            except StorageError:
+                raise
             except Exception:
                 self._fail(i, status, error, failed_stage)
                 log.warning("stage %s: sku %s failed: %s", self.plan.name, batch["sku"][i], error[i])
@@ -313,6 +381,17 @@ class Stage(ABC):
         status[i] = STATUS_FAILED
         error[i] = exc_text[:2000]
         failed_stage[i] = self.plan.name
+
+
+def _resized_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The RGB of ``image`` at ``size`` (height, width): Lanczos where it differs."""
+    rgb = image[..., :3]
+    if rgb.shape[:2] == tuple(size):
+        return rgb
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(
+        (size[1], size[0]), Image.LANCZOS))
 
 
 def render_by_size(sizes: Sequence[tuple[int, int]],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -48,7 +48,12 @@ class LoraParams(StageParams):
             nothing per denoising step. The scale is fixed for a run (a season with its own
             ``lora_scale`` is its own run); ``false`` keeps the adapter as a separate layer.
         compile: ``torch.compile`` the denoiser at load.
+        protect_product: in a row with a product layer (``stages.product``), the product's
+            incoming pixels go back over the styled image: the brand style reaches the scene,
+            never the product. ``false`` styles the product too.
     """
+
+    key_added: ClassVar[frozenset[str]] = frozenset({"protect_product"})
 
     lora: str | None = None
     weight_name: str | None = None
@@ -60,6 +65,7 @@ class LoraParams(StageParams):
     background: str = "#FFFFFF"
     fuse: bool = True
     compile: bool = False
+    protect_product: bool = True
 
     @field_validator("background")
     @classmethod

@@ -10,6 +10,7 @@ from stages.generate_diffusers import DiffusersGenerator, FluxGenerateParams, Ge
 from stages.lora_diffusers import LoraImg2Img, LoraParams
 from stages.recolor_lab import LabRecolor, RecolorParams
 from stages.segment_rembg import RembgSegmenter, SegmentParams
+from stages.source_photo import SOURCE_URI, PhotoSource, PhotoSourceParams
 from stages.synthetic import Passthrough, PassthroughParams, SyntheticGenerator, SyntheticParams
 from stages.upscale_swin2sr import LanczosParams, LanczosUpscaler, Swin2SRUpscaler, UpscaleParams
 
@@ -22,6 +23,20 @@ _LOCAL = Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1)
 _TURBO = {"width": 512, "height": 512, "steps": 1, "guidance": 0.0}
 
 CARDS: tuple[StageCard, ...] = (
+    StageCard(
+        name="source/photo",
+        kind="source",
+        cpu_only=True,
+        runtime=PhotoSource,
+        params=PhotoSourceParams,
+        inputs=(SOURCE_URI,),
+        outputs=_IMAGE,
+        # decoding is CPU work; the fetch itself runs in the work list (``factory.sources``)
+        resources=Resources(num_cpus=0.5, batch_size=16),
+        cost_weight=0.0,
+        description="The row's own product photo (path, s3:// or http(s)://), fetched with "
+                    "SSRF checks and decoded defensively",
+    ),
     StageCard(
         name="generate/sd-tiny",
         kind="generate",

@@ -15,7 +15,7 @@ which is where the feather gives a tile the least weight.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Sequence
+from typing import ClassVar, Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -45,7 +45,13 @@ class UpscaleParams(StageParams):
             share passes.
         dtype: weights and activations dtype (``auto``: the card's advised dtype on CUDA,
             float32 on a CPU); blending is always float32.
+        protect_product: in a row with a product layer (``stages.product``), the product's
+            incoming pixels, Lanczos-resized, go back over the model's output: the model
+            upscales the scene and never changes the product. ``false`` keeps the model's
+            product pixels (``fidelity_delta_e`` then measures how far they moved).
     """
+
+    key_added: ClassVar[frozenset[str]] = frozenset({"protect_product"})
 
     scale: Literal[2, 4] | None = None
     tile: int = Field(256, ge=0)
@@ -53,6 +59,7 @@ class UpscaleParams(StageParams):
     min_tile: int = Field(64, ge=8)
     tile_batch: int = Field(4, ge=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    protect_product: bool = True
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> UpscaleParams:
@@ -66,9 +73,13 @@ class LanczosParams(StageParams):
 
     Attributes:
         scale: output size over input size.
+        protect_product: as ``UpscaleParams.protect_product``.
     """
 
+    key_added: ClassVar[frozenset[str]] = frozenset({"protect_product"})
+
     scale: int = Field(2, ge=1, le=8)
+    protect_product: bool = True
 
 
 class Swin2SRUpscaler(Stage):

@@ -98,7 +98,7 @@ def test_a_model_free_card_reserving_a_gpu_is_rejected_naming_the_key(card, gpus
     kind, model = card.name.split("/")
     first = {"kind": "generate", "model": "synthetic"}
     stage = {"kind": kind, "model": model, "params": dict(card.example_params)}
-    chain = [stage] if kind == "generate" else [first, stage]
+    chain = [stage] if kind in ("generate", "source") else [first, stage]
     at = len(chain) - 1
     parse_job(spec(*chain))  # the card's own resources: no GPU
     stage["resources"] = {"num_gpus": gpus}
