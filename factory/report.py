@@ -47,7 +47,7 @@ _BATCH_ROWS = 16_384
 #: Lineage columns a card shows (besides the per-stage ``ms_<stage>``), where the chain has them.
 _CARD_COLUMNS = ("row", "sku", "variant", "status", "error", "failed_stage", "output_key",
                  "written", "delta_e_before", "delta_e_after", "alpha_coverage", "channel",
-                 "qa", "qa_attempts", "qa_reason", "route")
+                 "qa", "qa_attempts", "qa_reason", "route", "fidelity_delta_e", "photo")
 
 
 def report_key(run_id: str) -> str:
@@ -272,6 +272,7 @@ def _qa_figures(qa: dict[str, Any] | None) -> list[tuple[str, Any]]:
 def _card(row: dict[str, Any], thumb: str | None, stages: list[str]) -> dict[str, Any]:
     before, after = row.get("delta_e_before"), row.get("delta_e_after")
     alpha = row.get("alpha_coverage")
+    fidelity = row.get("fidelity_delta_e")
     return {
         "row": row["row"], "sku": row["sku"] or "",
         "variant": "/".join(v for v in (row["variant"], row.get("channel")) if v),
@@ -282,6 +283,9 @@ def _card(row: dict[str, Any], thumb: str | None, stages: list[str]) -> dict[str
         "delta_e": (f"{before:.1f} → {after:.1f}" if before is not None and after is not None
                     else ""),
         "alpha": f"{alpha:.0%}" if alpha is not None else None,
+        # the product's own pixels against its source photo (``stages.product``)
+        "fidelity": (f"{fidelity:.2f}" if fidelity is not None and fidelity == fidelity
+                     else ""),
         "ms": [(f"{s} ms", _ms(row[f"ms_{s}"])) for s in stages if row.get(f"ms_{s}")],
         # the brand QA gate (factory.qa): review = written, outside it after its retries
         "qa": row.get("qa") or "", "qa_attempts": row.get("qa_attempts") or 0,

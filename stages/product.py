@@ -27,22 +27,15 @@ _MAX_FIDELITY_PIXELS = 262_144
 
 
 def resize_layer(layer: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``layer`` (HxWx4 uint8) at ``size`` (height, width), Lanczos on premultiplied colour
-    so no dark or light fringe grows at the cut-out's edge."""
+    """``layer`` (HxWx4 uint8) at ``size`` (height, width), Lanczos. Pillow resamples RGBA
+    premultiplied, so no dark fringe grows where the cut-out meets its transparent pixels."""
     height, width = size
     if layer.shape[:2] == (height, width):
         return layer
     from PIL import Image
 
-    alpha = layer[..., 3:].astype(np.float32) / 255.0
-    premultiplied = np.concatenate([layer[..., :3].astype(np.float32) * alpha,
-                                    layer[..., 3:].astype(np.float32)], axis=2)
-    channels = [np.asarray(Image.fromarray(premultiplied[..., c]).resize(
-        (width, height), Image.LANCZOS)) for c in range(4)]
-    out = np.stack(channels, axis=2)
-    a = np.clip(out[..., 3:], 0.0, 255.0)
-    rgb = np.where(a > 0, out[..., :3] * 255.0 / np.maximum(a, 1e-6), 0.0)
-    return np.clip(np.concatenate([rgb, a], axis=2) + 0.5, 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(layer)).resize(
+        (width, height), Image.LANCZOS))
 
 
 def composite(image: np.ndarray, layer: np.ndarray) -> np.ndarray:

@@ -127,9 +127,20 @@ class RembgSegmenter(Stage):
         self._batch_spec = _batch_spec(self.session)
 
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:
+        arrays = list(rows["image"])
+        # an empty transparent canvas (a row without a photo, rendered from its prompt:
+        # ``stages.source_photo``) has nothing to cut out; it passes as it came
+        todo = [i for i, a in enumerate(arrays) if not (a.shape[2] == 4 and not a[..., 3].any())]
+        out, coverage = list(arrays), [0.0] * len(arrays)
+        if todo:
+            cut = self._cutouts([arrays[i] for i in todo])
+            for i, image, share in zip(todo, cut["image"], cut["alpha_coverage"]):
+                out[i], coverage[i] = image, share
+        return {"image": out, "alpha_coverage": coverage}
+
+    def _cutouts(self, arrays: Sequence[np.ndarray]) -> dict[str, Sequence[Any]]:
         from PIL import Image
 
-        arrays = rows["image"]
         pils = [Image.fromarray(np.ascontiguousarray(a[..., :3])) for a in arrays]
         if self.params.batched and self._batch_spec is not None and len(pils) > 1:
             masks = self._batched_masks(pils)
