@@ -42,6 +42,7 @@ from factory.tiny_common import (  # noqa: F401
     is_complete,
 )
 from factory.tiny_families import _t5_vocab, make_tiny_flux, make_tiny_sdxl  # noqa: F401
+from factory import tiny_inpaint
 
 #: Side length of the square input of rembg's u2net-family models.
 U2NET_SIZE = 320
@@ -286,10 +287,13 @@ def ensure(out_dir: Path, name: str) -> Path:
 
 #: Every tiny model ``make_all`` builds, by name.
 TINY_MODELS = ("sd-tiny", "sd-tiny-lora", "sdxl-tiny", "sdxl-tiny-lora", "flux-tiny",
-               "swin2sr-tiny-x2", "swin2sr-tiny-x4", "u2net-tiny.onnx")
+               "swin2sr-tiny-x2", "swin2sr-tiny-x4", "u2net-tiny.onnx", "sd-inpaint-tiny",
+               "sdxl-inpaint-tiny", "flux-fill-tiny")
 #: The tiny stand-in of each model family (``StageCard.family``), and of its LoRA.
 FAMILY_MODELS = {"sd": "sd-tiny", "sdxl": "sdxl-tiny", "flux": "flux-tiny",
-                 "u2net": "u2net-tiny.onnx", "isnet": "u2net-tiny.onnx"}
+                 "u2net": "u2net-tiny.onnx", "isnet": "u2net-tiny.onnx",
+                 "sd-inpaint": "sd-inpaint-tiny", "sdxl-inpaint": "sdxl-inpaint-tiny",
+                 "flux-fill": "flux-fill-tiny"}
 FAMILY_LORAS = {"sd": "sd-tiny-lora", "sdxl": "sdxl-tiny-lora"}
 
 
@@ -318,6 +322,9 @@ def make_all(out_dir: Path, *, only: tuple[str, ...] | None = None) -> dict[str,
         "swin2sr-tiny-x2": lambda p: make_tiny_swin2sr(p, upscale=2),
         "swin2sr-tiny-x4": lambda p: make_tiny_swin2sr(p, upscale=4),
         "u2net-tiny.onnx": lambda p: make_tiny_u2net_onnx(p),
+        "sd-inpaint-tiny": lambda p: tiny_inpaint.make_tiny_sd_inpaint(p),
+        "sdxl-inpaint-tiny": lambda p: tiny_inpaint.make_tiny_sdxl_inpaint(p),
+        "flux-fill-tiny": lambda p: tiny_inpaint.make_tiny_flux_fill(p),
     }
     wanted = set(only or TINY_MODELS)
     for lora, base in (("sd-tiny-lora", "sd-tiny"), ("sdxl-tiny-lora", "sdxl-tiny")):

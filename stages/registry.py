@@ -9,7 +9,10 @@ from stages.base import Resources, StageCard
 from stages.generate_diffusers import DiffusersGenerator, FluxGenerateParams, GenerateParams
 from stages.lora_diffusers import LoraImg2Img, LoraParams
 from stages.recolor_lab import LabRecolor, RecolorParams
+from stages.scene_inpaint import (SCENE_METRICS, SCENE_OUTPUTS, DiffusersScene,
+                                  FluxSceneParams, SceneParams)
 from stages.segment_rembg import RembgSegmenter, SegmentParams
+from stages.segment_studio import StudioKeyParams, StudioKeySegmenter
 from stages.source_photo import SOURCE_URI, PhotoSource, PhotoSourceParams
 from stages.synthetic import Passthrough, PassthroughParams, SyntheticGenerator, SyntheticParams
 from stages.upscale_swin2sr import LanczosParams, LanczosUpscaler, Swin2SRUpscaler, UpscaleParams
@@ -336,6 +339,100 @@ CARDS: tuple[StageCard, ...] = (
         family="sdxl",
         cuda_dtype="float16",
         defaults={"steps": 2, "guidance": 0.0},
+    ),
+    StageCard(
+        name="scene/sd-inpaint-tiny",
+        kind="scene",
+        runtime=DiffusersScene,
+        params=SceneParams,
+        source="tiny:sd-inpaint-tiny",
+        revision="local",
+        weight_format="safetensors",
+        inputs=_IMG2IMG,
+        outputs=SCENE_OUTPUTS,
+        metrics=SCENE_METRICS,
+        resources=Resources(num_gpus=0, num_cpus=1, batch_size=8, concurrency=1),
+        cost_weight=0.1,
+        description="Tiny random SD inpainting (real architecture): scenes around the product, "
+                    "for tests and demo",
+        family="sd-inpaint",
+        cuda_dtype="float16",
+        defaults={"width": 64, "height": 64, "steps": 2, "guidance": 1.0},
+    ),
+    StageCard(
+        name="scene/sd2-inpaint",
+        kind="scene",
+        runtime=DiffusersScene,
+        params=SceneParams,
+        source="stabilityai/stable-diffusion-2-inpainting",
+        revision="main",
+        weight_format="safetensors",
+        inputs=_IMG2IMG,
+        outputs=SCENE_OUTPUTS,
+        metrics=SCENE_METRICS,
+        resources=Resources(num_gpus=1, num_cpus=1, batch_size=8, concurrency=1),
+        cost_weight=8.0,
+        description="SD 2 inpainting 512px, 25 steps, guidance 7.5: cheap scenes around the "
+                    "product (CreativeML Open RAIL++-M)",
+        family="sd-inpaint",
+        cuda_dtype="float16",
+        defaults={"width": 512, "height": 512, "steps": 25, "guidance": 7.5},
+    ),
+    StageCard(
+        name="scene/sdxl-inpaint",
+        kind="scene",
+        runtime=DiffusersScene,
+        params=SceneParams,
+        source="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+        revision="main",
+        weight_format="safetensors",
+        inputs=_IMG2IMG,
+        outputs=SCENE_OUTPUTS,
+        metrics=SCENE_METRICS,
+        resources=Resources(num_gpus=1, num_cpus=1, batch_size=4, concurrency=1),
+        cost_weight=30.0,
+        # its model card: 15-30 steps, guidance 8, strength below 1.0
+        description="SDXL 1.0 inpainting 1024px, 20 steps, guidance 8, strength 0.99 "
+                    "(CreativeML Open RAIL++-M)",
+        family="sdxl-inpaint",
+        cuda_dtype="float16",
+        defaults={"width": 1024, "height": 1024, "steps": 20, "guidance": 8.0,
+                  "strength": 0.99},
+    ),
+    StageCard(
+        name="scene/flux-fill",
+        kind="scene",
+        runtime=DiffusersScene,
+        params=FluxSceneParams,
+        source="black-forest-labs/FLUX.1-Fill-dev",
+        revision="main",
+        weight_format="safetensors",
+        inputs=_IMG2IMG,
+        outputs=SCENE_OUTPUTS,
+        metrics=SCENE_METRICS,
+        resources=Resources(num_gpus=1, num_cpus=1, batch_size=4, concurrency=1),
+        cost_weight=100.0,
+        # its model card and diffusers' FluxFillPipeline example: 50 steps, guidance 30
+        description="FLUX.1 Fill [dev] 1024px, 50 steps, guidance 30, bf16: hero scenes; "
+                    "FLUX.1 [dev] Non-Commercial License: non-commercial unless licensed",
+        family="flux-fill",
+        cuda_dtype="bfloat16",
+        defaults={"width": 1024, "height": 1024, "steps": 50, "guidance": 30.0},
+    ),
+    StageCard(
+        name="segment/studio-key",
+        cpu_only=True,
+        kind="segment",
+        runtime=StudioKeySegmenter,
+        params=StudioKeyParams,
+        weight_format="none",
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        metrics=_ALPHA,
+        resources=Resources(num_cpus=0.5, batch_size=8),
+        cost_weight=0.005,
+        description="Classical key of a white or uniform studio sweep (no weights): real "
+                    "cut-outs offline, a cheap tier",
     ),
     StageCard(
         name="identity/passthrough",

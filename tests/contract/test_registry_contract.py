@@ -21,7 +21,7 @@ from stages.registry import CARDS, REGISTRY, UnknownModelError, get_card
 from factory.tiny_models import FAMILY_LORAS, FAMILY_MODELS
 from stages.weights import resolve_source
 
-TORCH_FAMILIES = ("sd", "sdxl", "flux", "swin2sr")
+TORCH_FAMILIES = ("sd", "sdxl", "flux", "swin2sr", "sd-inpaint", "sdxl-inpaint", "flux-fill")
 TORCH_CARDS = [c for c in CARDS if c.family in TORCH_FAMILIES]
 
 
@@ -42,7 +42,7 @@ def tiny_params(card, models_dir: Path):
     """The card's params at toy sizes, with its family's tiny LoRA for a hub LoRA card."""
     params = card.make_params(card.example_params)
     update: dict = {}
-    if card.kind == "generate" and "width" in type(params).model_fields:
+    if card.kind in ("generate", "scene") and "width" in type(params).model_fields:
         update = {"width": 32, "height": 32}
         if "steps" in type(params).model_fields:
             update["steps"] = 1
@@ -61,9 +61,18 @@ def plan_for(card, models_dir: Path, *, num_gpus: float = 0) -> StagePlan:
                      models_dir=str(models_dir))
 
 
-def make_batch(n: int = 3, size: tuple[int, int] = (40, 48)) -> dict[str, np.ndarray]:
+def make_batch(n: int = 3, size: tuple[int, int] = (40, 48), *,
+               cutout: bool = False) -> dict[str, np.ndarray]:
+    """``n`` rows, the last one rejected; ``cutout``: RGBA images whose alpha is an opaque
+    ellipse (a product as a segment stage cuts it out), what a scene stage takes."""
     rng = np.random.default_rng(0)
-    arrays = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+    arrays = [rng.integers(0, 256, (*size, 4 if cutout else 3), dtype=np.uint8)
+              for _ in range(n)]
+    if cutout:
+        yy, xx = np.mgrid[:size[0], :size[1]] / np.array(size)[:, None, None]
+        inside = ((yy - 0.5) / 0.35) ** 2 + ((xx - 0.5) / 0.25) ** 2 <= 1
+        for array in arrays:
+            array[..., 3] = np.where(inside, 255, 0)
     batch = {
         "sku": np.array([f"C{i}" for i in range(n)], dtype=object),
         "variant": np.array(["v"] * n, dtype=object),
@@ -99,9 +108,15 @@ def test_card_is_well_formed(card):
 
 
 @pytest.mark.parametrize("card", CARDS, ids=[c.name for c in CARDS])
-def test_card_runs_a_batch_with_a_tiny_model(card, models_dir):
+def test_card_runs_a_batch_with_a_tiny_model(card, models_dir, tmp_path):
     stage = card.runtime(plan=plan_for(card, models_dir))
-    batch = make_batch()
+    batch = make_batch(cutout=card.kind == "scene")
+    if card.kind == "source":  # the stored photo each row's fetch left (factory.sources)
+        from PIL import Image
+
+        stored = tmp_path / "photo.png"
+        Image.fromarray(images.load("image", batch)[0]).save(stored)
+        batch["source_uri"] = np.array([str(stored)] * 3, dtype=object)
     out = stage(batch)
     assert list(out["sku"]) == list(batch["sku"])
     assert list(out["status"]) == ["ok", "ok", "rejected"], out["error"]
@@ -132,7 +147,7 @@ def test_unknown_model_lists_the_valid_ones():
 def test_every_model_card_names_its_family():
     for card in CARDS:
         assert (card.family == "") == (card.weight_format == "none"), card.name
-        if card.kind in ("generate", "lora") and card.source:
+        if card.kind in ("generate", "lora", "scene") and card.source:
             assert card.family in FAMILY_MODELS, card.name
     assert {c.family for c in CARDS} >= {"sd", "sdxl", "flux", "swin2sr", "u2net"}
 
@@ -173,7 +188,8 @@ def test_under_cuda_each_family_loads_in_its_cards_dtype(card, models_dir, monke
         next(v for v in (*args, *kwargs.values()) if torch.is_tensor(v)).dtype),
         with_kwargs=True)
     stage.device = "cpu"  # where the modules really are: the upscaler's tiles follow it
-    out = stage(make_batch(n=2, size=(16, 16)))  # small: half precision is slow on a CPU
+    # small: half precision is slow on a CPU
+    out = stage(make_batch(n=2, size=(16, 16), cutout=card.kind == "scene"))
     assert list(out["status"]) == ["ok", "rejected"], out["error"]
     assert seen and set(seen) == {expected}
 

@@ -63,7 +63,8 @@ def _img2img(pipe, image, **kwargs) -> np.ndarray:
 
 def test_make_all_layout(models: dict[str, Path]) -> None:
     assert set(models) == {"sd-tiny", "sd-tiny-lora", "sdxl-tiny", "sdxl-tiny-lora", "flux-tiny",
-                           "swin2sr-tiny-x2", "swin2sr-tiny-x4", "u2net-tiny.onnx"}
+                           "swin2sr-tiny-x2", "swin2sr-tiny-x4", "u2net-tiny.onnx",
+                           "sd-inpaint-tiny", "sdxl-inpaint-tiny", "flux-fill-tiny"}
     for name, path in models.items():
         assert tiny_models.is_complete(path), name
     assert models["u2net-tiny.onnx"].is_file()
@@ -236,3 +237,34 @@ def test_sdxl_and_flux_are_their_real_architectures(models: dict[str, Path]) -> 
     total = sum(p.stat().st_size for name in ("sdxl-tiny", "flux-tiny")
                 for p in models[name].rglob("*") if p.is_file())
     assert total < 5 * 1024 * 1024
+
+
+def test_inpaint_models_are_their_real_architectures(models: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    from diffusers import (AutoPipelineForInpainting, FluxFillPipeline,
+                           StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline)
+    from transformers import CLIPTextModelWithProjection
+
+    from factory.tiny_inpaint import fill_in_channels, make_tiny_sd_inpaint
+
+    sd = AutoPipelineForInpainting.from_pretrained(models["sd-inpaint-tiny"], use_safetensors=True)
+    assert isinstance(sd, StableDiffusionInpaintPipeline)
+    # noisy latents + masked-image latents + the mask, as stable-diffusion-2-inpainting's UNet
+    assert (sd.unet.config.in_channels, sd.unet.config.out_channels) == (9, 4)
+    sdxl = AutoPipelineForInpainting.from_pretrained(models["sdxl-inpaint-tiny"],
+                                                     use_safetensors=True)
+    assert isinstance(sdxl, StableDiffusionXLInpaintPipeline)
+    assert isinstance(sdxl.text_encoder_2, CLIPTextModelWithProjection)
+    assert sdxl.unet.config.in_channels == 9 and not sdxl.config.requires_aesthetics_score
+    flux = FluxFillPipeline.from_pretrained(models["flux-fill-tiny"], use_safetensors=True)
+    config = flux.transformer.config
+    assert config.in_channels == fill_in_channels(4, flux.vae_scale_factor) == 16 + 16 + 256
+    assert config.out_channels == 16 and config.guidance_embeds
+    assert fill_in_channels(16, 8) == 384  # FLUX.1-Fill-dev's transformer
+    total = sum(p.stat().st_size for name in ("sd-inpaint-tiny", "sdxl-inpaint-tiny",
+                                              "flux-fill-tiny")
+                for p in models[name].rglob("*") if p.is_file())
+    assert total < 5 * 1024 * 1024
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    again = make_tiny_sd_inpaint(tmp_path / "again", seed=0)
+    assert (again / unet_file).read_bytes() == (models["sd-inpaint-tiny"] / unet_file).read_bytes()
