@@ -37,7 +37,9 @@ def main() -> None:
 def validate(job_path: str) -> None:
     """Parse and check JOB_PATH; start nothing."""
     job = _load(job_path)
-    run_id = job.run_id or "derived at run time (spec, manifest content, --limit, season)"
+    photos = ", source photos" if job.stages[0].card.kind == "source" else ""
+    run_id = job.run_id or (f"derived at run time (spec, manifest content{photos}, --limit, "
+                            "season)")
     click.echo(f"{job_path}: ok — job '{job.name}', run id {run_id}, "
                f"{len(job.stages)} stages: {' → '.join(p.card.name for p in job.stages)}")
     from stages.chain import pool_resources, pools
@@ -116,15 +118,27 @@ def _seasoned(job, season: str | None, run_id: str | None, budget_usd=None):
 
 @main.command()
 @click.option("--output", "output_uri", default="demo-out", show_default=True)
-@click.option("--rows", type=click.IntRange(min=1), default=200, show_default=True)
-def demo(output_uri: str, rows: int) -> None:
-    """Build the tiny models and a demo catalog, then run the demo job on a local Ray."""
+@click.option("--catalog", type=click.Choice(["photos", "text"]), default="photos",
+              show_default=True,
+              help="photos: a Shopify export's own product photos in new scenes "
+                   "(jobs/product-photos.yaml); text: products invented from a generated "
+                   "catalog's text (jobs/demo.yaml).")
+@click.option("--rows", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Rows of the generated text catalog.")
+def demo(output_uri: str, catalog: str, rows: int) -> None:
+    """Build the tiny models (and the text catalog), then run a demo job on a local Ray."""
     from factory.demo import prepare_demo
 
-    job_path = prepare_demo(rows=rows)
+    job_path = prepare_demo(catalog=catalog, rows=rows)
     job = _load(str(job_path), output_uri=output_uri)
+    if catalog == "photos":  # the shipped catalog, wherever the demo runs from
+        from dataclasses import replace
+
+        from factory.demo import PHOTO_CATALOG
+
+        job = replace(job, manifest_uri=str(PHOTO_CATALOG))
     code = _execute(job, limit=None, address=None)
-    # The demo catalog holds three bad rows on purpose: a committed run is a successful demo.
+    # Both catalogs hold bad rows on purpose: a committed run is a successful demo.
     sys.exit(EXIT_OK if code == EXIT_PARTIAL else code)
 
 

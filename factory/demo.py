@@ -1,4 +1,5 @@
-"""The offline demo: tiny models, a generated catalog, and the shipped demo job."""
+"""The offline demos: tiny models, and a shipped job over the catalog's own photos
+(``jobs/product-photos.yaml``) or over a generated text catalog (``jobs/demo.yaml``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 from factory import settings
 
 DEMO_JOB = Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml"
+#: The catalog's own photos in new scenes: the demo a retailer comes for.
+PHOTO_JOB = Path(__file__).resolve().parents[1] / "jobs" / "product-photos.yaml"
+PHOTO_CATALOG = Path(__file__).resolve().parents[1] / "manifests" / "product-photos" / "catalog.csv"
 CATALOG = Path("build/demo/catalog.csv")
 
 _TITLES = ["tote bag", "sneaker", "desk lamp", "water bottle", "backpack", "armchair",
@@ -42,10 +46,13 @@ def write_catalog(path: Path, rows: int, *, seed: int = 7, bad_rows: bool = True
     return path
 
 
-def prepare_demo(*, rows: int = 200) -> Path:
-    """Build the tiny models (once) and the catalog; return the demo job spec's path."""
+def prepare_demo(*, catalog: str = "photos", rows: int = 200) -> Path:
+    """Build the tiny models (once) and, for the text demo, its catalog; return the demo job
+    spec's path. The photo demo's catalog ships in ``manifests/product-photos/``."""
     from factory.tiny_models import make_all
 
     make_all(settings.models_dir())
+    if catalog == "photos":
+        return PHOTO_JOB
     write_catalog(CATALOG, rows)
     return DEMO_JOB

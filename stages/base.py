@@ -310,8 +310,14 @@ class Stage(ABC):
             image = made[i]
             layer = resize_layer(layers[i], image.shape[:2])
             if self.protects_product and layer[..., 3].any():
-                own = _resized_rgb(incoming[i], image.shape[:2])
-                image = composite(image, np.concatenate([own, layer[..., 3:]], axis=2))
+                # the product as it came in: its solid pixels from the incoming image (a
+                # stage before may have changed them on purpose), its soft edge from the
+                # layer (the incoming edge pixels hold the scene too); resampled under its
+                # own alpha, premultiplied, so the scene never bleeds into it
+                alpha = layers[i][..., 3:]
+                rgb = np.where(alpha == 255, incoming[i][..., :3], layers[i][..., :3])
+                own = np.concatenate([rgb, alpha], axis=2)
+                image = composite(image, resize_layer(own, image.shape[:2]))
             made[i], out_layers[i] = image, layer
             fidelity[i] = fidelity_delta_e(image, layer)
         outputs[FIDELITY_COLUMN] = fidelity
@@ -381,17 +387,6 @@ class Stage(ABC):
         status[i] = STATUS_FAILED
         error[i] = exc_text[:2000]
         failed_stage[i] = self.plan.name
-
-
-def _resized_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The RGB of ``image`` at ``size`` (height, width): Lanczos where it differs."""
-    rgb = image[..., :3]
-    if rgb.shape[:2] == tuple(size):
-        return rgb
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(
-        (size[1], size[0]), Image.LANCZOS))
 
 
 def render_by_size(sizes: Sequence[tuple[int, int]],
