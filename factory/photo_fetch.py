@@ -29,6 +29,7 @@ from urllib3.util import Retry, Timeout
 USER_AGENT = "asset-factory/0.1 (catalog photo fetch)"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 256 * 1024
+_MAX_POOLS = 64
 _SAFE = "/%:@!$&'()*+,;=-._~"  # left as they are when quoting a path
 
 
@@ -100,7 +101,8 @@ def _size(n: int) -> str:
 
 
 def _not_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address, or an IPv4 address it carries (mapped, 6to4, Teredo), is not public."""
+    """Why an address, or an IPv4 address it carries (mapped, 6to4, Teredo), is not public;
+    None when it is public."""
     carried = [ip] if ip.version == 4 else [
         a for a in (ip, ip.ipv4_mapped, ip.sixtofour, ip.teredo and ip.teredo[1]) if a]
     for each in carried:
@@ -129,6 +131,19 @@ def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(host)
     except ValueError:
         return None
+
+
+def _release(response) -> None:
+    """Give the connection back to its pool. A small unread body (a 304, a redirect, an
+    error page) is read off so the connection can be reused; a large, unknown or half-read
+    one must not be read on, so that connection is closed."""
+    length = response.headers.get("Content-Length", "")
+    if not response.isclosed():
+        if not 200 <= response.status < 300 and length.isdigit() and int(length) <= _CHUNK:
+            response.drain_conn()
+        else:
+            response.close()
+    response.release_conn()
 
 
 class _DeadlineRetry(Retry):
@@ -274,6 +289,8 @@ class PhotoFetcher:
                         assert_hostname=target.hostname, cert_reqs="CERT_REQUIRED")
                 else:
                     pool = urllib3.HTTPConnectionPool(**common)
+                if len(self._pools) >= _MAX_POOLS:  # many hosts, or round-robin DNS
+                    self._pools.pop(next(iter(self._pools))).close()  # in-use ones still finish
                 self._pools[key] = pool
             return pool
 
@@ -307,10 +324,7 @@ class PhotoFetcher:
                 return self._fetched(self._read_body(response, target.shown, deadline),
                                      etag, last_modified)
             finally:
-                if not response.isclosed():
-                    # An unread body (error, redirect, refusal) must not go back to the pool.
-                    response.close()
-                response.release_conn()
+                _release(response)
         raise PhotoError(f"too many redirects (more than {policy.max_redirects})")
 
     def _request(self, target: _Target, headers: dict[str, str], deadline: float):

@@ -235,10 +235,14 @@ class Store:
         create-only mode settled. Raises ``StorageError`` naming the problem."""
         probe = f"runs/{run_id}/.preflight-{uuid.uuid4().hex}"
         if not self.is_s3:
+            folder = Path(self.uri) / "runs" / run_id
+            existed = folder.exists()
             try:
                 Path(self.uri).mkdir(parents=True, exist_ok=True)
                 _local_create(Path(self.uri) / probe, b"probe")
                 self.delete(probe)
+                if not existed:  # a run that ends up under another id leaves no folder
+                    folder.rmdir()
             except OSError as exc:
                 raise StorageError(f"{self.uri}: cannot write to the output directory: "
                                    f"{exc.strerror or exc}") from exc

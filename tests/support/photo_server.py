@@ -20,7 +20,6 @@ from __future__ import annotations
 import ssl
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

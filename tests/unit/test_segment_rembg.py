@@ -15,7 +15,7 @@ from stages.base import Resources, StagePlan
 from stages.segment_rembg import BATCHABLE_SESSIONS, RembgSegmenter, SegmentParams
 from stages.registry import CARDS as ALL_CARDS
 
-CARDS = tuple(c for c in ALL_CARDS if c.kind == "segment")
+CARDS = tuple(c for c in ALL_CARDS if c.runtime is RembgSegmenter)
 
 CARD = {c.name: c for c in CARDS}["segment/u2net-tiny"]
 
