@@ -71,7 +71,10 @@ def test_local_preflight_names_an_unwritable_output(tmp_path):
     with pytest.raises(StorageError, match="cannot write to the output directory"):
         Store(str(blocker / "out")).preflight("r")
     Store(str(tmp_path / "ok")).preflight("r")
-    assert list((tmp_path / "ok" / "runs" / "r").iterdir()) == []  # the probe is gone
+    assert not (tmp_path / "ok" / "runs" / "r").exists()  # the probe is gone, and its folder
+    (tmp_path / "ok" / "runs" / "s").mkdir(parents=True)
+    Store(str(tmp_path / "ok")).preflight("s")
+    assert (tmp_path / "ok" / "runs" / "s").is_dir()  # a run's own folder stays
 
 
 @pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
