@@ -57,7 +57,8 @@ def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
               ("output_key", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()),
               ("written", pa.bool_())]
     if any(plan.card.kind == "source" for plan in plans):  # the photo each asset came from
-        fields += [("photo", pa.string()), ("source_sha256", pa.string())]
+        fields += [("photo", pa.string()), ("source_sha256", pa.string()),
+                   ("fetch_ms", pa.float64())]
     for plan in plans:
         fields += [(f"{plan.name}_model", pa.string()), (f"{plan.name}_revision", pa.string()),
                    (f"{plan.name}_params_hash", pa.string()), (f"ms_{plan.name}", pa.float64()),

@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -44,6 +46,8 @@ from stages.source_photo import SOURCE_URI, PhotoSourceParams
 log = logging.getLogger(__name__)
 
 SOURCES = "sources"
+#: Per row: milliseconds its photo took to fetch, check and store (lineage ``fetch_ms``).
+FETCH_MS = "fetch_ms"
 _REMOTE = ("http://", "https://", "s3://")
 
 
@@ -82,6 +86,8 @@ class _Got:
     sha256: str = ""
     uri: str = ""
     reason: str = ""
+    #: wall milliseconds of this photo's fetch, check and store (one thread's)
+    ms: float = 0.0
 
 
 def fetch_sources(batch: dict[str, np.ndarray], *, config: SourceConfig) -> dict[str, np.ndarray]:
@@ -99,6 +105,7 @@ def fetch_sources(batch: dict[str, np.ndarray], *, config: SourceConfig) -> dict
     keys = batch["output_key"].astype(object)
     digests = np.full(n, "", dtype=object)
     uris = np.full(n, "", dtype=object)
+    fetch_ms = np.zeros(n, dtype=np.float64)
     params = config.params
     wanted: dict[str, list[int]] = {}
     for i in np.flatnonzero(status == STATUS_OK):
@@ -121,6 +128,7 @@ def fetch_sources(batch: dict[str, np.ndarray], *, config: SourceConfig) -> dict
         for ref, rows in wanted.items():
             result = got[ref]
             for i in rows:
+                fetch_ms[i] = result.ms / len(rows)  # rows sharing a photo share its fetch
                 if result.reason:
                     status[i], reject_field[i], error[i] = (STATUS_REJECTED, params.column,
                                                             result.reason)
@@ -128,7 +136,7 @@ def fetch_sources(batch: dict[str, np.ndarray], *, config: SourceConfig) -> dict
                 digests[i], uris[i] = result.sha256, result.uri
                 keys[i] = _key(batch, i, result.sha256, config.rules)
     return {**batch, "status": status, "error": error, "reject_field": reject_field,
-            "output_key": keys, SOURCE_SHA256: digests, SOURCE_URI: uris}
+            "output_key": keys, SOURCE_SHA256: digests, SOURCE_URI: uris, FETCH_MS: fetch_ms}
 
 
 def _key(batch: dict[str, np.ndarray], i: int, sha256: str, rules: RowRules) -> str:
@@ -142,8 +150,14 @@ def _key(batch: dict[str, np.ndarray], i: int, sha256: str, rules: RowRules) -> 
 
 def _obtain(ref: str, fetcher: Any, config: SourceConfig) -> _Got:
     """One reference's photo in the store: its hash and stored URI, or why not."""
+    started = time.perf_counter()
+    got = _fetch_and_store(ref, fetcher, config)
+    return replace(got, ms=(time.perf_counter() - started) * 1000.0)
+
+
+def _fetch_and_store(ref: str, fetcher: Any, config: SourceConfig) -> _Got:
     from factory.photo_decode import probe_photo
-    from factory.photo_fetch import PhotoError, Validators
+    from factory.photo_fetch import PhotoError
 
     store = config.store
     remote = ref.lower().startswith(_REMOTE)
@@ -156,7 +170,8 @@ def _obtain(ref: str, fetcher: Any, config: SourceConfig) -> _Got:
         if fetched.data is not None:
             probe_photo(fetched.data, max_pixels=config.params.max_pixels)
             store.put_if_absent(content_key(fetched.sha256), fetched.data,
-                                metadata={"factory-source": _printable(ref)[:1024]})
+                                # object metadata is ASCII: the reference, percent-encoded
+                                metadata={"factory-source": quote(ref, safe=":/?&=%@+,;")[:1024]})
             if cache and (fetched.etag or fetched.last_modified):
                 store.replace_bytes(cache, json.dumps({
                     "ref": ref, "etag": fetched.etag, "last_modified": fetched.last_modified,

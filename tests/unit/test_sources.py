@@ -100,6 +100,8 @@ def test_each_row_ends_with_its_photo_or_a_reason(tmp_path, no_private_connectio
     assert "no photo" in reason["J"]
     sha = dict(zip(out["sku"], out[SOURCE_SHA256]))
     assert sha["A"] == sha["B"] != sha["F"] and len(sha["A"]) == 64
+    spent = dict(zip(out["sku"], out["fetch_ms"]))
+    assert spent["A"] > 0 and spent["A"] == spent["B"] and spent["J"] == 0
     uri = dict(zip(out["sku"], out[SOURCE_URI]))
     assert (tmp_path / "out" / content_key(sha["A"])).read_bytes() == png((200, 0, 0))
     assert uri["A"] == store.path(content_key(sha["A"]))
