@@ -10,8 +10,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from factory.demo import write_catalog  # noqa: E402
-from factory.spec import Job, parse_job  # noqa: E402
+from factory.catalog.demo import write_catalog  # noqa: E402
+from factory.spec.job import Job, parse_job  # noqa: E402
 
 
 def workdir(name: str) -> Path:
@@ -37,7 +37,7 @@ def work_rows(job_: Job, limit: int | None = None) -> dict[str, Any]:
 
     import numpy as np
 
-    from factory.rows import RowRules, validate_row
+    from factory.run.rows import RowRules, validate_row
 
     rules = RowRules(seed=job_.seed, variant=job_.variant, prompt_template=job_.prompt_template,
                      negative_template=job_.negative_template)
@@ -51,7 +51,7 @@ def work_rows(job_: Job, limit: int | None = None) -> dict[str, Any]:
 
 
 def start_ray(job_: Job) -> None:
-    from factory.pipeline import init_ray, logical_cpus_needed
+    from factory.run.pipeline import init_ray, logical_cpus_needed
 
     init_ray(None, logical_cpus=logical_cpus_needed(job_))
     import ray.data

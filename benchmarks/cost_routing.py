@@ -4,7 +4,7 @@ A mixed catalog (``--hero-every 20``: 5% hero, 95% thumbnail) runs twice on the 
 chain, each into its own store: routed by its ``tier`` column (thumbnails: a fast 32 px,
 1-step generate, a cutout and the palette; heroes: the premium 64 px generate, cutout, LoRA,
 palette and upscale), then all on the premium chain. Dollars are each run summary's ``cost``
-(``factory.pricing``: device seconds x the price table), so they follow the measured stage
+(``factory.spec.prices``: device seconds x the price table), so they follow the measured stage
 times.
 
     python benchmarks/cost_routing.py [--rows 160] [--hero-every 20]
@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--hero-every", type=int, default=20)
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
-    from factory import settings
-    from factory.tiny_models import make_all
+    from factory.core import settings
+    from stages.tiny.models import make_all
 
     make_all(settings.models_dir())
     directory = workdir("routing")
@@ -75,7 +75,7 @@ def main() -> None:
                  routes=ROUTES)
     premium = job(directory / "premium", manifest, HERO_CHAIN)
     start_ray(routed)
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     results = {"routed by tier": run_job(routed), "all premium": run_job(premium)}
     print(f"cost routing, tiny-model chain, local Ray on this machine: {args.rows} rows, "

@@ -121,7 +121,7 @@ def building(device: str, dtype: Any) -> Iterator[None]:
 def _tokenizers() -> tuple[Any, Any]:
     from transformers import CLIPTokenizer, T5Tokenizer
 
-    from factory.tiny_models import CLIP_MAX_LENGTH, _clip_vocab, _t5_vocab
+    from stages.tiny.models import CLIP_MAX_LENGTH, _clip_vocab, _t5_vocab
 
     clip = CLIPTokenizer(vocab=_clip_vocab(), merges=[], model_max_length=CLIP_MAX_LENGTH)
     return clip, T5Tokenizer(vocab=_t5_vocab(), extra_ids=0, model_max_length=512)
@@ -296,7 +296,7 @@ def chunks(batch: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.nda
 
 
 def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    from factory import images
+    from factory.core import images
 
     out = {}
     for key in parts[0]:

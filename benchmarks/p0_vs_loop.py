@@ -88,7 +88,7 @@ def _env() -> dict[str, str]:
 
 def write_spec(directory: Path, base: dict[str, Any], rows: int) -> Path:
     """A copy of the spec whose manifest is a fresh ``rows``-row catalog in ``directory``."""
-    from factory.demo import write_catalog
+    from factory.catalog.demo import write_catalog
 
     manifest = write_catalog(directory / "catalog.csv", rows, bad_rows=False)
     spec = dict(base)
@@ -108,8 +108,8 @@ def run_loop(spec_path: Path, out_dir: Path) -> dict[str, float]:
     import numpy as np
     from _common import work_rows
 
-    from factory import images
-    from factory.spec import load_job
+    from factory.core import images
+    from factory.spec.job import load_job
 
     job = load_job(spec_path)
     rows = work_rows(job)  # read the CSV, render each row's prompt and seed
@@ -156,7 +156,7 @@ def time_factory(spec: Path, out: Path, run_id: str,
     Ray, as ``factory run --address`` (and ``factory submit``) run, else on a local Ray of its
     own, started and stopped inside the timed process."""
     started = time.perf_counter()
-    command = [sys.executable, "-c", "from factory.cli import main; main()", "run", str(spec),
+    command = [sys.executable, "-c", "from factory.cli.main import main; main()", "run", str(spec),
                "--output", str(out), "--run-id", run_id, "--season", "none"]
     env = _env()
     if cluster:
@@ -198,8 +198,8 @@ def main() -> None:
 
     import tempfile
 
-    from factory import settings
-    from factory.tiny_models import make_all
+    from factory.core import settings
+    from stages.tiny.models import make_all
 
     make_all(settings.models_dir())
     if args.job:
@@ -295,9 +295,9 @@ def start_cluster(spec: Path):
     have for this job; returns the node and what a driver needs to reach it."""
     import secrets
 
-    from factory.pipeline import local_cpus
-    from factory.placement import logical_cpus_needed
-    from factory.spec import load_job
+    from factory.run.pipeline import local_cpus
+    from factory.run.placement import logical_cpus_needed
+    from factory.spec.job import load_job
     from tests.support.ray_nodes import node_env, start_head, wait_for_nodes
 
     env = node_env(secrets.token_hex(32))

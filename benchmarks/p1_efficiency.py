@@ -62,7 +62,7 @@ def cpu_s_per_asset(the_job, rows: int) -> dict[str, float]:
     """Each stage alone on one thread over the job's rows, batch by batch: CPU s per asset."""
     import torch
 
-    from factory import images
+    from factory.core import images
 
     batch = work_rows(the_job, rows)
     saved_threads, saved_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
@@ -156,13 +156,13 @@ def main() -> None:
     args = parser.parse_args()
     directory = workdir("p1")
     the_job = job(directory, catalog(directory, args.rows), CHAINS[args.chain])
-    from factory import settings
-    from factory.tiny_models import make_all
+    from factory.core import settings
+    from stages.tiny.models import make_all
 
     make_all(settings.models_dir())
     cpu = cpu_s_per_asset(the_job, args.rows)
     start_ray(the_job)
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     seen: list[tuple[float, int, tuple[float, float]]] = []
     cpu_at: list[dict[str, float]] = []

@@ -37,14 +37,14 @@ def main() -> None:
     ]
     the_job = job(directory, manifest, stages)
     start_ray(the_job)
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     result = run_job(the_job)
     assert result.counts.assets == args.rows, result.summary()
 
     # The unavoidable per-row work, serially on one core in this process.
-    from factory import images
-    from factory.storage import Store
+    from factory.core import images
+    from factory.store.storage import Store
     from stages.base import Resources, StagePlan
     from stages.registry import get_card
 

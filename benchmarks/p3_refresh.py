@@ -29,16 +29,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=5000)
     args = parser.parse_args()
-    from factory import settings
-    from factory.tiny_models import make_all
+    from factory.core import settings
+    from stages.tiny.models import make_all
 
     make_all(settings.models_dir())
     directory = workdir("p3")
     manifest = catalog(directory, args.rows)
     full_job = job(directory, manifest, STAGES)
     start_ray(full_job)
-    from factory.pipeline import run_job
-    from factory.refresh import refresh
+    from factory.run.pipeline import run_job
+    from factory.run.refresh import refresh
 
     started = time.perf_counter()
     full = run_job(full_job)

@@ -31,7 +31,7 @@ def child(rows: int, size: int) -> None:
     the_job = job(directory, manifest, stages)
     with MemorySampler() as peaks:
         start_ray(the_job)
-        from factory.pipeline import run_job
+        from factory.run.pipeline import run_job
 
         result = run_job(the_job)
     assert result.counts.assets == rows, result.summary()

@@ -48,18 +48,18 @@ def main() -> None:
                         help="calibrate from a probe run in a scratch store, not a committed run")
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
-    from factory import settings
-    from factory.tiny_models import make_all
+    from factory.core import settings
+    from stages.tiny.models import make_all
 
     make_all(settings.models_dir())
     directory = workdir("plan")
     manifest = catalog(directory, args.rows)
     full = job(directory, manifest, STAGES)
     start_ray(full)
-    from factory.pipeline import run_job
-    from factory.plan import calibrate, count_work, predict, probe
-    from factory.runs import read_lineage
-    from factory.storage import Store
+    from factory.run.pipeline import run_job
+    from factory.run.forecast import calibrate, count_work, predict, probe
+    from factory.store.run_tables import read_lineage
+    from factory.store.storage import Store
 
     store = Store(full.output.uri)
     if args.probe:

@@ -75,7 +75,7 @@ def factory_once(rows: int, preserve: bool, tag: str) -> float:
     import ray.data
 
     from _common import catalog, job, workdir
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     ctx = ray.data.DataContext.get_current()
     saved = ctx.execution_options

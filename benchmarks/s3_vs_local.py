@@ -39,7 +39,7 @@ def main() -> None:
                      output={"uri": "s3://bench/out"},
                      storage={"endpoint_url": server.endpoint_url, "addressing_style": "path"})
         start_ray(local_job)
-        from factory.pipeline import run_job
+        from factory.run.pipeline import run_job
 
         local = run_job(local_job)
         remote = run_job(s3_job)

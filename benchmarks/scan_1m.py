@@ -53,9 +53,9 @@ def child(manifest: Path) -> None:
     the_job = job(directory, manifest, stages)
     times: dict[str, float] = {}
     with MemorySampler() as peaks:
-        from factory.manifest import ManifestDatasource, scan
-        from factory.pipeline import _work_list
-        from factory.storage import Store
+        from factory.catalog.manifest import ManifestDatasource, scan
+        from factory.run.pipeline import _work_list
+        from factory.store.storage import Store
 
         started = time.perf_counter()
         info = scan(the_job.manifest_uri, the_job.manifest_format, s3_options=the_job.s3,

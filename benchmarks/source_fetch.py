@@ -35,8 +35,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from factory.photo_decode import decode_photo  # noqa: E402
-from factory.photo_fetch import FetchPolicy, PhotoFetcher  # noqa: E402
+from factory.core.photo_decode import decode_photo  # noqa: E402
+from factory.store.photo_fetch import FetchPolicy, PhotoFetcher  # noqa: E402
 from tests.support.photo_server import PhotoServer, Route  # noqa: E402
 
 SWEEP = (1, 4, 16)

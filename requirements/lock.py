@@ -136,7 +136,7 @@ def runtime_env_text(pins: dict[str, str]) -> str:
 # image's).
 # Each node installs it once into a virtualenv of its own (minutes: torch is large). Use it as
 #   ray job submit --runtime-env cluster/runtime-env.yaml --working-dir . -- \\
-#     python -m factory.cli run jobs/catalog-gpu.yaml
+#     python -m factory.cli.main run jobs/catalog-gpu.yaml
 # or as a RayJob's runtimeEnvYAML.
 pip:
   packages:

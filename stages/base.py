@@ -24,9 +24,10 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from factory import images, metrics
-from factory.metrics import RunLabels
-from factory.s3 import StorageError
+from factory.core import images, metrics
+from factory.core.status import STATUS_FAILED, STATUS_OK
+from factory.core.metrics import RunLabels
+from factory.store.s3 import StorageError
 from stages.product import FIDELITY, PRODUCT, composite, fidelity_delta_e, resize_layer
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,6 @@ log = logging.getLogger(__name__)
 STAGE_KINDS = ("source", "generate", "segment", "scene", "upscale", "recolor", "lora",
                "identity")
 
-# Columns every row carries from validation to the sink.
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-STATUS_REJECTED = "rejected"
 #: Internal output name for the fidelity figure a protecting stage measured (written to the
 #: ``FIDELITY`` column whichever card declares it).
 FIDELITY_COLUMN = "__fidelity__"
@@ -157,7 +154,7 @@ class StagePlan:
     and is what fingerprints use, so keys do not depend on where the models directory is.
     ``models_dir`` is where ``tiny:NAME`` references in params (a LoRA, say) resolve; ``s3``
     (the job's ``S3Options``) and ``cache_dir`` are how ``s3://`` weights are fetched.
-    ``routes``: in a job with routes (``factory.routes``), the routes this stage serves; rows
+    ``routes``: in a job with routes (``factory.spec.routes``), the routes this stage serves; rows
     of other routes pass through it untouched. Empty: every row.
     """
 
@@ -331,7 +328,7 @@ class Stage(ABC):
         return np.array([route in served for route in batch["route"]], dtype=bool)
 
     def _record(self, rows_in: int, attempted: int, passed: int, seconds: float) -> None:
-        """This batch's metrics (Ray's metrics agent; see ``factory.metrics``)."""
+        """This batch's metrics (Ray's metrics agent; see ``factory.core.metrics``)."""
         tags = self.labels.tags(stage=self.plan.name, model=self.plan.card.name,
                                 device=self.device)
         metrics.inc("factory_stage_rows_in", rows_in, tags)

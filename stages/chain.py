@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from factory import images
-from factory.metrics import RunLabels
+from factory.core import images
+from factory.core.metrics import RunLabels
 from stages.base import Resources, Stage, StagePlan, use_cores
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ CARDS: tuple[StageCard, ...] = (
         params=PhotoSourceParams,
         inputs=(SOURCE_URI,),
         outputs=_IMAGE,
-        # decoding is CPU work; the fetch itself runs in the work list (``factory.sources``)
+        # decoding is CPU work; the fetch itself runs in the work list (``factory.run.sources``)
         resources=Resources(num_cpus=0.5, batch_size=16),
         cost_weight=0.0,
         description="The row's own product photo (path, s3:// or http(s)://), fetched with "

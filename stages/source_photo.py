@@ -1,10 +1,10 @@
 """source: the row's own product photo, as the first image of its chain.
 
-The photo is fetched before the run decides its work (``factory.sources``): its content hash is
+The photo is fetched before the run decides its work (``factory.run.sources``): its content hash is
 part of every asset key, so a changed photo renders again and an unchanged one does not. The
 fetch stores the photo's bytes once in the output store, content-addressed
 (``sources/<sha256>``), and hands each row the stored object's URI (``source_uri``). This stage
-reads those bytes and decodes them defensively (``factory.photo_decode``: decompression-bomb
+reads those bytes and decodes them defensively (``factory.core.photo_decode``: decompression-bomb
 cap, EXIF orientation, ICC and CMYK to sRGB, 16-bit and palette to 8-bit, alpha kept) into the
 row's ``image``. A photo that does not decode is that row's failure; its batch-mates go on.
 
@@ -23,7 +23,7 @@ from pydantic import Field
 
 from stages.base import Stage, StageParams
 
-#: The stored photo's URI (a local path or ``s3://``), set by ``factory.sources``.
+#: The stored photo's URI (a local path or ``s3://``), set by ``factory.run.sources``.
 SOURCE_URI = "source_uri"
 
 
@@ -77,8 +77,8 @@ class PhotoSourceParams(StageParams):
     canvas: int = Field(512, ge=8, le=8192)
 
     def policy(self) -> Any:
-        """The ``factory.photo_fetch.FetchPolicy`` these params describe."""
-        from factory.photo_fetch import FetchPolicy
+        """The ``factory.store.photo_fetch.FetchPolicy`` these params describe."""
+        from factory.store.photo_fetch import FetchPolicy
 
         return FetchPolicy(allow_hosts=self.allow_hosts, allow_private=self.allow_private,
                            max_bytes=int(self.max_mb * 2**20),
@@ -108,7 +108,7 @@ class PhotoSource(Stage):
         return {"image": out}
 
     def _decode(self, data: bytes) -> np.ndarray:
-        from factory.photo_decode import decode_photo
+        from factory.core.photo_decode import decode_photo
 
         image = decode_photo(data, max_pixels=self.params.max_pixels)
         longest = max(image.shape[:2])
@@ -123,7 +123,7 @@ class PhotoSource(Stage):
 
 def read_stored(uri: str, s3_options: Any) -> bytes:
     """The bytes of a stored photo: a local path or an ``s3://`` object."""
-    from factory import s3
+    from factory.store import s3
 
     if not s3.is_s3(uri):
         return Path(uri).read_bytes()

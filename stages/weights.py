@@ -50,8 +50,8 @@ def locate(source: str, *, ref: str, s3_options: object | None, cache_dir: str) 
     if not ref or ref == source and not _looks_local(ref) or Path(source).exists():
         return source  # a hub id, or a path this node has
     if ref.startswith("tiny:"):
-        from factory import settings
-        from factory.tiny_models import ensure
+        from factory.core import settings
+        from stages.tiny.models import ensure
 
         return str(ensure(settings.models_dir(), ref.removeprefix("tiny:")))
     import socket
@@ -163,7 +163,7 @@ def materialize(source: str, *, s3_options: object | None, cache_dir: str) -> st
 
     import pyarrow.fs as pafs
 
-    from factory.s3 import S3Options, pyarrow_filesystem
+    from factory.store.s3 import S3Options, pyarrow_filesystem
 
     target = Path(cache_dir) / hashlib.sha256(source.encode()).hexdigest()[:24]
     marker = target / ".complete"

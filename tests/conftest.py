@@ -15,8 +15,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """All tiny models, built once; ``tiny:NAME`` sources resolve here for the session."""
-    from factory import settings
-    from factory.tiny_models import make_all
+    from factory.core import settings
+    from stages.tiny.models import make_all
 
     directory = tmp_path_factory.mktemp("models")
     make_all(directory)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from factory import images
+from factory.core import images
 from stages.base import STAGE_KINDS, Stage, StagePlan
 from stages.registry import CARDS, REGISTRY, UnknownModelError, get_card
-from factory.tiny_models import FAMILY_LORAS, FAMILY_MODELS
+from stages.tiny.models import FAMILY_LORAS, FAMILY_MODELS
 from stages.weights import resolve_source
 
 TORCH_FAMILIES = ("sd", "sdxl", "flux", "swin2sr", "sd-inpaint", "sdxl-inpaint", "flux-fill")
@@ -111,7 +111,7 @@ def test_card_is_well_formed(card):
 def test_card_runs_a_batch_with_a_tiny_model(card, models_dir, tmp_path):
     stage = card.runtime(plan=plan_for(card, models_dir))
     batch = make_batch(cutout=card.kind == "scene")
-    if card.kind == "source":  # the stored photo each row's fetch left (factory.sources)
+    if card.kind == "source":  # the stored photo each row's fetch left (factory.run.sources)
         from PIL import Image
 
         stored = tmp_path / "photo.png"

@@ -9,7 +9,7 @@ import pytest
 def local_ray():
     import ray
 
-    from factory.pipeline import init_ray
+    from factory.run.pipeline import init_ray
 
     init_ray(None, logical_cpus=4, dashboard=False)
     yield ray

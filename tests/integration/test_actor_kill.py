@@ -16,10 +16,10 @@ from collections import Counter
 
 import pytest
 
-from factory.demo import write_catalog
-from factory.runs import read_lineage, read_rejects
-from factory.spec import parse_job
-from factory.storage import Store
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import read_lineage, read_rejects
+from factory.spec.job import parse_job
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def alive_actors(targets: dict[str, str], dead: set[int]) -> dict[str, dict]:
 @pytest.mark.parametrize("fused", [False, True], ids=["pool-per-stage", "cpu-chain"])
 def test_killing_stage_actors_mid_run_keeps_exact_accounting(local_ray, models_dir, tmp_path,
                                                              fused: bool):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     targets = TARGETS[fused]
     catalog = write_catalog(tmp_path / "catalog.csv", ROWS)

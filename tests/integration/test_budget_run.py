@@ -1,4 +1,4 @@
-"""A budget cap end to end through the CLI on a local Ray (``factory.budget``): the run stops
+"""A budget cap end to end through the CLI on a local Ray (``factory.cost.budget``): the run stops
 admitting rows at its budget and commits the rest as ``deferred``, the accounting stays exact
 with four outcomes, and a rerun with a larger budget renders exactly what was left."""
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from factory.cli import EXIT_PARTIAL, main
-from factory.demo import write_catalog
-from factory.runs import list_runs, read_lineage, read_rejects
-from factory.storage import Store
+from factory.cli.main import EXIT_PARTIAL, main
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import list_runs, read_lineage, read_rejects
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from factory.demo import write_catalog
-from factory.provenance import DIGITAL_SOURCE_TYPE
-from factory.runs import read_lineage, read_rejects
-from factory.spec import parse_job
-from factory.storage import Store
+from factory.catalog.demo import write_catalog
+from factory.core.provenance import DIGITAL_SOURCE_TYPE
+from factory.store.run_tables import read_lineage, read_rejects
+from factory.spec.job import parse_job
+from factory.store.storage import Store
 from tests.support.s3_server import credentials_env, start_s3_server
 
 pytestmark = pytest.mark.integration
@@ -72,7 +72,7 @@ def check_accounting(store: Store, run_id: str) -> list[dict]:
 
 def test_each_sku_becomes_one_measured_asset_per_channel(tmp_path, catalog, local_ray,
                                                          models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     job = make_job(str(catalog), str(tmp_path / "out"))
     first = run_job(job)
@@ -120,7 +120,7 @@ def s3():
 
 
 def test_metadata_survives_the_s3_upload(s3, catalog, local_ray, models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     job = make_job(str(catalog), "s3://assets/channels", storage={
         "endpoint_url": s3.endpoint_url, "addressing_style": "path", "region": "us-east-1"},

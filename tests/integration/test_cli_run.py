@@ -9,10 +9,10 @@ import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
-from factory.cli import EXIT_PARTIAL, main
-from factory.demo import write_catalog
-from factory.runs import read_lineage, read_rejects
-from factory.storage import Store
+from factory.cli.main import EXIT_PARTIAL, main
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import read_lineage, read_rejects
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 
@@ -159,8 +159,8 @@ def test_a_job_the_cluster_cannot_hold_fails_fast(tmp_path, local_ray, models_di
 def test_two_runs_of_the_same_job_at_once_give_one_result(tmp_path, local_ray, models_dir):
     import threading
 
-    from factory.pipeline import run_job
-    from factory.spec import load_job
+    from factory.run.pipeline import run_job
+    from factory.spec.job import load_job
 
     catalog = write_catalog(tmp_path / "c.csv", 40)
     out = tmp_path / "o"

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory import jobs
-from factory.runs import list_runs, read_lineage, read_rejects
-from factory.s3 import S3Options
-from factory.storage import Store
+from factory.deploy import ray_jobs as jobs
+from factory.store.run_tables import list_runs, read_lineage, read_rejects
+from factory.store.s3 import S3Options
+from factory.store.storage import Store
 from tests.support.fault_proxy import start_fault_proxy
 from tests.support.ray_nodes import cleanup, node_env, start_head, start_worker, wait_for_nodes
 from tests.support.s3_server import credentials_env, start_s3_server
@@ -197,7 +197,7 @@ def test_a_worker_killed_mid_run_loses_no_sku_and_writes_no_key_twice(cluster):
         # ... where a sink task on the killed node had PUT some of its assets before it died,
         # Ray ran that task again elsewhere and it found them (create-only): written once, by
         # the first attempt (check_exact counts the PUTs), so a few rows read written=False
-        from factory.pipeline import SINK_BATCH
+        from factory.run.pipeline import SINK_BATCH
 
         assert resumed <= 4 * SINK_BATCH, resumed
     else:  # what the killed run wrote is kept, not rendered again

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from factory.cli import main
-from factory.demo import write_catalog
-from factory.runs import read_lineage
-from factory.spec import parse_job
-from factory.storage import Store
+from factory.cli.main import main
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import read_lineage
+from factory.spec.job import parse_job
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 STAGES = ("generate", "recolor", "identity")
@@ -35,7 +35,7 @@ def spec(catalog: Path, output: Path) -> dict:
 
 
 def test_run_costs_add_up_and_the_plan_reads_them(local_ray, tmp_path) -> None:
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     catalog = write_catalog(tmp_path / "catalog.csv", 16, bad_rows=False)
     job = parse_job(spec(catalog, tmp_path / "out"))

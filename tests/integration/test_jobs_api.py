@@ -1,4 +1,4 @@
-"""Factory runs as Ray jobs on a real local Ray head, through ``factory.jobs`` (Ray's Jobs API).
+"""Factory runs as Ray jobs on a real local Ray head, through ``factory.deploy.ray_jobs`` (Ray's Jobs API).
 
 The head is a ``ray start --head --block`` on loopback with free ports, its own temp dir and
 token authentication on with a throwaway token; teardown ends only the processes of that head
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from factory import jobs
-from factory.runs import is_committed, read_lineage
-from factory.storage import Store
+from factory.deploy import ray_jobs as jobs
+from factory.store.run_tables import is_committed, read_lineage
+from factory.store.storage import Store
 from tests.support.ray_nodes import free_ports
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,7 @@ def test_submit_runs_and_commits(head, small_run):
     assert summary["assets"] == 20
     assert info["metadata"] == {"job_name": "small", "catalog": "catalog.csv", "season": "",
                                 "run_id": "small-1"}
-    assert info["entrypoint"] == "python -m factory.cli run small.yaml --run-id small-1"
+    assert info["entrypoint"] == "python -m factory.cli.main run small.yaml --run-id small-1"
     assert info["start_time"] and info["end_time"]
     listed = {j["run_id"]: j for j in jobs.list_jobs(address=head.address)}
     assert listed["small-1"]["job_name"] == "small"
@@ -182,7 +182,7 @@ def test_refresh_in_a_season_is_pinned(head, small_run):
     assert re.fullmatch(r"small-always-[0-9a-f]{12}-refresh-\d{8}T\d{6}Z", run_id)
     assert jobs.wait(run_id, address=head.address, timeout_s=120) == "SUCCEEDED"
     info = jobs.status(run_id, address=head.address)
-    assert info["entrypoint"] == (f"python -m factory.cli refresh seasonal.yaml --run-id {run_id}"
+    assert info["entrypoint"] == (f"python -m factory.cli.main refresh seasonal.yaml --run-id {run_id}"
                                   " --season always")
     assert info["metadata"]["season"] == "always"
     text: list[str] = []
@@ -242,5 +242,5 @@ def test_clear_errors_for_unknown_run_and_unreachable_address(head):
 
 def test_entrypoint_for_refresh_and_season():
     assert jobs.entrypoint("jobs/a b.yaml", "r-1", season="spring 26", refresh=True) == (
-        "python -m factory.cli refresh 'jobs/a b.yaml' --run-id r-1 --season 'spring 26'")
-    assert jobs.entrypoint("j.yaml", "r-1") == "python -m factory.cli run j.yaml --run-id r-1"
+        "python -m factory.cli.main refresh 'jobs/a b.yaml' --run-id r-1 --season 'spring 26'")
+    assert jobs.entrypoint("j.yaml", "r-1") == "python -m factory.cli.main run j.yaml --run-id r-1"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from factory.lora_adapter import ADAPTER_FILE
-from factory.tiny_models import make_tiny_sd
+from factory.lora.adapter import ADAPTER_FILE
+from stages.tiny.models import make_tiny_sd
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +66,8 @@ def workdir(tmp_path_factory) -> Path:
 def trained(workdir, local_ray):
     import os
 
-    from factory.lora_train import train
-    from factory.train_spec import load_training
+    from factory.lora.train import train
+    from factory.lora.train_spec import load_training
 
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"  # Ray Train polls workers faster
     stop, killed = threading.Event(), []
@@ -108,8 +108,8 @@ def test_adapter_is_content_addressed_with_its_record(trained, workdir):
 
 
 def test_same_spec_again_finds_the_training_and_starts_nothing(trained, workdir):
-    from factory.lora_train import train
-    from factory.train_spec import load_training
+    from factory.lora.train import train
+    from factory.lora.train_spec import load_training
 
     started = time.perf_counter()
     again = train(load_training(workdir / "train.yaml"))

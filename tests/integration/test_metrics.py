@@ -10,11 +10,11 @@ from collections import defaultdict
 
 import pytest
 
-from factory.demo import write_catalog
-from factory.metrics import EXPORTED
-from factory.runs import read_lineage
-from factory.spec import parse_job
-from factory.storage import Store
+from factory.catalog.demo import write_catalog
+from factory.core.metrics import EXPORTED
+from factory.store.run_tables import read_lineage
+from factory.spec.job import parse_job
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ FAIL = ("SKU-00004", "SKU-00017")
 def ray_with_dashboard():
     import ray
 
-    from factory.pipeline import init_ray
+    from factory.run.pipeline import init_ray
 
     if ray.is_initialized():
         ray.shutdown()
@@ -64,7 +64,7 @@ def total(series, name: str, **match: str) -> float:
 
 def test_metrics_on_the_node_endpoint_match_the_lineage(ray_with_dashboard, tmp_path,
                                                         models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     assert ray_with_dashboard and "127.0.0.1" in ray_with_dashboard  # dashboard on loopback
     catalog = write_catalog(tmp_path / "catalog.csv", 40)  # rows 11, 21, 31 are bad
@@ -112,7 +112,7 @@ def test_metrics_on_the_node_endpoint_match_the_lineage(ray_with_dashboard, tmp_
     assert total(series, "ray_factory_stage_asset_seconds_count", stage="recolor",
                  model="recolor/lab", device="cpu", **run) == len(rendered)
     assert total(series, "ray_factory_stage_gpu_seconds_total", **run) == 0  # no GPU held
-    # the driver counts each stage's dollars as lineage rows arrive (factory.pricing)
+    # the driver counts each stage's dollars as lineage rows arrive (factory.spec.prices)
     deadline = time.monotonic() + 30
     while (total(series, "ray_factory_stage_cost_usd_total", **run)
            != pytest.approx(summary["cost_usd"], rel=1e-6)) and time.monotonic() < deadline:

@@ -3,7 +3,7 @@
 The models run on CPU (there is no CUDA here); what is checked is what Ray assigned: every
 stage's actors held the GPU ids or fractions they asked for, the fractional stages shared GPUs,
 whole-GPU stages had theirs alone, and SKU accounting is exact. The segment stage stays on CPU:
-an ONNX stage may reserve a GPU only where onnxruntime has CUDA (``factory.placement``), and
+an ONNX stage may reserve a GPU only where onnxruntime has CUDA (``factory.run.placement``), and
 these logical GPUs have none.
 """
 
@@ -14,10 +14,10 @@ from collections import defaultdict
 
 import pytest
 
-from factory.demo import write_catalog
-from factory.runs import read_lineage, read_rejects
-from factory.spec import parse_job
-from factory.storage import Store
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import read_lineage, read_rejects
+from factory.spec.job import parse_job
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def parse(placement: str) -> tuple[str, str, tuple[str, ...]]:
 
 
 def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     catalog = write_catalog(tmp_path / "catalog.csv", 160)  # five blocks: work for every actor
     job = parse_job({"name": "gpus", "manifest": {"uri": str(catalog)},
@@ -101,8 +101,8 @@ def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path):
 
 
 def test_a_local_output_on_two_nodes_is_refused_before_any_model(cluster, models_dir, tmp_path):
-    from factory.pipeline import run_job
-    from factory.placement import OutputNotShared
+    from factory.run.pipeline import run_job
+    from factory.run.placement import OutputNotShared
 
     catalog = write_catalog(tmp_path / "catalog.csv", 10)
     job = parse_job({"name": "split", "manifest": {"uri": str(catalog)},

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from factory.cli import EXIT_OK, main
-from factory.runs import read_lineage, read_rejects
-from factory.storage import Store
+from factory.cli.main import EXIT_OK, main
+from factory.store.run_tables import read_lineage, read_rejects
+from factory.store.storage import Store
 from tests.support.photo_server import PhotoServer, Route
 from tests.support.s3_server import start_s3_server
 

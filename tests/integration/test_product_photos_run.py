@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from factory.cli import EXIT_PARTIAL, main
-from factory.runs import read_lineage, read_rejects
-from factory.storage import Store
+from factory.cli.main import EXIT_PARTIAL, main
+from factory.store.run_tables import read_lineage, read_rejects
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 

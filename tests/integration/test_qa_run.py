@@ -1,4 +1,4 @@
-"""The brand QA gate end to end (``factory.qa``), on a local Ray, through the CLI.
+"""The brand QA gate end to end (``factory.spec.qa``), on a local Ray, through the CLI.
 
 A gate no image can pass (ΔE to the palette at most -1) makes every rendered row go through
 all its retries, deterministically: each is rendered ``retries + 1`` times with a new seed per
@@ -15,12 +15,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from factory.cli import main
-from factory.demo import write_catalog
-from factory.qa import retry_seed
-from factory.rows import derive_seed
-from factory.runs import read_lineage
-from factory.storage import Store
+from factory.cli.main import main
+from factory.catalog.demo import write_catalog
+from factory.spec.qa import retry_seed
+from factory.run.rows import derive_seed
+from factory.store.run_tables import read_lineage
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 RETRIES = 2
@@ -79,8 +79,8 @@ def test_rows_outside_the_gate_are_retried_then_flagged_review(local_ray, tmp_pa
     assert first["seed"] == seed
     # ...but the key is the row's own (its first seed, under the gated chain): a later run of
     # the job finds every retried asset and renders nothing again
-    from factory.pipeline import fingerprint
-    from factory.spec import load_job, parse_job
+    from factory.run.pipeline import fingerprint
+    from factory.spec.job import load_job, parse_job
 
     gated = load_job(job)
     data = yaml.safe_load(job.read_text(encoding="utf-8"))
@@ -117,8 +117,8 @@ def test_rows_outside_the_gate_are_retried_then_flagged_review(local_ray, tmp_pa
 def test_a_budget_admits_rows_whose_retries_then_all_run(local_ray, tmp_path) -> None:
     """A budget and a gate together: the admitted rows go through every retry (their dollars
     count as spent, not gated again), the rest are deferred, and the outcomes stay exact."""
-    from factory.pipeline import block_rows
-    from factory.spec import load_job
+    from factory.run.pipeline import block_rows
+    from factory.spec.job import load_job
 
     catalog = write_catalog(tmp_path / "catalog.csv", 30)  # rows 11 and 21 are rejected
     out = tmp_path / "out"

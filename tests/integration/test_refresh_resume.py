@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.demo import write_catalog
-from factory.runs import read_lineage, read_rejects
-from factory.spec import parse_job
-from factory.storage import Store
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import read_lineage, read_rejects
+from factory.spec.job import parse_job
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -47,8 +47,8 @@ def rewrite(catalog: Path, change) -> None:
 
 
 def test_refresh_renders_exactly_the_changed_skus(tmp_path, local_ray, models_dir):
-    from factory.pipeline import run_job
-    from factory.refresh import refresh
+    from factory.run.pipeline import run_job
+    from factory.run.refresh import refresh
 
     catalog = write_catalog(tmp_path / "catalog.csv", 5000, bad_rows=False)
     job = parse_job(spec_dict(catalog, tmp_path / "out"))
@@ -78,8 +78,8 @@ def test_refresh_renders_exactly_the_changed_skus(tmp_path, local_ray, models_di
 
 def test_a_season_switch_re_renders_only_what_its_overlay_touches(tmp_path, local_ray,
                                                                   models_dir):
-    from factory.pipeline import run_job
-    from factory.refresh import refresh
+    from factory.run.pipeline import run_job
+    from factory.run.refresh import refresh
 
     catalog = write_catalog(tmp_path / "catalog.csv", 300, bad_rows=False)
     seasons = [{"name": "winter", "start": "12-01", "end": "02-28",
@@ -133,7 +133,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
              "resources": {"batch_size": 4, "num_cpus": 0.5}},
             {"kind": "recolor", "model": "lab", "params": {"palette": ["#C8553D"]},
              "resources": {"batch_size": 4, "num_cpus": 0.5}}]}))
-    command = [sys.executable, "-m", "factory.cli", "run", str(spec), "--run-id", "r"]
+    command = [sys.executable, "-m", "factory.cli.main", "run", str(spec), "--run-id", "r"]
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=log,
                              stderr=subprocess.STDOUT)

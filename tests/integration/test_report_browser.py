@@ -21,12 +21,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from factory import report
-from factory.s3 import S3Options
-from factory.cli import EXIT_PARTIAL, main
-from factory.demo import write_catalog
-from factory.runs import read_lineage
-from factory.storage import Store
+from factory.run import report
+from factory.store.s3 import S3Options
+from factory.cli.main import EXIT_PARTIAL, main
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import read_lineage
+from factory.store.storage import Store
 from tests.support.s3_server import credentials_env, start_s3_server
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from factory.pipeline import fingerprint
-from factory.runs import read_lineage, read_rejects
-from factory.spec import parse_job
-from factory.storage import Store
+from factory.run.pipeline import fingerprint
+from factory.store.run_tables import read_lineage, read_rejects
+from factory.spec.job import parse_job
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def spec(manifest: Path, output: Path, **extra) -> dict:
 
 
 def test_a_route_mix_renders_each_row_on_its_own_chain(local_ray, tmp_path) -> None:
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     job = parse_job(spec(catalog(tmp_path), tmp_path / "out"))
     result = run_job(job)
@@ -82,7 +82,7 @@ def test_a_route_mix_renders_each_row_on_its_own_chain(local_ray, tmp_path) -> N
         with Image.open(tmp_path / "out" / r["output_key"]) as image:
             assert image.size == ((256, 256) if hero else (16, 16))
     # keys: the route's own chain fingerprint
-    from factory.keys import asset_key
+    from factory.spec.keys import asset_key
 
     for r in rows.values():
         item = {**r, "negative_prompt": "", "width": 0, "height": 0, "palette": ""}
@@ -94,7 +94,7 @@ def test_a_route_mix_renders_each_row_on_its_own_chain(local_ray, tmp_path) -> N
 
     from click.testing import CliRunner
 
-    from factory.cli import main
+    from factory.cli.main import main
 
     shown = CliRunner().invoke(main, ["runs", "show", result.run_id, "--output",
                                       str(tmp_path / "out")])
@@ -130,7 +130,7 @@ def test_a_route_mix_renders_each_row_on_its_own_chain(local_ray, tmp_path) -> N
 
 
 def test_routes_with_channels_key_each_channel_by_the_route(local_ray, tmp_path) -> None:
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     channels = [{"name": "small", "width": 64, "height": 64, "format": "png",
                  "background": "keep", "fill": None, "min_purity": 0.0, "edge_clear": False}]

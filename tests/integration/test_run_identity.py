@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from factory.cli import EXIT_NO_RUN, EXIT_PARTIAL, EXIT_SPEC, main
-from factory.demo import write_catalog
-from factory.runs import list_runs, read_lineage, read_rejects
-from factory.storage import Store
+from factory.cli.main import EXIT_NO_RUN, EXIT_PARTIAL, EXIT_SPEC, main
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import list_runs, read_lineage, read_rejects
+from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 

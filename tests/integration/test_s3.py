@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from factory.demo import write_catalog
-from factory.runs import is_committed, list_runs, read_lineage, read_rejects
-from factory.s3 import S3Options, StorageError
-from factory.spec import parse_job
-from factory.storage import Store
+from factory.catalog.demo import write_catalog
+from factory.store.run_tables import is_committed, list_runs, read_lineage, read_rejects
+from factory.store.s3 import S3Options, StorageError
+from factory.spec.job import parse_job
+from factory.store.storage import Store
 from tests.support.fault_proxy import FaultPolicy, start_fault_proxy
 from tests.support.s3_server import start_s3_server
 
@@ -124,7 +124,7 @@ def check_run(server, job, prefix: str, run_id: str) -> list[dict]:
 
 def test_end_to_end_reads_manifest_and_writes_assets_in_s3(server, proxy, catalog_uri,
                                                            local_ray, models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     job = make_job(catalog_uri, proxy.endpoint_url, "e2e", keep_intermediates=["recolor"])
     result = run_job(job)
@@ -137,7 +137,7 @@ def test_end_to_end_reads_manifest_and_writes_assets_in_s3(server, proxy, catalo
 
 def test_slowdown_and_lost_answers_leave_exact_accounting(server, proxy, catalog_uri,
                                                           local_ray, models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     proxy.reset_log()
     proxy.policy = FaultPolicy(put_503_every=3, drop_after_put_every=5, key_filter="/faults/")
@@ -152,7 +152,7 @@ def test_slowdown_and_lost_answers_leave_exact_accounting(server, proxy, catalog
 
 def test_running_the_same_job_again_writes_nothing(server, proxy, catalog_uri, local_ray,
                                                    models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     job = make_job(catalog_uri, proxy.endpoint_url, "twice")
     first = run_job(job)
@@ -174,7 +174,7 @@ def test_running_the_same_job_again_writes_nothing(server, proxy, catalog_uri, l
 
 def test_missing_bucket_fails_in_preflight_before_any_model(server, proxy, catalog_uri,
                                                             local_ray, models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     job = make_job(catalog_uri, proxy.endpoint_url, "x")
     job = job.with_overrides(output_uri="s3://no-such-bucket/out")
@@ -190,7 +190,7 @@ def test_missing_bucket_fails_in_preflight_before_any_model(server, proxy, catal
 
 
 def test_access_denied_fails_in_preflight(server, proxy, catalog_uri, local_ray, models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     proxy.policy = FaultPolicy(put_403_every=1, key_filter="/denied/")
     try:
@@ -202,8 +202,8 @@ def test_access_denied_fails_in_preflight(server, proxy, catalog_uri, local_ray,
 
 
 def test_a_missing_manifest_object_is_a_clear_error(server, proxy, local_ray, models_dir):
-    from factory.manifest import ManifestError
-    from factory.pipeline import run_job
+    from factory.catalog.manifest import ManifestError
+    from factory.run.pipeline import run_job
 
     job = make_job("s3://catalogs/nope.csv", proxy.endpoint_url, "nomanifest")
     with pytest.raises(ManifestError, match="s3://catalogs/nope.csv"):
@@ -232,7 +232,7 @@ stages:
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # AF_UNIX paths are short
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "FACTORY_LOG_LEVEL": "DEBUG"}
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "run", str(spec),
+    proc = subprocess.run([sys.executable, "-m", "factory.cli.main", "run", str(spec),
                            "--run-id", "creds-run"], env=env, capture_output=True, text=True,
                           timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 1, proc.stderr[-3000:]  # partial: 3 rejected, 1 failed
@@ -280,7 +280,7 @@ def test_a_store_that_fails_for_good_mid_run_commits_nothing_and_the_rerun_resum
     import yaml
     from click.testing import CliRunner
 
-    from factory.cli import EXIT_PARTIAL, EXIT_RUN, main
+    from factory.cli.main import EXIT_PARTIAL, EXIT_RUN, main
 
     prefix = f"broken{status}"
     job = make_job(catalog_uri, proxy.endpoint_url, prefix)
@@ -350,7 +350,8 @@ def test_preflight_retries_transient_errors_and_never_guesses_the_write_mode(ser
 
 def test_two_commits_of_one_run_id_leave_one_lineage(server, proxy):
     """The lineage write is create-only: the second commit loses and publishes nothing."""
-    from factory.runs import RunRecorder, read_summary
+    from factory.store.run_tables import read_summary
+    from factory.run.recorder import RunRecorder
 
     store = Store("s3://assets/race", S3Options(endpoint_url=proxy.endpoint_url,
                                                  addressing_style="path")).preflight("race")

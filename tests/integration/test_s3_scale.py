@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from factory.runs import list_runs, read_lineage
-from factory.storage import Store
+from factory.store.run_tables import list_runs, read_lineage
+from factory.store.storage import Store
 from tests.integration.test_s3 import (bucket_keys, catalog_uri, make_job, proxy,  # noqa: F401
                                        s3_env, server)
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def test_a_rerun_finds_existing_work_with_one_list_and_no_head(server, proxy, catalog_uri,
                                                                local_ray, models_dir):
-    from factory.pipeline import run_job
+    from factory.run.pipeline import run_job
 
     job = make_job(catalog_uri, proxy.endpoint_url, "listing")
     first = run_job(job)

@@ -1,4 +1,4 @@
-"""The budget cap (``factory.budget``): the spec and CLI checks, the ledger's arithmetic in
+"""The budget cap (``factory.cost.budget``): the spec and CLI checks, the ledger's arithmetic in
 exact dollars, the gate that defers rows once the budget is reached, and the accounting and
 run identity a deferral takes part in. Hermetic: no Ray (the gate is given a local ledger)."""
 
@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from factory.budget import (STATUS_DEFERRED, Ledger, budget_line, budget_summary, defer_rows,
-                            gate_rows)
-from factory.cli import main
-from factory.identity import RunInputs, budget_text
-from factory.runs import Counts
-from factory.spec import SpecError, parse_job
+from factory.cost.budget import (
+    STATUS_DEFERRED, Ledger, budget_line, budget_summary, defer_rows, gate_rows,
+)
+from factory.cli.main import main
+from factory.run.identity import RunInputs, budget_text
+from factory.run.recorder import Counts
+from factory.spec.job import SpecError, parse_job
 
 D = Decimal
 
@@ -235,12 +236,12 @@ def test_the_summary_says_what_the_budget_was_and_what_was_spent() -> None:
 def test_earlier_runs_in_the_store_price_a_row_like_the_plan_does(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from factory.budget import row_estimate
-    from factory.calibration import calibrate
-    from factory.plan import predict
-    from factory.pricing import CostModel, stage_shares
-    from factory.runs import RunRecorder
-    from factory.storage import Store
+    from factory.cost.budget import row_estimate
+    from factory.cost.calibration import calibrate
+    from factory.run.forecast import predict
+    from factory.spec.prices import CostModel, stage_shares
+    from factory.run.recorder import RunRecorder
+    from factory.store.storage import Store
 
     job = parse_job(spec(
         output={"uri": str(tmp_path / "out")}, pricing={"usd_per_hour": {"cpu": 36}},
@@ -265,8 +266,8 @@ def test_earlier_runs_in_the_store_price_a_row_like_the_plan_does(tmp_path: Path
 
 
 def test_a_submitted_run_carries_its_budget_to_the_cluster() -> None:
-    from factory.jobs import entrypoint
+    from factory.deploy.ray_jobs import entrypoint
 
     assert entrypoint("j.yaml", "r-1", budget_usd=D("2.50")) == (
-        "python -m factory.cli run j.yaml --run-id r-1 --budget 2.50")
+        "python -m factory.cli.main run j.yaml --run-id r-1 --budget 2.50")
     assert "--budget" not in entrypoint("j.yaml", "r-1")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factory.spec import SpecError, parse_job
+from factory.spec.job import SpecError, parse_job
 from stages import weights
 from stages.generate_diffusers import FluxGenerateParams
 from stages.registry import CARDS, REGISTRY
@@ -113,7 +113,7 @@ def test_a_model_free_card_reserving_a_gpu_is_rejected_naming_the_key(card, gpus
 def test_models_list_shows_the_card_defaults():
     from click.testing import CliRunner
 
-    from factory.cli import main
+    from factory.cli.main import main
 
     result = CliRunner().invoke(main, ["models", "list"])
     assert result.exit_code == 0, result.output

@@ -15,19 +15,14 @@ import pytest
 from defusedxml import ElementTree
 from PIL import Image
 
-from factory.channel_sink import ChannelSinkConfig, write_channel_assets
-from factory.channels import PRESETS, Channel, ChannelError, measure, render, resolve
-from factory.keys import channel_fingerprints, channel_key
-from factory.provenance import (
-    DIGITAL_SOURCE_TYPE,
-    FACTORY_NS,
-    IPTC_EXT_NS,
-    PNG_XMP_KEY,
-    ModelUse,
-    Provenance,
+from factory.sink.channel_assets import ChannelSinkConfig, write_channel_assets
+from factory.spec.channels import PRESETS, Channel, ChannelError, measure, render, resolve
+from factory.spec.keys import channel_fingerprints, channel_key
+from factory.core.provenance import (
+    DIGITAL_SOURCE_TYPE, FACTORY_NS, IPTC_EXT_NS, PNG_XMP_KEY, ModelUse, Provenance,
 )
-from factory.sink import SinkConfig
-from factory.storage import Store
+from factory.sink.assets import SinkConfig
+from factory.store.storage import Store
 
 PROVENANCE = Provenance(run_id="run-7", job="unit", models=(
     ModelUse("generate", "sd-tiny", "tiny:sd-tiny", "main"),
@@ -49,7 +44,7 @@ def product(h: int = 96, w: int = 128, *, box=(20, 40, 70, 80), shadow: bool = T
 
 
 def encode(array: np.ndarray, channel: Channel) -> tuple[bytes, object, object]:
-    from factory.channel_sink import _render
+    from factory.sink.channel_assets import _render
 
     data, measures = _render(array, channel, PROVENANCE.packet())
     framed = render(array, channel)
@@ -197,7 +192,7 @@ def test_bad_channels_are_rejected_naming_the_entry(entries, problem):
 
 
 def test_spec_channels_are_parsed_and_checked():
-    from factory.spec import SpecError, parse_job
+    from factory.spec.job import SpecError, parse_job
 
     spec = {"name": "j", "manifest": {"uri": "m.csv"}, "output": {"uri": "out"},
             "prompt": {"template": "a {{ title }}"},
@@ -216,7 +211,7 @@ def test_spec_channels_are_parsed_and_checked():
 def test_the_demo_job_renders_at_least_two_channels():
     from pathlib import Path
 
-    from factory.spec import load_job
+    from factory.spec.job import load_job
 
     demo = load_job(Path(__file__).resolve().parents[2] / "jobs" / "demo.yaml")
     assert len(demo.channels) >= 2
@@ -224,7 +219,7 @@ def test_the_demo_job_renders_at_least_two_channels():
 
 
 def test_channel_keys_are_deterministic_and_name_the_channel():
-    from factory.spec import parse_job
+    from factory.spec.job import parse_job
 
     stages = parse_job({"name": "j", "manifest": {"uri": "m.csv"}, "output": {"uri": "o"},
                         "stages": [{"kind": "generate", "model": "synthetic"}]}).stages

@@ -19,8 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from factory import kubernetes
-from factory.spec import load_job
+from factory.deploy import kubernetes
+from factory.spec.job import load_job
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0"
@@ -211,7 +211,7 @@ def test_every_exported_job_runs_a_spec_shipped_in_the_image() -> None:
                 assert spec["ttlSecondsAfterFinished"] > 0 and spec["activeDeadlineSeconds"] > 0
                 assert spec["rayClusterSpec"]["authOptions"]["mode"] == "token"
                 entry = spec["entrypoint"].split()
-                assert entry[:3] == ["python", "-m", "factory.cli"]
+                assert entry[:3] == ["python", "-m", "factory.cli.main"]
                 assert entry[3] in ("run", "refresh")
                 job_path = REPO / Path(entry[4]).relative_to(kubernetes.APP_DIR)
             assert job_path.is_file(), f"{path.name}: {job_path} is not in the repository"

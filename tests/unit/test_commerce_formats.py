@@ -13,22 +13,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from factory.commerce_formats import (
-    SKIP_IMAGE_ROW,
-    CatalogOptions,
-    html_to_text,
-    is_shopify_header,
+from factory.catalog.commerce_formats import (
+    SKIP_IMAGE_ROW, CatalogOptions, html_to_text, is_shopify_header,
 )
-from factory.manifest import (
-    ManifestError,
-    Split,
-    iter_records,
-    plan_splits,
-    read_split,
-    scan,
+from factory.catalog.manifest import (
+    ManifestError, Split, iter_records, plan_splits, read_split, scan,
 )
-from factory.rows import RowRules, validate_batch
-from factory.spec import SpecError, parse_job
+from factory.run.rows import RowRules, validate_batch
+from factory.spec.job import SpecError, parse_job
 
 CATALOGS = Path(__file__).resolve().parents[1] / "fixtures" / "catalogs"
 LEGACY, CURRENT = CATALOGS / "shopify_legacy.csv", CATALOGS / "shopify_current.csv"
@@ -287,7 +279,7 @@ def test_catalog_options_reach_the_job():
 
 
 def test_the_example_job_renders_every_active_variant_of_its_export():
-    from factory.spec import load_job
+    from factory.spec.job import load_job
 
     repo = Path(__file__).resolve().parents[2]
     job = load_job(repo / "jobs" / "shopify-catalog.yaml")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.tiny_models import make_tiny_flux
+from stages.tiny.models import make_tiny_flux
 from stages.base import Resources, StagePlan
 from stages.generate_diffusers import DiffusersGenerator
 from stages.registry import REGISTRY

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import logging
 
-from factory.console import RunProgress, dashboard_line, quiet_ray, slowest_stage
-from factory.runs import Counts
+from factory.core.console import RunProgress, dashboard_line, quiet_ray, slowest_stage
+from factory.run.recorder import Counts
 
 
 def counts(**kw) -> Counts:

@@ -1,7 +1,7 @@
 """The Grafana dashboard (cluster/grafana/asset-factory.json) queries what the factory exports,
 and its ConfigMap is what Grafana's sidecar loads. Hermetic: no Ray, no Prometheus, no network.
 
-Every metric a query names must be one of ``factory.metrics.EXPORTED``, with only the labels
+Every metric a query names must be one of ``factory.core.metrics.EXPORTED``, with only the labels
 that metric is tagged with; every factory metric must be on some panel; the ConfigMap must carry
 the JSON file byte for byte.
 """
@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from factory import metrics
+from factory.core import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "cluster" / "grafana" / "asset-factory.json"
@@ -67,7 +67,7 @@ def test_every_query_names_only_metrics_the_factory_exports(dashboard) -> None:
         assert names, f"panel {title!r}: {expr!r} names no metric"
         for name in names:
             assert name in metrics.EXPORTED, (
-                f"panel {title!r} queries {name}, which factory.metrics does not export "
+                f"panel {title!r} queries {name}, which factory.core.metrics does not export "
                 f"(exported: {', '.join(metrics.EXPORTED)})")
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from factory.identity import RunInputs, RunInputsMismatch
+from factory.run.identity import RunInputs, RunInputsMismatch
 
 BASE = RunInputs(spec_hash="a" * 64, manifest_sha256="b" * 64, manifest_rows=200, limit=None,
                  season=None)

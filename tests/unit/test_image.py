@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory import kubernetes
+from factory.deploy import kubernetes
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"

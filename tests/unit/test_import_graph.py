@@ -1,10 +1,8 @@
-"""The package's imports form no cycle, and the job-level modules depend one way:
-
-    cli -> schedule -> jobs -> spec -> cron
-    cli -> kubernetes -> spec, cron
+"""The packages' imports form no cycle and the layers depend one way.
 
 Imports are read from the source with ``ast``: module-level, inside functions, under
-``TYPE_CHECKING``, and ``importlib.import_module("...")`` with a literal name all count.
+``TYPE_CHECKING``, and ``importlib.import_module("...")`` with a literal name all count. Every
+module of every package is walked (``rglob``), so a new module is held to its package's rules.
 """
 
 from __future__ import annotations
@@ -23,8 +21,11 @@ PACKAGES = ("factory", "stages")
 def _modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
-        for path in sorted((REPO / package).glob("*.py")):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
     return found
 
 
@@ -43,7 +44,8 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant)):
             names.add(node.args[0].value)
-    return {n for n in names if n in known and n != name and n not in PACKAGES}
+    return {n for n in names if n in known and n != name and n not in PACKAGES
+            and not name.startswith(n + ".")}
 
 
 def graph() -> dict[str, set[str]]:
@@ -91,29 +93,85 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_cycle_finder_finds_one() -> None:
-    edges = {"factory.spec": {"factory.schedule"}, "factory.schedule": {"factory.jobs"},
-             "factory.jobs": {"factory.spec"}}
-    assert find_cycle(edges) == ["factory.jobs", "factory.spec", "factory.schedule",
-                                 "factory.jobs"]
+    edges = {"factory.spec.job": {"factory.deploy.schedule"}, "factory.deploy.schedule": {"factory.deploy.ray_jobs"},
+             "factory.deploy.ray_jobs": {"factory.spec.job"}}
+    assert find_cycle(edges) == ["factory.deploy.ray_jobs", "factory.spec.job", "factory.deploy.schedule",
+                                 "factory.deploy.ray_jobs"]
 
 
 def test_dependencies_run_one_way() -> None:
     edges = graph()
-    assert "factory.cli" not in set().union(*edges.values())  # nobody imports the CLI
-    assert _reaches(edges, "factory.spec").isdisjoint(
-        {"factory.schedule", "factory.jobs", "factory.kubernetes", "factory.cli"})
-    assert _reaches(edges, "factory.jobs").isdisjoint(
-        {"factory.schedule", "factory.kubernetes", "factory.cli"})
-    assert _reaches(edges, "factory.kubernetes").isdisjoint(
-        {"factory.schedule", "factory.jobs", "factory.cli"})
-    assert "factory.jobs" in edges["factory.schedule"]
-    assert "factory.spec" in edges["factory.jobs"]
-    assert edges["factory.cron"] == set()
+    assert "factory.cli.main" not in set().union(*edges.values())  # nobody imports the CLI
+    assert _reaches(edges, "factory.spec.job").isdisjoint(
+        {"factory.deploy.schedule", "factory.deploy.ray_jobs", "factory.deploy.kubernetes", "factory.cli.main"})
+    assert _reaches(edges, "factory.deploy.ray_jobs").isdisjoint(
+        {"factory.deploy.schedule", "factory.deploy.kubernetes", "factory.cli.main"})
+    assert _reaches(edges, "factory.deploy.kubernetes").isdisjoint(
+        {"factory.deploy.schedule", "factory.deploy.ray_jobs", "factory.cli.main"})
+    assert "factory.deploy.ray_jobs" in edges["factory.deploy.schedule"]
+    assert "factory.spec.job" in edges["factory.deploy.ray_jobs"]
+    assert edges["factory.spec.cron"] == set()
 
 
-@pytest.mark.parametrize("module", ["factory.kubernetes", "factory.schedule", "factory.jobs",
-                                    "factory.spec", "factory.cron"])
+@pytest.mark.parametrize("module", ["factory.deploy.kubernetes", "factory.deploy.schedule", "factory.deploy.ray_jobs",
+                                    "factory.spec.job", "factory.spec.cron"])
 def test_each_module_imports_on_its_own(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+#: The layers, bottom to top, and what each package must never import (a prefix matches a
+#: package and everything in it).
+NEVER = {
+    "factory.core": ("factory.", "stages"),
+    "stages": ("factory.catalog", "factory.spec", "factory.cost", "factory.sink", "factory.run",
+               "factory.lora", "factory.deploy", "factory.cli"),
+    "factory.store": ("factory.catalog", "factory.spec", "factory.cost", "factory.sink",
+                      "factory.run", "factory.lora", "factory.deploy", "factory.cli"),
+    "factory.spec": ("factory.run", "factory.sink", "factory.cost", "factory.lora",
+                     "factory.deploy", "factory.cli"),
+    "factory.cost": ("factory.run", "factory.lora", "factory.deploy", "factory.cli"),
+    "factory.sink": ("factory.run", "factory.lora", "factory.deploy", "factory.cli"),
+    "factory.run": ("factory.cli", "factory.deploy", "factory.lora"),
+    "factory.deploy": ("factory.run", "factory.cli"),
+    "factory.catalog": ("factory.run", "factory.cli"),
+    "factory.lora": ("factory.cli",),
+}
+
+
+def breaches(edges: dict[str, set[str]]) -> list[str]:
+    """``module -> import`` pairs that break ``NEVER``."""
+    out = []
+    for module, imports in sorted(edges.items()):
+        for package, forbidden in NEVER.items():
+            if module != package and not module.startswith(package + "."):
+                continue
+            for target in sorted(imports):
+                if package == "factory.core" and target.startswith("factory.core"):
+                    continue
+                if any(target == f or target.startswith(f if f.endswith(".") else f + ".")
+                       for f in forbidden):
+                    out.append(f"{module} -> {target}")
+    return out
+
+
+def test_the_layers_depend_one_way() -> None:
+    assert breaches(graph()) == []
+
+
+def test_nothing_outside_the_cli_imports_it() -> None:
+    edges = graph()
+    users = {m for m, imports in edges.items() if any(t.startswith("factory.cli") for t in imports)}
+    assert {m for m in users if not m.startswith("factory.cli")} == set()
+
+
+def test_an_upward_import_is_caught() -> None:
+    edges = {"stages.base": {"factory.run.pipeline"}, "factory.spec.job": {"factory.core.settings"},
+             "factory.core.images": {"factory.store.s3"}}
+    assert breaches(edges) == ["factory.core.images -> factory.store.s3",
+                               "stages.base -> factory.run.pipeline"]
+
+
+def test_factory_keeps_a_handful_of_top_level_modules() -> None:
+    assert sorted(p.name for p in (REPO / "factory").glob("*.py")) == ["__init__.py"]

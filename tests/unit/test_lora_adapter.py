@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory.lora_adapter import ADAPTER_FILE, AdapterTrainer, to_pixels
-from factory.tiny_models import make_tiny_sd
+from factory.lora.adapter import ADAPTER_FILE, AdapterTrainer, to_pixels
+from stages.tiny.models import make_tiny_sd
 
 CAPTIONS = ["a product photo in acme style"] * 4
 
@@ -132,8 +132,9 @@ def test_adapter_loads_in_the_lora_stage_and_changes_its_output(trained, base, t
 def test_lineage_names_the_adapter_of_each_lora_stage(tmp_path):
     import pyarrow as pa
 
-    from factory.runs import RunRecorder, read_lineage
-    from factory.storage import Store
+    from factory.store.run_tables import read_lineage
+    from factory.run.recorder import RunRecorder
+    from factory.store.storage import Store
     from stages.base import Resources, StagePlan
     from stages.lora_diffusers import LoraParams
     from stages.registry import get_card

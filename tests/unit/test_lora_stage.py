@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from factory import images
-from factory.tiny_models import make_tiny_lora, make_tiny_sd
+from factory.core import images
+from stages.tiny.models import make_tiny_lora, make_tiny_sd
 from stages.base import Resources, StagePlan
 from stages.lora_diffusers import LoraImg2Img, LoraParams, schedule_length
 from stages.registry import CARDS as ALL_CARDS

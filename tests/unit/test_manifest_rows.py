@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from factory.manifest import ManifestError, _to_table, iter_records, scan
-from factory.rows import RowRules, derive_seed, validate_batch
+from factory.catalog.manifest import ManifestError, _to_table, iter_records, scan
+from factory.run.rows import RowRules, derive_seed, validate_batch
 
 TEMPLATE = "a {{ color }} {{ title }}"
 HEADER = "sku,title,color,seed,width,height,palette\n"
@@ -177,7 +177,7 @@ def test_parquet_typed_columns_are_read_as_text(tmp_path):
 
 
 def test_unicode_sku_is_kept_and_key_encoded(tmp_path):
-    from factory.keys import key_safe
+    from factory.spec.keys import key_safe
 
     rows = run_rows(write(tmp_path, HEADER + "Kaffeetasse Ü 1,cup,red,,,,\n"))
     assert rows[0]["status"] == "ok" and rows[0]["sku"] == "Kaffeetasse Ü 1"

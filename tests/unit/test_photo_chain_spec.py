@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.spec import SpecError, load_job, parse_job
+from factory.spec.job import SpecError, load_job, parse_job
 
 SOURCE = {"kind": "source", "model": "photo"}
 SEGMENT = {"kind": "segment", "model": "studio-key"}

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageFile
 
-from factory.photo_decode import MAX_PIXELS, decode_photo, probe_photo
-from factory.photo_fetch import PhotoError
+from factory.core.photo_decode import MAX_PIXELS, decode_photo, probe_photo
+from factory.core.photo_decode import PhotoError
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

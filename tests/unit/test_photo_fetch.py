@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import pytest
 from PIL import Image
 
-from factory.photo_fetch import FetchPolicy, Fetched, PhotoError, PhotoFetcher, Validators
+from factory.core.photo_decode import PhotoError
+from factory.store.photo_fetch import FetchPolicy, Fetched, PhotoFetcher, Validators
 from tests.support.photo_server import PhotoServer, Route, redirect
 
 LOCAL = ("127.0.0.1",)
@@ -236,7 +237,7 @@ def test_threads_share_one_pool_per_host(server, net):
 
 
 def test_pools_are_bounded(server, monkeypatch):
-    monkeypatch.setattr("factory.photo_fetch._MAX_POOLS", 2)
+    monkeypatch.setattr("factory.store.photo_fetch._MAX_POOLS", 2)
     server.route("/p.png", Route(body=PNG))
     shared = fetcher(allow_private=("127.0.0.1", "127.0.0.2", "127.0.0.3"))
     for host in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1"):
@@ -502,7 +503,7 @@ def s3():
 
 
 def test_s3_photo_and_conditional_get(s3, net):
-    from factory.s3 import S3Options
+    from factory.store.s3 import S3Options
 
     s3.client().put_object(Bucket="catalog", Key="photos/p.png", Body=PNG)
     options = S3Options(endpoint_url=s3.endpoint_url, region="us-east-1",

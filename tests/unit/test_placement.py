@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from factory.placement import (ClusterTooSmall, OutputNotShared, capacity_verdict,
-                               check_output_reach)
-from factory.spec import parse_job
+from factory.run.placement import (
+    ClusterTooSmall, OutputNotShared, capacity_verdict, check_output_reach,
+)
+from factory.spec.job import parse_job
 from stages.weights import WeightsError, locate, resolve_source
 
 
@@ -71,7 +72,7 @@ def test_weights_the_node_has_or_hub_ids_pass_and_missing_paths_are_named(tmp_pa
 
 
 def test_an_onnx_stage_reserving_a_gpu_its_nodes_cannot_use_is_refused():
-    from factory.placement import onnx_gpu_problems
+    from factory.run.placement import onnx_gpu_problems
 
     segment = parse_job({
         "name": "cut", "manifest": {"uri": "m.csv"}, "output": {"uri": "/data/out"},

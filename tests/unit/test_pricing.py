@@ -1,5 +1,5 @@
-"""Cost in the lineage (factory.pricing through RunRecorder) and the plan's arithmetic
-(factory.plan) over runs committed the real way; hermetic: no Ray."""
+"""Cost in the lineage (factory.spec.prices through RunRecorder) and the plan's arithmetic
+(factory.run.forecast) over runs committed the real way; hermetic: no Ray."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
-from factory.cli import main
-from factory.plan import calibrate, count_work, predict
-from factory.pricing import DEFAULT_USD_PER_HOUR, CostModel, Prices, stage_shares
-from factory.runs import RunRecorder, read_lineage, read_summary
-from factory.spec import SpecError, load_job, parse_job
-from factory.storage import Store
+from factory.cli.main import main
+from factory.run.forecast import calibrate, count_work, predict
+from factory.spec.prices import DEFAULT_USD_PER_HOUR, CostModel, Prices, stage_shares
+from factory.store.run_tables import read_lineage, read_summary
+from factory.run.recorder import RunRecorder
+from factory.spec.job import SpecError, load_job, parse_job
+from factory.store.storage import Store
 
 SPEC = """
 name: priced

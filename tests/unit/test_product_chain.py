@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory import images
-from factory.product_photos import make_product
+from factory.core import images
+from factory.catalog.product_photos import make_product
 from stages.base import StagePlan
 from stages.chain import StageChain
 from stages.product import FIDELITY, PRODUCT

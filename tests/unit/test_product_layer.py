@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from factory import images
+from factory.core import images
 from stages.base import StagePlan
 from stages.product import (FIDELITY, PRODUCT, composite, fidelity_delta_e, product_mask,
                             resize_layer)
@@ -116,7 +116,7 @@ def test_recolor_of_the_product_alone_leaves_the_scene():
 
 
 def test_new_protection_options_at_their_defaults_keep_existing_keys():
-    from factory.keys import params_hash
+    from factory.spec.keys import params_hash
 
     card = get_card("recolor/lab")
     plan = StagePlan(name="recolor", card=card, params=card.make_params(card.example_params),

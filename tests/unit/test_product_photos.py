@@ -1,4 +1,4 @@
-"""factory.product_photos: procedural studio shots with exact masks, and the shipped catalog.
+"""factory.catalog.product_photos: procedural studio shots with exact masks, and the shipped catalog.
 
 The shipped ``manifests/product-photos`` is checked against a fresh regeneration by content, not
 bytes: the CSV and the copied or deliberately bad files byte for byte, each PNG by its decoded
@@ -16,9 +16,10 @@ import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from factory.manifest import iter_records
-from factory.product_photos import (CATALOG_SIZE, EMPTY, KINDS, MISSING, NOT_AN_IMAGE,
-                                    REAL_PHOTO, SIDEWAYS, make_product, write_photo_catalog)
+from factory.catalog.manifest import iter_records
+from factory.catalog.product_photos import (
+    CATALOG_SIZE, EMPTY, KINDS, MISSING, NOT_AN_IMAGE, REAL_PHOTO, SIDEWAYS, make_product, write_photo_catalog,
+)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "manifests" / "product-photos"
 SKUS = ["BTL-AUR-TEAL", "BTL-AUR-CORAL", "MUG-HBR-11", "MUG-HBR-15", "SNK-TRL-42", "SNK-TRL-44",

@@ -1,4 +1,4 @@
-"""The brand QA gate (``factory.qa``): its spec, its check on a batch, its derived seeds, and
+"""The brand QA gate (``factory.spec.qa``): its spec, its check on a batch, its derived seeds, and
 the driver's bookkeeping of retried rows. Hermetic: no Ray."""
 
 from __future__ import annotations
@@ -9,19 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from factory.pricing import CostModel, CostTotals, Prices, StageShare
-from factory.qa import (
-    QA_PASS,
-    QA_REVIEW,
-    STATUS_QA_RETRY,
-    Gate,
-    QaConfig,
-    QaRetries,
-    Threshold,
-    check_batch,
-    retry_seed,
+from factory.spec.prices import CostModel, CostTotals, Prices, StageShare
+from factory.spec.qa import (
+    QA_PASS, QA_REVIEW, STATUS_QA_RETRY, Gate, QaConfig, QaRetries, Threshold, check_batch, retry_seed,
 )
-from factory.spec import SpecError, parse_job
+from factory.spec.job import SpecError, parse_job
 
 STAGES = [{"kind": "generate", "model": "synthetic", "params": {"width": 32, "height": 32}},
           {"kind": "recolor", "model": "lab", "params": {"palette": ["#C8553D"]}}]

@@ -1,4 +1,4 @@
-"""The run report (factory.report) over runs committed through RunRecorder, the real commit path.
+"""The run report (factory.run.report) over runs committed through RunRecorder, the real commit path.
 
 Hermetic: no Ray; the stage chain is a parsed job spec, the assets small PNGs in a local store.
 """
@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from factory import report
-from factory.cli import EXIT_NO_RUN, main
-from factory.runs import RunRecorder
-from factory.s3 import S3Options
-from factory.spec import load_job
-from factory.storage import Store
+from factory.run import report
+from factory.cli.main import EXIT_NO_RUN, main
+from factory.run.recorder import RunRecorder
+from factory.store.s3 import S3Options
+from factory.spec.job import load_job
+from factory.store.storage import Store
 
 SPEC = """
 name: rep

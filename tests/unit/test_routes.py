@@ -1,4 +1,4 @@
-"""Routing by tier (``factory.routes``): the spec's routes, each row's route and key, stages
+"""Routing by tier (``factory.spec.routes``): the spec's routes, each row's route and key, stages
 that pass other routes' rows through, and the plan per route."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from factory import images
-from factory.keys import chain_fingerprint
-from factory.plan import Calibration, Rate, predict, stage_rows
-from factory.routes import Route
-from factory.rows import validate_batch
-from factory.spec import SpecError, parse_job
+from factory.core import images
+from factory.spec.keys import chain_fingerprint
+from factory.run.forecast import Calibration, Rate, predict, stage_rows
+from factory.spec.routes import Route
+from factory.run.rows import validate_batch
+from factory.spec.job import SpecError, parse_job
 from stages.base import Resources, Stage, StageCard, StageParams, StagePlan
 from stages.chain import StageChain
 
@@ -103,8 +103,8 @@ def rows_batch(tiers: list[str | None]) -> dict[str, np.ndarray]:
 
 
 def validated(job, tiers: list[str | None]) -> dict[str, np.ndarray]:
-    from factory.manifest import ManifestInfo
-    from factory.pipeline import row_rules
+    from factory.catalog.manifest import ManifestInfo
+    from factory.run.pipeline import row_rules
 
     info = ManifestInfo(rows=len(tiers), columns=(), duplicate_rejects={})
     return validate_batch(rows_batch(tiers), rules=row_rules(job, info))
@@ -126,7 +126,7 @@ def test_without_a_default_an_empty_tier_is_a_reject() -> None:
 
 
 def test_each_route_keys_its_assets_by_its_own_chain() -> None:
-    from factory.pipeline import fingerprint
+    from factory.run.pipeline import fingerprint
 
     job = parse_job(spec(column="level"))
     hero, thumb = fingerprint(job, route="hero"), fingerprint(job, route="thumbnail")
@@ -138,8 +138,8 @@ def test_each_route_keys_its_assets_by_its_own_chain() -> None:
               {"sku": "S0", "title": "mug", "level": "thumbnail"}]
     batch = rows_batch([None, None])
     batch["fields"] = np.array([json.dumps(f) for f in fields])
-    from factory.manifest import ManifestInfo
-    from factory.pipeline import row_rules
+    from factory.catalog.manifest import ManifestInfo
+    from factory.run.pipeline import row_rules
 
     out = validate_batch(batch, rules=row_rules(job, ManifestInfo(2, (), {})))
     assert out["output_key"][0] != out["output_key"][1]
@@ -242,7 +242,7 @@ def test_validate_prints_the_routes() -> None:
 
     from click.testing import CliRunner
 
-    from factory.cli import main
+    from factory.cli.main import main
 
     jobs = Path(__file__).resolve().parents[2] / "jobs"
     out = CliRunner().invoke(main, ["validate", str(jobs / "routed-catalog.yaml")])

@@ -15,11 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from factory import manifest, runs
-from factory.manifest import Split, iter_records, plan_splits, read_split
-from factory.runs import RunRecorder, list_runs, read_summary
-from factory.sink import STATUS_EXISTS, ExistingAssets, list_existing, mark_existing
-from factory.storage import Store
+from factory.catalog import manifest
+from factory.run import recorder as runs
+from factory.catalog.manifest import Split, iter_records, plan_splits, read_split
+from factory.store.run_tables import list_runs, read_summary
+from factory.run.recorder import RunRecorder
+from factory.sink.assets import STATUS_EXISTS, ExistingAssets, list_existing, mark_existing
+from factory.store.storage import Store
 
 
 class CountingFile:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from factory import images
+from factory.core import images
 from stages.base import Resources, StagePlan
 from stages.product import PRODUCT
 from stages.registry import REGISTRY
@@ -171,7 +171,7 @@ def test_flux_fill_runs_exactly_the_steps_asked_for(steps, strength):
 
 @pytest.fixture(scope="module")
 def inpaint_models(tmp_path_factory) -> Path:
-    from factory.tiny_models import FAMILY_MODELS, make_all
+    from stages.tiny.models import FAMILY_MODELS, make_all
 
     root = tmp_path_factory.mktemp("inpaint_models")
     make_all(root, only=tuple(FAMILY_MODELS[family] for family in FAMILIES))
@@ -179,7 +179,7 @@ def inpaint_models(tmp_path_factory) -> Path:
 
 
 def stage_for(family: str, root: Path, **params):
-    from factory.tiny_models import FAMILY_MODELS
+    from stages.tiny.models import FAMILY_MODELS
 
     card = REGISTRY[FAMILIES[family][0]]
     values = {"width": 48, "height": 32, "steps": 1, **params}

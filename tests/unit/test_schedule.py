@@ -1,6 +1,6 @@
 """Schedules: due slots fire once, survive restarts without double fires, export valid YAML.
 
-The Kubernetes export (``factory.kubernetes``) is checked against KubeRay's and Kubernetes'
+The Kubernetes export (``factory.deploy.kubernetes``) is checked against KubeRay's and Kubernetes'
 schemas in test_cluster_manifests.py; here, what it writes for a job's schedules.
 
 Hermetic: a local-directory store under tmp_path, a fake clock, a fake submit; no Ray, no sleep.
@@ -17,10 +17,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import yaml
 
-from factory import kubernetes
-from factory.schedule import (AlreadySubmitted, Scheduler, due_slot, jobs_submitter, run_id_for,
-                              validate_cron)
-from factory.storage import Store
+from factory.deploy import kubernetes
+from factory.deploy.schedule import (
+    AlreadySubmitted, Scheduler, due_slot, jobs_submitter, run_id_for, validate_cron,
+)
+from factory.store.storage import Store
 
 CLUSTER = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "asset-factory"},
            "spec": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [
@@ -232,7 +233,7 @@ def test_jobs_submitter_translates_duplicates(monkeypatch) -> None:
 
     def submit(job_path, *, address, run_id=None, season=None, refresh=False, working_dir="."):
         calls.append((job_path, address, run_id, season, refresh))
-        if len(calls) == 2:  # the message factory.jobs gives for a duplicate submission id
+        if len(calls) == 2:  # the message factory.deploy.ray_jobs gives for a duplicate submission id
             raise JobsError(f"run {run_id} was already submitted to the Ray cluster at "
                             f"{address}; Ray keeps submission ids unique: give another --run-id")
         if len(calls) == 3:
@@ -240,7 +241,7 @@ def test_jobs_submitter_translates_duplicates(monkeypatch) -> None:
         return run_id
 
     fake = types.SimpleNamespace(submit=submit, JobsError=JobsError)
-    monkeypatch.setitem(sys.modules, "factory.jobs", fake)  # no Ray: the real one submits
+    monkeypatch.setitem(sys.modules, "factory.deploy.ray_jobs", fake)  # no Ray: the real one submits
     fn = jobs_submitter("jobs/a.yaml", address="http://head:8265")
     fn("nightly", "rid", "summer", T0)
     with pytest.raises(AlreadySubmitted):
@@ -266,7 +267,7 @@ def test_export_writes_a_rayjob_and_per_schedule_a_raycronjob_and_a_fallback(tmp
     (once,) = docs["spring-catalog-rayjob.yaml"]
     assert (once["apiVersion"], once["kind"]) == ("ray.io/v1", "RayJob")
     assert once["metadata"]["generateName"] == "spring-catalog-"  # each create is one run
-    assert once["spec"]["entrypoint"] == "python -m factory.cli run /app/jobs/catalog.yaml"
+    assert once["spec"]["entrypoint"] == "python -m factory.cli.main run /app/jobs/catalog.yaml"
     assert once["spec"]["shutdownAfterJobFinishes"] is True
     assert once["spec"]["ttlSecondsAfterFinished"] > 0
     assert once["spec"]["activeDeadlineSeconds"] == kubernetes.DEFAULT_DEADLINE_S
@@ -282,7 +283,7 @@ def test_export_writes_a_rayjob_and_per_schedule_a_raycronjob_and_a_fallback(tmp
     assert cron["spec"]["schedule"] == "0 2 * * *"
     assert cron["spec"]["timeZone"] == "Etc/UTC"
     assert cron["spec"]["jobTemplate"]["entrypoint"] == \
-        "python -m factory.cli refresh /app/jobs/catalog.yaml --season summer"
+        "python -m factory.cli.main refresh /app/jobs/catalog.yaml --season summer"
     assert cron["spec"]["jobTemplate"]["shutdownAfterJobFinishes"] is True
 
     (fallback,) = docs["spring-catalog-nightly-cronjob.yaml"]
@@ -330,7 +331,7 @@ def test_export_rejects_bad_cron_and_paths_outside_the_repository(tmp_path) -> N
 def test_export_command_writes_the_manifests(tmp_path, monkeypatch) -> None:
     from click.testing import CliRunner
 
-    from factory.cli import main
+    from factory.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "jobs").mkdir()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from factory import images
-from factory.tiny_models import make_tiny_u2net_onnx
+from factory.core import images
+from stages.tiny.models import make_tiny_u2net_onnx
 from stages.base import Resources, StagePlan
 from stages.segment_rembg import BATCHABLE_SESSIONS, RembgSegmenter, SegmentParams
 from stages.registry import CARDS as ALL_CARDS

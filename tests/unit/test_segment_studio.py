@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 from scipy import ndimage
 
-from factory import images
-from factory.product_photos import KINDS, make_product
+from factory.core import images
+from factory.catalog.product_photos import KINDS, make_product
 from stages.base import StagePlan
 from stages.registry import REGISTRY
 from stages.segment_studio import StudioKeyParams, StudioKeySegmenter, studio_key

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory.keys import SOURCE_SHA256
-from factory.rows import RowRules, validate_batch
-from factory.sources import SourceConfig, content_key, fetch_sources
-from factory.s3 import S3Options
-from factory.storage import Store
+from factory.spec.keys import SOURCE_SHA256
+from factory.run.rows import RowRules, validate_batch
+from factory.run.sources import SourceConfig, content_key, fetch_sources
+from factory.store.s3 import S3Options
+from factory.store.storage import Store
 from stages.registry import get_card
 from stages.source_photo import SOURCE_URI
 from tests.support.photo_server import PhotoServer, Route
@@ -138,7 +138,7 @@ def test_a_missing_photo_may_fall_back_to_the_prompt(tmp_path):
 def test_fetch_options_do_not_change_keys():
     from dataclasses import replace
 
-    from factory.keys import params_hash
+    from factory.spec.keys import params_hash
     from stages.base import StagePlan
 
     card = get_card("source/photo")

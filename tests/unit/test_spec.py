@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.spec import SpecError, load_job
+from factory.spec.job import SpecError, load_job
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "specs"
 BAD = sorted((FIXTURES / "bad").glob("*.yaml"))
@@ -76,7 +76,7 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_diffusion_after_upscale_warns_but_validates(monkeypatch) -> None:
-    from factory import spec as spec_module
+    from factory.spec import job as spec_module
     from stages.base import StageCard
     from stages.registry import REGISTRY, get_card
     from stages.synthetic import Passthrough
@@ -95,7 +95,7 @@ def test_diffusion_after_upscale_warns_but_validates(monkeypatch) -> None:
 
 
 def test_shipped_job_specs_validate() -> None:
-    from factory.train_spec import TrainingSpecDoc
+    from factory.lora.train_spec import TrainingSpecDoc
 
     paths = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
     assert len(paths) >= 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory import images
+from factory.core import images
 from stages.base import Resources, Stage, StageCard, StageInputError, StagePlan, StageParams
 
 

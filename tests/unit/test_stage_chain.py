@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory import images
+from factory.core import images
 from stages.base import Resources, Stage, StageCard, StagePlan, StageParams
 from stages.chain import StageChain, concat, pool_resources, pools
 
@@ -111,7 +111,7 @@ def test_validate_prints_the_pools_a_job_will_start():
 
     from click.testing import CliRunner
 
-    from factory.cli import main
+    from factory.cli.main import main
 
     jobs = Path(__file__).resolve().parents[2] / "jobs"
     out = CliRunner().invoke(main, ["validate", str(jobs / "demo.yaml")])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory import images
-from factory.keys import asset_key
-from factory.storage import Store
-from factory.templating import TemplateError, render, template_fields
+from factory.core import images
+from factory.spec.keys import asset_key
+from factory.store.storage import Store
+from factory.spec.templating import TemplateError, render, template_fields
 
 
 def test_template_renders_row_fields_and_collapses_whitespace():
@@ -64,7 +64,7 @@ def test_publish_file_replaces_whole_and_leaves_no_temp(tmp_path):
 
 
 def test_local_preflight_names_an_unwritable_output(tmp_path):
-    from factory.s3 import StorageError
+    from factory.store.s3 import StorageError
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -105,7 +105,8 @@ def test_pixel_columns_round_trip():
 
 def test_a_local_commit_is_create_only(tmp_path):
     """Two recorders of one run id: the first commit wins, the second publishes nothing."""
-    from factory.runs import RunRecorder, is_committed, read_summary
+    from factory.store.run_tables import is_committed, read_summary
+    from factory.run.recorder import RunRecorder
 
     store = Store(str(tmp_path))
     first, second = RunRecorder(store, "r", ()), RunRecorder(store, "r", ())
@@ -122,8 +123,8 @@ def test_a_store_failure_in_the_sink_is_not_a_per_sku_failure(tmp_path):
     SKU's own failure."""
     import numpy as np
 
-    from factory.s3 import StorageError
-    from factory.sink import SinkConfig, write_assets
+    from factory.store.s3 import StorageError
+    from factory.sink.assets import SinkConfig, write_assets
 
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the store's directory should be")

@@ -1,4 +1,4 @@
-"""Tests for factory.tiny_models: tiny real-architecture models load via real loaders."""
+"""Tests for stages.tiny.models: tiny real-architecture models load via real loaders."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 try:
-    from factory import tiny_models
+    from stages.tiny import models as tiny_models
 except ImportError:  # running plain `pytest` without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from factory import tiny_models
+    from stages.tiny import models as tiny_models
 
 PROMPTS = ["a red fox in the snow", "Café au lait, 100% organic! 😀", "", "brand logo on a mug"]
 FORBIDDEN_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
@@ -245,7 +245,7 @@ def test_inpaint_models_are_their_real_architectures(models: dict[str, Path],
                            StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline)
     from transformers import CLIPTextModelWithProjection
 
-    from factory.tiny_inpaint import fill_in_channels, make_tiny_sd_inpaint
+    from stages.tiny.inpaint import fill_in_channels, make_tiny_sd_inpaint
 
     sd = AutoPipelineForInpainting.from_pretrained(models["sd-inpaint-tiny"], use_safetensors=True)
     assert isinstance(sd, StableDiffusionInpaintPipeline)

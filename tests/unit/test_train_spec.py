@@ -9,9 +9,9 @@ import yaml
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from factory.lora_data import collect_data
-from factory.lora_train import training_id
-from factory.train_spec import Training, TrainSpecError, load_training, parse_training
+from factory.lora.data import collect_data
+from factory.lora.train import training_id
+from factory.lora.train_spec import Training, TrainSpecError, load_training, parse_training
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,8 +108,8 @@ def test_duplicate_keys_and_bad_yaml_are_rejected(brand):
 
 
 def test_a_bad_spec_fails_before_ray_starts(brand, monkeypatch):
-    from factory import lora_train
-    from factory.cli import main
+    from factory.lora import train as lora_train
+    from factory.cli.main import main
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started for a bad spec")
@@ -157,9 +157,9 @@ def test_more_workers_than_images_is_rejected(brand):
 
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_the_lora_demo_render_job_validates_and_names_its_adapter(tmp_path, store):
-    from factory.lora_adapter import ADAPTER_FILE
-    from factory.lora_demo import write_render_job
-    from factory.spec import load_job
+    from factory.lora.adapter import ADAPTER_FILE
+    from factory.lora.demo import write_render_job
+    from factory.spec.job import load_job
 
     key = f"loras/{'ab' * 32}/{ADAPTER_FILE}"  # where training stores an adapter
     adapter = str(tmp_path / "lora-out" / key) if store == "local" else f"s3://brand/{key}"

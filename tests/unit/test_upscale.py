@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from factory import images
-from factory.tiny_models import make_tiny_swin2sr
+from factory.core import images
+from stages.tiny.models import make_tiny_swin2sr
 from stages.base import Resources, StagePlan
 from stages.upscale_swin2sr import (
     LanczosParams,

@@ -1,0 +1,454 @@
+"""The pipeline: read → validate → actor pools (one per GPU stage, one per run of consecutive
+CPU stages: ``stages.chain``) → sink → the run's tables.
+
+``run_job`` scans the manifest (its fingerprint is part of the run's identity,
+``factory.run.identity``), materialises the validated work list, prints the plan, then executes the
+lazy Ray Data plans of ``build_datasets``, streaming the sink's rows into a ``RunRecorder`` and
+committing the run at the end. Ray does the scheduling, backpressure and actor restarts;
+nothing here queues or retries on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy
+
+from factory.sink.channel_assets import ChannelSinkConfig, write_channel_assets
+from factory.cost.budget import Budget
+from factory.run.identity import RunInputs, budget_text
+from factory.spec.keys import asset_key, chain_fingerprint, channel_fingerprints, extension
+from factory.core.metrics import RunLabels
+from factory.spec.prices import CostModel, CostTotals, StageShare, stage_shares
+from factory.catalog.manifest import ManifestDatasource, ManifestInfo, scan
+from factory.run.placement import (  # noqa: F401 - API
+    TASK_CPUS, ClusterTooSmall, alive_nodes, check_output_reach, check_resources, driver_node_label, logical_cpus_needed,
+)
+from factory.core.provenance import ModelUse, Provenance
+from factory.spec.qa import QaRetries, check_batch
+from factory.spec.routes import route_stages
+from factory.store.s3 import is_s3
+from factory.run.rows import RowRules, validate_batch
+from factory.run.result import RunPlan, RunResult, committed_result, count_fates
+from factory.store.run_tables import LINEAGE, REJECTS, is_committed
+from factory.run.recorder import Counts, RunRecorder
+from factory.run.sources import SourceConfig, fetch_sources, manifest_folder, sources_digest
+from factory.sink.assets import (
+    IntermediateConfig, SinkConfig, list_existing, mark_existing, select_rows, write_assets, write_intermediates,
+)
+from factory.spec.job import Job
+from factory.store.storage import Store
+from stages.base import StagePlan
+from stages.chain import StageChain, pool_resources, pools
+
+log = logging.getLogger(__name__)
+
+#: Rows per sink task: encoding is the sink's real cost, so small batches spread it.
+SINK_BATCH = 8
+#: Rows per block while reading, validating and looking up existing work: cheap per row.
+PREPARE_ROWS = 256
+
+
+def fingerprint(job: Job, upto: int | None = None, *, route: str | None = None) -> str:
+    """The chain fingerprint of the job (or of its first ``upto`` stages, for intermediates);
+    with ``route``, of that route's chain (``factory.spec.routes``)."""
+    if upto is not None:
+        return chain_fingerprint(job.stages[:upto], encoding="png")
+    encoding = f"{job.output.image_format}:{job.output.quality}{_gate_text(job, route)}"
+    return chain_fingerprint(chain_of(job, route), encoding=encoding)
+
+
+def _gate_text(job: Job, route: str | None) -> str:
+    """A gated row's key names its gate (``factory.spec.qa``): "" where no gate applies, so the
+    keys of a job without ``qa:`` are what they always were."""
+    gate = job.qa.gate(route) if job.qa is not None else None
+    return f":qa:{gate.fingerprint_text()}" if gate is not None else ""
+
+
+def chain_of(job: Job, route: str | None = None) -> tuple:
+    """The stages a row goes through: the job's, or its route's."""
+    return job.stages if route is None else route_stages(job.stages, job.routes.get(route))
+
+
+def row_rules(job: Job, info: ManifestInfo) -> RowRules:
+    """What every manifest row of this job must satisfy, and how its asset key is derived.
+
+    With channels a row is looked up by its last channel's key (``factory.sink.channel_assets``);
+    with routes, by its route's chain."""
+    route_keys = ({r.name: _lookup_key(job, r.name) for r in job.routes.chains}
+                  if job.routes is not None else {})
+    chain, ext = _lookup_key(job, None)
+    source = source_plan(job)
+    return RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
+                    negative_template=job.negative_template,
+                    duplicate_rejects=info.duplicate_rejects, chain_fingerprint=chain,
+                    image_ext=ext, routes=job.routes, route_keys=route_keys,
+                    photo_column=source.params.column if source is not None else "")
+
+
+def source_plan(job: Job) -> StagePlan | None:
+    """The job's source stage (its first, ``stages.source_photo``), or None."""
+    return job.stages[0] if job.stages and job.stages[0].card.kind == "source" else None
+
+
+def _lookup_key(job: Job, route: str | None) -> tuple[str, str]:
+    """The (chain fingerprint, extension) a row's asset is looked up by."""
+    if job.channels:
+        last = job.channels[-1]
+        return channel_prints(job, route)[-1], f"{last.name}.{last.extension}"
+    return fingerprint(job, route=route), extension(job.output.image_format)
+
+
+def channel_prints(job: Job, route: str | None = None) -> tuple[str, ...]:
+    """The fingerprint of each of the job's channels (``factory.spec.keys.channel_fingerprints``),
+    over the job's chain or ``route``'s."""
+    return channel_fingerprints(chain_of(job, route), tuple(
+        c.fingerprint_text() + _gate_text(job, route) for c in job.channels))
+
+
+def _work_list(job: Job, info: ManifestInfo, store: Store, *,
+               limit: int | None, nodes: int = 1) -> ray.data.Dataset:
+    """read → validate → mark existing work, materialised once (rows of text, no pixels, in
+    the object store, not the driver): each row's fate is decided exactly once, so no row can
+    fall between the finished and the to-render plans, even while another run writes."""
+    source = ManifestDatasource(job.manifest_uri, job.manifest_format, limit=limit,
+                                s3_options=job.s3, catalog=job.catalog)
+    # A local manifest is where the driver is: on a multi-node Ray its read stays there.
+    pinned = driver_node_label() if nodes > 1 and not is_s3(job.manifest_uri) else None
+    # One read task per split of the file (row groups, or runs of ~64k records): Ray's own
+    # block count would cut every task's output again into pieces.
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(),
+                                  label_selector=pinned)
+    ds = ds.repartition(target_num_rows_per_block=PREPARE_ROWS)
+    rules = row_rules(job, info)
+    ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules},
+                        batch_size=None, batch_format="numpy", num_cpus=0.25)
+    source = source_plan(job)
+    if source is not None:  # the photo's hash is part of the key: fetched before the lookup
+        config = SourceConfig(store=store, params=source.params, s3=job.s3, rules=rules,
+                              base_dir=manifest_folder(job.manifest_uri))
+        ds = ds.map_batches(fetch_sources, fn_kwargs={"config": config}, batch_size=None,
+                            batch_format="numpy", num_cpus=0.25)
+    existing = list_existing(store, rows=info.rows)  # on S3, one LIST per 1,000 assets
+    ds = ds.map_batches(mark_existing, fn_kwargs={"store": store, "existing": existing},
+                        batch_size=None, batch_format="numpy", num_cpus=0.25)
+    return ds.materialize()
+
+
+def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bool = True,
+                   labels: RunLabels = RunLabels(),
+                   budget: Budget | None = None) -> tuple[ray.data.Dataset, ...]:
+    """Lazy Ray Data plans over one materialised work list: the rows whose assets already
+    exist or that were rejected (straight to the sink's lineage, no stage touches them) and,
+    when ``render``, the rows to render through the stages' actor pools (``stages.chain.pools``).
+
+    Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
+    actor pool; with nothing to render, no pool starts and no model loads. With a ``budget``,
+    its gate admits each block's rows before the first pool (``factory.cost.budget``).
+    """
+    sink, sink_settings = sink_task(job, store, labels)
+    done = work.map_batches(select_rows, fn_kwargs={"render": False}, batch_size=None,
+                            batch_format="numpy", num_cpus=0.25)
+    done = done.map_batches(sink, fn_kwargs={"config": sink_settings},
+                            batch_size=None, batch_format="numpy", num_cpus=0.25)
+    if not render:
+        return (done,)
+    ds = work.map_batches(select_rows, fn_kwargs={"render": True}, batch_size=None,
+                          batch_format="numpy", num_cpus=0.25)
+    # Blocks of one batch of the largest-batch stage: every actor of a pool gets work, and each
+    # stage's batches depend on the manifest alone (same batches, same bytes, run after run).
+    # With a budget, blocks are exactly that size (the last excepted): while the gate holds
+    # the next block, the one in flight must fill every pool's batch and reach the driver.
+    ds = ds.repartition(target_num_rows_per_block=block_rows(job), strict=budget is not None)
+    if budget is not None:  # one block at a time, in manifest order; no CPU held while it waits
+        gate, config = budget.gate()
+        ds = ds.map_batches(gate, fn_kwargs={"config": config}, batch_size=None,
+                            batch_format="numpy", num_cpus=0, concurrency=1)
+    index = 0
+    for pool in pools(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates):
+        r = pool_resources(pool)
+        if len(pool) == 1:
+            fn, kwargs = _named(pool[0].card.runtime, pool[0].name), {"plan": pool[0]}
+        else:  # consecutive CPU stages: one actor loads them all and runs them in order
+            fn, kwargs = _named(StageChain, "+".join(p.name for p in pool)), {"plans": pool}
+        ds = ds.map_batches(
+            fn,
+            fn_constructor_kwargs={**kwargs, "labels": labels},
+            batch_size=r.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=r.concurrency),
+            num_gpus=r.num_gpus,
+            num_cpus=r.num_cpus,
+        )
+        index += len(pool)
+        plan = pool[-1]
+        if plan.name in job.keep_intermediates:
+            config = IntermediateConfig(store=store, stage=plan.name,
+                                        fingerprint=fingerprint(job, upto=index))
+            ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
+                                batch_size=None, batch_format="numpy", num_cpus=0.5)
+    if job.qa is not None:  # the brand QA gate: rows outside it are rendered again (factory.spec.qa)
+        ds = ds.map_batches(check_batch, fn_kwargs={"config": job.qa}, batch_size=None,
+                            batch_format="numpy", num_cpus=0.25)
+    ds = ds.map_batches(sink, fn_kwargs={"config": sink_settings},
+                        batch_size=SINK_BATCH if budget is None else min(SINK_BATCH,
+                                                                         block_rows(job)),
+                        batch_format="numpy", num_cpus=0.5)
+    return done, ds
+
+
+def sink_config(job: Job, store: Store, labels: RunLabels = RunLabels()) -> SinkConfig:
+    """The sink's frozen settings for a job."""
+    routes = job.routes.names if job.routes is not None else ()
+    return SinkConfig(store=store, image_format=job.output.image_format,
+                      quality=job.output.quality, png_compression=job.output.png_compression,
+                      chain_fingerprint=fingerprint(job), labels=labels,
+                      route_fingerprints={r: fingerprint(job, route=r) for r in routes})
+
+
+def sink_task(job: Job, store: Store, labels: RunLabels = RunLabels()) -> tuple[Callable, Any]:
+    """The task at the end of the chain and its config: ``write_assets``, or with channels
+    ``write_channel_assets`` (one asset per channel, each with the generated-image XMP)."""
+    if not job.channels:
+        return write_assets, sink_config(job, store, labels)
+
+    def provenance(route: str | None) -> Provenance:
+        return Provenance(run_id=labels.run_id, job=job.name, models=tuple(
+            ModelUse(p.name, p.card.name, p.source_ref, p.revision)
+            for p in chain_of(job, route)))
+
+    routes = job.routes.names if job.routes is not None else ()
+    return write_channel_assets, ChannelSinkConfig(
+        sink=sink_config(job, store, labels), channels=job.channels,
+        prints=channel_prints(job), provenance=provenance(None),
+        route_prints={r: channel_prints(job, r) for r in routes},
+        route_provenance={r: provenance(r) for r in routes})
+
+
+def block_rows(job: Job) -> int:
+    """Rows per block between stages: one batch of the stage with the largest batches."""
+    return max(plan.resources.batch_size for plan in job.stages)
+
+
+def _named(runtime: type, stage_name: str) -> type:
+    """A subclass named after the stage(s), so the Ray dashboard names each pool."""
+    safe = "".join(ch if ch.isalnum() else "_" for ch in stage_name)
+    return type(f"{runtime.__name__}_{safe}", (runtime,), {"__module__": runtime.__module__})
+
+
+def run_job(job: Job, *, limit: int | None = None,
+            on_progress: Callable[[Counts, int], None] | None = None,
+            on_plan: Callable[[RunPlan], None] | None = None) -> RunResult:
+    """Run a validated job on the connected Ray and commit its run. Needs ``ray.init`` first.
+
+    The manifest is scanned (and fingerprinted) and the store probed before any model loads;
+    ``on_plan`` hears what the run will do before the stages start. A run id that is already
+    committed from the same inputs is reported and nothing is written; from other inputs it
+    raises ``RunInputsMismatch``. A store that fails for good (after botocore's retries) stops
+    the run uncommitted with ``StorageError``; running the same run id again resumes it.
+    """
+    started = time.perf_counter()
+    # Ordered execution keeps each stage's batches the same from run to run: batched float
+    # maths is then bit-identical too, so the same job yields the same bytes on the same machine.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    store = Store(job.output.uri, job.s3)
+    info = scan(job.manifest_uri, job.manifest_format, limit=limit, s3_options=job.s3,
+                default_variant=job.variant, catalog=job.catalog)
+    inputs = RunInputs(spec_hash=job.spec_hash, manifest_sha256=info.sha256,
+                       manifest_rows=info.rows, limit=limit, season=job.season,
+                       budget_usd=budget_text(job.budget_usd))
+    run_id = job.run_id or inputs.derived_run_id(job.name)
+    work = None
+    if source_plan(job) is not None:
+        # the photos are inputs too: fetched (conditional GETs where they were fetched
+        # before) and hashed before the run knows which run it is
+        nodes = len(alive_nodes())
+        check_output_reach(job, nodes)
+        check_resources(job)
+        store = store.preflight(run_id)
+        work = _work_list(job, info, store, limit=limit, nodes=nodes)
+        inputs = replace(inputs, sources_sha256=sources_digest(work))
+        run_id = job.run_id or inputs.derived_run_id(job.name)
+    paths = {"lineage_path": store.path(f"runs/{run_id}/{LINEAGE}"),
+             "rejects_path": store.path(f"runs/{run_id}/{REJECTS}")}
+    if is_committed(store, run_id):
+        return committed_result(job, run_id, inputs, store, paths)
+    if work is None:
+        nodes = len(alive_nodes())
+        check_output_reach(job, nodes)
+        check_resources(job)
+        store = store.preflight(run_id)
+    log.info("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
+    labels = RunLabels(job=job.name, run_id=run_id)
+    shares = stage_shares(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates)
+    recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates,
+                           channels=len(job.channels),
+                           costs=CostModel(job.prices, shares, channels=max(len(job.channels), 1)),
+                           on_cost=_cost_metrics(labels, shares), routes=job.routes,
+                           qa=job.qa is not None)
+    budget = Budget.start(job, store) if job.budget_usd is not None else None
+    try:
+        if work is None:
+            work = _work_list(job, info, store, limit=limit, nodes=nodes)
+        work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
+        plan = count_fates(work, run_id, inputs, info.skipped)
+        if on_plan is not None:
+            on_plan(plan)
+        stage_names = [p.name for p in job.stages]
+        qa = qa_retries(job, recorder, work)
+
+        def record(batch) -> None:
+            if batch.num_rows:
+                kept = qa.take(batch) if qa is not None else batch  # rows to render again: held
+                recorder.add(kept)
+                _add_stage_ms(recorder.counts, kept, stage_names)
+                if budget is not None:
+                    budget.record(qa.settled(batch) if qa is not None else batch,
+                                  recorder.counts.cost.total_usd)
+            if on_progress is not None:
+                on_progress(recorder.counts, info.rows)
+
+        for ds, role in zip(build_datasets(job, work, store, render=plan.to_render > 0,
+                                           labels=labels, budget=budget), ("finished", "render")):
+            if role == "finished" and plan.to_render == plan.rows:
+                continue  # every row renders: no execution (and its start-up) for none
+            ds.set_name(f"{run_id}:{role}")
+            # with a budget each batch is handed over as it arrives (Ray's prefetch would hold
+            # it until the next one is in): the gate waits on what the driver records
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
+                                         prefetch_batches=0 if budget else 1):
+                record(batch)
+        if qa is not None:  # the QA gate's retries: the same pools again, a pass per attempt
+            qa.run(lambda rows: build_datasets(job, rows, store, labels=labels)[-1], record,
+                   name=run_id)
+        result = RunResult(run_id=run_id, manifest_rows=info.rows, counts=recorder.counts,
+                           wall_s=time.perf_counter() - started, output_uri=job.output.uri,
+                           write_mode=store.write_mode,
+                           cost=recorder.counts.cost.summary(job.prices), **paths,
+                           budget=budget.summary(recorder.counts.cost.total_usd) if budget
+                           else {}, qa=qa.summary() if qa is not None else {})
+        # every manifest row ends once per channel (once, without channels): asset, failure,
+        # rejection or deferral
+        expected = info.rows * recorder.counts.channels
+        if recorder.counts.outcomes != expected:
+            raise RuntimeError(f"SKU accounting broke: {info.rows} manifest rows x "
+                               f"{recorder.counts.channels} channel(s) but "
+                               f"{recorder.counts.outcomes} recorded; run not committed")
+        committed = recorder.commit({**result.summary(), "job": job.name,
+                                     "spec_hash": job.spec_hash, "season": job.season or "",
+                                     **({"skipped": info.skipped} if info.skipped else {}),
+                                     **({"channels": [c.name for c in job.channels]}
+                                        if job.channels else {}),
+                                     "inputs": inputs.as_dict(),
+                                     "committed_at": datetime.now(timezone.utc).isoformat()})
+    except BaseException:
+        recorder.abort()
+        raise
+    finally:
+        if budget is not None:
+            budget.close()
+    if not committed:  # a concurrent run of this id committed first: report its result
+        log.warning("run %s was committed by a concurrent run first; reporting its result",
+                    run_id)
+        return committed_result(job, run_id, inputs, store, paths)
+    return replace(result, report_path=_write_report(store, run_id))
+
+
+def qa_retries(job: Job, recorder: RunRecorder, work: ray.data.Dataset) -> QaRetries | None:
+    """The driver's side of the job's QA gate (``factory.spec.qa``), or None without ``qa:``: a
+    row rendered again gets its route's asset key for its new seed, as ``row_rules`` derives."""
+    if job.qa is None:
+        return None
+    routes = job.routes.names if job.routes is not None else (None,)
+    keys = {route: _lookup_key(job, route) for route in routes}
+
+    def key_of(item: dict) -> str:
+        return asset_key(*keys[item["route"] if job.routes is not None else None], item)
+
+    return QaRetries(costs=recorder.costs, counts=recorder.counts, key_of=key_of,
+                     columns=work.schema().names, on_cost=recorder.on_cost)
+
+
+def _write_report(store: Store, run_id: str) -> str:
+    """The committed run's HTML report; a report that cannot be written is logged, never
+    a reason to call the committed run failed (``factory runs open`` writes it later)."""
+    from factory.run.report import write_report
+
+    try:
+        return write_report(store, run_id)
+    except Exception as exc:  # noqa: BLE001 - the run is committed either way
+        log.warning("run %s: the report could not be written (%s); `factory runs open %s` "
+                    "tries again", run_id, exc, run_id)
+        return ""
+
+
+def _cost_metrics(labels: RunLabels, shares: tuple[StageShare, ...]
+                  ) -> Callable[[CostTotals], None]:
+    """Exports each recorded batch's dollars per stage (``factory_stage_cost_usd``)."""
+    from factory.core import metrics
+
+    by_name = {s.name: s for s in shares}
+
+    def record(batch: CostTotals) -> None:
+        for stage, usd in batch.usd.items():
+            share = by_name[stage]
+            metrics.inc("factory_stage_cost_usd", float(usd), labels.tags(
+                stage=stage, model=share.model, device="cuda" if share.gpus else "cpu"))
+
+    return record
+
+
+def _add_stage_ms(counts: Counts, batch, stages: list[str]) -> None:
+    """Per-stage milliseconds and rows rendered so far (for the progress display)."""
+    import pyarrow.compute as pc
+
+    for stage in stages:
+        column = f"ms_{stage}"
+        if column in batch.column_names:
+            column = batch[column]
+            done = pc.filter(column, pc.greater(pc.fill_null(column, 0.0), 0.0))
+            total = pc.sum(done).as_py() or 0.0
+            if total:
+                counts.stage_ms[stage] = counts.stage_ms.get(stage, 0.0) + total
+                counts.stage_rows[stage] = counts.stage_rows.get(stage, 0) + len(done)
+
+
+def local_cpus(logical_cpus: float | None) -> int:
+    """Logical CPUs of the factory's own local Ray: at least the cores, and enough for the
+    job's actor pools plus the read, validate and sink tasks (they time-share the cores)."""
+    import os
+
+    return max(os.cpu_count() or 1, int(logical_cpus or 0) + int(TASK_CPUS) + 1)
+
+
+def init_ray(address: str | None, *, logical_cpus: float | None = None,
+             dashboard: bool = True) -> str | None:
+    """Connect to a cluster, or start a local Ray of our own; return the dashboard's URL.
+
+    A local Ray gets at least as many logical CPUs as the job's actor pools ask for, plus one
+    for the read, validate and sink tasks; they time-share the real cores. Its dashboard
+    (``dashboard``) listens on 127.0.0.1 only, behind Ray's token authentication.
+    """
+    from factory.core.console import quiet_ray, quiet_ray_data
+
+    if ray.is_initialized():
+        return None
+    quiet_ray()
+    if address:
+        context = ray.init(address=address, log_to_driver=True)
+    else:
+        cpus = local_cpus(logical_cpus)
+        # address="local": always a new Ray of our own, never one found on the machine
+        context = ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", log_to_driver=True,
+                           configure_logging=True, logging_level=logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one progress display per run: the factory's own
+    quiet_ray_data()
+    return getattr(context, "dashboard_url", None) or None
