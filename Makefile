@@ -22,7 +22,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test bench s3-server clean lock image
+.PHONY: setup demo test docs bench s3-server clean lock image
 
 setup: $(STAMP)
 
@@ -54,7 +54,11 @@ test: $(STAMP)
 	  && [ "$$(id -u)" = 0 ] && { apt-get install -y --no-install-recommends chromium \
 	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }; }; } \
 	  >/dev/null 2>&1 || echo "chromium not installed: the report's browser test will be skipped"
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
+
+# The documentation site (docs/, mkdocs.yml) into site/; `make test` builds it too (strict).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) benchmarks/p2_overhead.py

@@ -233,16 +233,15 @@ class Store:
     def preflight(self, run_id: str) -> Store:
         """Write and delete a probe object before any model loads; return the store with its
         create-only mode settled. Raises ``StorageError`` naming the problem."""
-        probe = f"runs/{run_id}/.preflight-{uuid.uuid4().hex}"
+        # at the store's root, not in the run's folder: a run that ends up under another id
+        # (its photos are among its inputs) leaves no folder behind, and concurrent runs of
+        # one id never remove each other's
+        probe = f".preflight-{run_id}-{uuid.uuid4().hex}"
         if not self.is_s3:
-            folder = Path(self.uri) / "runs" / run_id
-            existed = folder.exists()
             try:
                 Path(self.uri).mkdir(parents=True, exist_ok=True)
                 _local_create(Path(self.uri) / probe, b"probe")
                 self.delete(probe)
-                if not existed:  # a run that ends up under another id leaves no folder
-                    folder.rmdir()
             except OSError as exc:
                 raise StorageError(f"{self.uri}: cannot write to the output directory: "
                                    f"{exc.strerror or exc}") from exc
