@@ -17,13 +17,11 @@ from typing import Any, ClassVar, NamedTuple, Sequence
 import numpy as np
 from pydantic import Field, field_validator
 
-from stages.base import Stage, StageParams, render_by_size
+from stages.base import StageParams, render_by_size
 from stages.colour import parse_hex_colour
-from stages.generate_diffusers import Dtype
+from stages.generate_diffusers import DiffusersGenerator, Dtype
 from stages.lora_diffusers import schedule_length
 from stages.product import FIDELITY, PRODUCT, composite, fidelity_delta_e, resize_layer
-from stages.weights import (check_local_weights, compile_denoiser, quiet_loaders, to_device,
-                            torch_device, torch_dtype)
 
 #: What a scene card adds, and the per-asset figure it records (the cards use these).
 SCENE_OUTPUTS = ("image", PRODUCT)
@@ -226,23 +224,18 @@ def fill_schedule_length(steps: int, strength: float) -> int:
     return n
 
 
-class DiffusersScene(Stage):
-    """The product placed, the scene generated around it, the product put back exactly."""
+class DiffusersScene(DiffusersGenerator):
+    """The product placed, the scene generated around it, the product put back exactly.
+
+    It loads its pipeline as the generate stage does (device, dtype, compile); only which
+    pipeline class and what a batch becomes differ."""
 
     image_columns: ClassVar[tuple[str, ...]] = SCENE_OUTPUTS
 
     def _load(self) -> None:
         from diffusers import FluxFillPipeline
 
-        quiet_loaders()  # before the hub libraries' imports, which warn on import
-        check_local_weights(self.plan.source, allow_pickle=self.plan.allow_pickle)
-        self.device = torch_device(self.plan.resources.num_gpus)
-        self.dtype = torch_dtype(self.params.dtype, device=self.device,
-                                 cuda_dtype=self.plan.card.cuda_dtype)
-        self.pipe = to_device(self._from_pretrained(self.dtype), self.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        if self.params.compile:
-            compile_denoiser(self.pipe)
+        super()._load()
         self.fill = parse_hex_colour(self.params.fill)
         self.grow = int(self.pipe.vae_scale_factor)
         self.negatives = "negative_prompt" in inspect.signature(self.pipe.__call__).parameters
