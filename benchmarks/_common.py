@@ -51,7 +51,8 @@ def work_rows(job_: Job, limit: int | None = None) -> dict[str, Any]:
 
 
 def start_ray(job_: Job) -> None:
-    from factory.run.pipeline import init_ray, logical_cpus_needed
+    from factory.run.pipeline import init_ray
+    from factory.run.placement import logical_cpus_needed
 
     init_ray(None, logical_cpus=logical_cpus_needed(job_))
     import ray.data

@@ -121,7 +121,8 @@ def building(device: str, dtype: Any) -> Iterator[None]:
 def _tokenizers() -> tuple[Any, Any]:
     from transformers import CLIPTokenizer, T5Tokenizer
 
-    from stages.tiny.models import CLIP_MAX_LENGTH, _clip_vocab, _t5_vocab
+    from stages.tiny.common import CLIP_MAX_LENGTH, _clip_vocab
+    from stages.tiny.families import _t5_vocab
 
     clip = CLIPTokenizer(vocab=_clip_vocab(), merges=[], model_max_length=CLIP_MAX_LENGTH)
     return clip, T5Tokenizer(vocab=_t5_vocab(), extra_ids=0, model_max_length=512)

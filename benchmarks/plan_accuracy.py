@@ -57,7 +57,8 @@ def main() -> None:
     full = job(directory, manifest, STAGES)
     start_ray(full)
     from factory.run.pipeline import run_job
-    from factory.run.forecast import calibrate, count_work, predict, probe
+    from factory.cost.calibration import calibrate
+    from factory.run.forecast import count_work, predict, probe
     from factory.store.run_tables import read_lineage
     from factory.store.storage import Store
 

@@ -22,12 +22,12 @@ from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from factory.core import images, metrics
 from factory.core.status import STATUS_FAILED, STATUS_OK
+from factory.core.strict import Strict
 from factory.core.metrics import RunLabels
-from factory.store.s3 import StorageError
+from factory.store.s3 import S3Options, StorageError
 from stages.product import FIDELITY, PRODUCT, composite, fidelity_delta_e, resize_layer
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ STAGE_KINDS = ("source", "generate", "segment", "scene", "upscale", "recolor", "
 FIDELITY_COLUMN = "__fidelity__"
 
 
-class StageParams(BaseModel):
+class StageParams(Strict):
     """Base of every stage's typed, frozen parameters; unknown keys are errors.
 
     Every param is part of the stage's params hash (and so of every asset key) except:
@@ -48,8 +48,6 @@ class StageParams(BaseModel):
     timeout, a thread count), and ``key_added`` ones while they hold their default: options a
     card gained after keys were in use, so jobs that do not set them keep their keys.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     key_neutral: ClassVar[frozenset[str]] = frozenset()
     key_added: ClassVar[frozenset[str]] = frozenset()
@@ -167,7 +165,8 @@ class StagePlan:
     allow_pickle: bool = False
     source_ref: str = ""
     models_dir: str = ""
-    s3: Any = None
+    #: None: the environment's settings (``factory.core.settings``).
+    s3: S3Options | None = None
     cache_dir: str = ""
     routes: tuple[str, ...] = ()
 

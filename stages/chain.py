@@ -16,6 +16,7 @@ Each stage keeps its own contract: its ``__call__`` checks columns, times itself
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -59,6 +60,31 @@ def pool_resources(plans: Sequence[StagePlan]) -> Resources:
                      num_cpus=max(p.resources.num_cpus for p in plans),
                      batch_size=max(p.resources.batch_size for p in plans),
                      concurrency=max(p.resources.concurrency for p in plans))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One actor pool of a job: its stages, in chain order, and what each actor asks Ray for.
+
+    Attributes:
+        plans: one GPU stage, or a run of consecutive CPU stages (a ``StageChain``).
+        resources: ``pool_resources(plans)``.
+    """
+
+    plans: tuple[StagePlan, ...]
+    resources: Resources
+
+    @property
+    def name(self) -> str:
+        """``a+b+c``: its stages' names, as the Ray dashboard and ``factory validate`` show it."""
+        return "+".join(p.name for p in self.plans)
+
+
+def pool_layout(plans: Sequence[StagePlan], *, fuse: bool = True,
+                keep: Sequence[str] = ()) -> tuple[Pool, ...]:
+    """The job's actor pools (``pools``), each with its resources: computed once per job
+    (``factory.spec.job.Job.pools``) and read by the pipeline, placement, prices and forecast."""
+    return tuple(Pool(group, pool_resources(group)) for group in pools(plans, fuse=fuse, keep=keep))
 
 
 class StageChain:

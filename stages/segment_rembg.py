@@ -14,13 +14,16 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from stages.base import Stage, StageParams
 from stages.weights import check_local_weights
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 REMBG_PREFIX = "rembg:"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -153,12 +156,12 @@ class RembgSegmenter(Stage):
             coverage.append(float(rgba[..., 3].mean()) / 255.0)
         return {"image": out, "alpha_coverage": coverage}
 
-    def _single_mask(self, pil: Any) -> np.ndarray:
+    def _single_mask(self, pil: Image.Image) -> np.ndarray:
         from rembg import remove
 
         return np.asarray(remove(pil, session=self.session, only_mask=True))
 
-    def _batched_masks(self, pils: list[Any]) -> list[np.ndarray]:
+    def _batched_masks(self, pils: list[Image.Image]) -> list[np.ndarray]:
         """One model call for the batch; per-image post-processing as the session's predict."""
         from PIL import Image
 
@@ -176,7 +179,7 @@ class RembgSegmenter(Stage):
             masks.append(np.asarray(mask.resize(pil.size, Image.Resampling.LANCZOS)))
         return masks
 
-    def _cutout(self, array: np.ndarray, pil: Any, mask: np.ndarray) -> np.ndarray:
+    def _cutout(self, array: np.ndarray, pil: Image.Image, mask: np.ndarray) -> np.ndarray:
         """Refine the mask as ``rembg.remove`` would, then fold in any alpha the input had."""
         from PIL import Image
         from rembg.bg import alpha_matting_cutout, decontaminate_cutout, post_process

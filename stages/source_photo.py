@@ -16,12 +16,16 @@ prompt.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from stages.base import Stage, StageParams
+
+if TYPE_CHECKING:
+    from factory.store.photo_fetch import FetchPolicy
+    from factory.store.s3 import S3Options
 
 #: The stored photo's URI (a local path or ``s3://``), set by ``factory.run.sources``.
 SOURCE_URI = "source_uri"
@@ -76,8 +80,8 @@ class PhotoSourceParams(StageParams):
     concurrency: int = Field(16, ge=1, le=256)
     canvas: int = Field(512, ge=8, le=8192)
 
-    def policy(self) -> Any:
-        """The ``factory.store.photo_fetch.FetchPolicy`` these params describe."""
+    def policy(self) -> FetchPolicy:
+        """The fetch policy these params describe."""
         from factory.store.photo_fetch import FetchPolicy
 
         return FetchPolicy(allow_hosts=self.allow_hosts, allow_private=self.allow_private,
@@ -121,7 +125,7 @@ class PhotoSource(Stage):
         return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
 
 
-def read_stored(uri: str, s3_options: Any) -> bytes:
+def read_stored(uri: str, s3_options: S3Options | None) -> bytes:
     """The bytes of a stored photo: a local path or an ``s3://`` object."""
     from factory.store import s3
 

@@ -140,10 +140,14 @@ def quiet_loaders() -> None:
     """Silence the hub libraries' per-load progress bars and advisory warnings in actors.
 
     Every actor loads once; dozens of "Loading weights" bars in the driver's log hide the
-    factory's own progress and errors. Errors still surface.
+    factory's own progress and errors. Errors still surface. Call it before importing
+    diffusers (its import is what asks for the image processors, ``pil_image_processors``).
     """
     import transformers
 
+    from factory.core.console import pil_image_processors
+
+    pil_image_processors()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     import diffusers

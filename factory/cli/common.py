@@ -1,26 +1,26 @@
-"""What the ``factory`` commands share: exit codes and loading a job spec for a command.
-
-Exit codes: 0 every row became an asset; 1 the run committed but some rows failed, were
-rejected or were deferred by a budget; 2 a bad job spec or bad usage; 3 a manifest that cannot
-be read at all; 4 the run could not finish, nothing was committed; 5 no such committed run.
-"""
+"""What the ``factory`` commands share: loading a job spec for a command, and ``--budget``."""
 
 from __future__ import annotations
 
 import sys
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 import click
 
-EXIT_OK, EXIT_PARTIAL, EXIT_SPEC, EXIT_MANIFEST, EXIT_RUN, EXIT_NO_RUN = 0, 1, 2, 3, 4, 5
+from factory.cli.exits import EXIT_SPEC
+
+if TYPE_CHECKING:
+    from factory.spec.job import Job
 
 
-def load_spec(job_path: str, **overrides):
-    """The validated job of ``job_path`` (with ``overrides``); a bad spec exits 2, naming the
-    file and keys; the spec's warnings are printed."""
+def load_spec(job_path: str, *, output_uri: str | None = None) -> Job:
+    """The validated job of ``job_path`` (``output_uri`` over the spec's); a bad spec exits 2,
+    naming the file and keys; the spec's warnings are printed."""
     from factory.spec.job import SpecError, load_job
 
     try:
-        job = load_job(job_path).with_overrides(**overrides)
+        job = load_job(job_path).with_overrides(output_uri=output_uri)
     except SpecError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_SPEC)
@@ -29,10 +29,22 @@ def load_spec(job_path: str, **overrides):
     return job
 
 
-def parse_usd(ctx, param, value: str | None):
-    """``--budget``'s click callback: a decimal number of dollars (exact: no float rounding)."""
-    from decimal import Decimal, InvalidOperation
+def seasoned(job: Job, season: str | None, run_id: str | None,
+             budget_usd: Decimal | None = None) -> Job:
+    """``job`` in ``season`` with ``--budget`` and ``--run-id`` applied; a bad season or value
+    exits 2."""
+    from factory.spec.job import SpecError
 
+    try:
+        job = job.with_season(season).with_overrides(budget_usd=budget_usd)
+        return job.with_overrides(run_id=run_id) if run_id else job
+    except SpecError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_SPEC)
+
+
+def parse_usd(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
+    """``--budget``'s click callback: a decimal number of dollars (exact: no float rounding)."""
     if value is None:
         return None
     try:

@@ -9,9 +9,8 @@ from typing import Any
 
 import click
 
+from factory.cli.exits import EXIT_SPEC
 from factory.core import settings
-
-EXIT_SPEC = 2  # as factory.cli.main: a bad job spec or bad usage
 
 
 def cost_lines(cost: Mapping[str, Any]) -> list[str]:
@@ -43,7 +42,8 @@ def plan(job_path: str, output_uri: str | None, limit: int | None, season: str |
     come from the lineage of committed runs in the output store (same card, params and device
     kind), else from a probe run of the first --probe rows into a scratch directory.
     """
-    from factory.run.forecast import calibrate, predict, probe, stage_rows, tally_work
+    from factory.cost.calibration import calibrate
+    from factory.run.forecast import predict, probe, stage_rows, tally_work
     from factory.spec.job import SpecError, load_job
     from factory.store.storage import Store
 

@@ -1,6 +1,6 @@
 """``factory lora``: train a brand LoRA on Ray Train, and the offline example.
 
-Exit codes as ``factory run``'s: 0 trained (or found already trained); 2 a bad training spec
+Exit codes (``factory.cli.exits``): 0 trained (or found already trained); 2 a bad training spec
 (nothing started); 4 the training could not finish (its checkpoints stay; running the same spec
 again resumes from the latest).
 """
@@ -11,9 +11,8 @@ import sys
 
 import click
 
+from factory.cli.exits import EXIT_OK, EXIT_RUN, EXIT_SPEC
 from factory.core import settings
-
-EXIT_OK, EXIT_SPEC, EXIT_RUN = 0, 2, 4
 
 
 @click.group()

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from factory.cli.common import EXIT_NO_RUN, load_spec
+from factory.cli.common import load_spec
+from factory.cli.exits import EXIT_NO_RUN
 
 
 @click.group()

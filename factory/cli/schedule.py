@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from factory.core import settings
-from factory.cli.common import EXIT_OK, EXIT_RUN, EXIT_SPEC, load_spec
+from factory.cli.common import load_spec
+from factory.cli.exits import EXIT_OK, EXIT_RUN, EXIT_SPEC
 
 
 @click.group()

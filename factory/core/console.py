@@ -3,16 +3,21 @@
 One progress display per run (rows done of total, assets/s, ETA, failures, the slowest stage):
 a ``rich`` live bar on a terminal, a line every few seconds otherwise (a log file, CI, a Ray
 job's driver log). Ray Data's own progress bars stay off, so there is never a second set.
-``quiet_ray`` hides what a user cannot act on: Ray's notice that token auth is on (the
-dashboard line says how to use it), Ray Data's per-dataset INFO lines and its notice that its
-bars are off. Their full logs stay in the Ray session's log directory.
+What a user cannot act on stays off the terminal, in the Ray session's log directory:
+``quiet_ray``, Ray's notice that token auth is on (the dashboard line says how to use it);
+``quiet_ray_data``, Ray Data's per-dataset INFO lines and its notice that its bars are off, on
+the driver and (``quiet_ray_worker``, every worker's setup hook) in the workers, where Ray
+Train runs Ray Data too; ``quiet_train_worker``, Ray Train's per-report lines;
+``spend_restart_advisory``, Ray's actor-restart advisory. Warnings and errors still show.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 #: Console messages that say nothing a user can act on (the factory says it better).
@@ -37,6 +42,67 @@ def quiet_ray_data() -> None:
         if type(handler).__name__ == "PlainRayHandler":
             handler.setLevel(logging.WARNING)
             handler.addFilter(_drop_noise)
+
+
+def quiet_ray_worker() -> None:
+    """Every Ray worker's setup hook (``init_ray`` names it in the job's runtime env): Ray
+    Data's console there as on the driver (``quiet_ray_data``). Ray Data configures its
+    loggers when imported, so it is imported first."""
+    import ray.data  # noqa: F401 - imported for its logging set-up, used below
+
+    quiet_ray_data()
+
+
+def quiet_train_worker() -> None:
+    """First thing in a Ray Train worker's loop: its console shows warnings and errors only.
+
+    Ray Train gives a worker's root logger a console handler at INFO, and logs every report
+    there under a logger named by its file's path, which ``RunConfig``'s ``LoggingConfig``
+    (``ray.train`` loggers only) does not reach. The records stay in Ray Train's
+    ``ray-train-app-worker-*.log`` under the session's ``logs/train/``."""
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PlainRayHandler":
+            handler.setLevel(logging.WARNING)
+
+
+#: Where ``spend_restart_advisory`` writes, under the Ray session's ``logs/``.
+ADVISORY_LOG = "factory-driver.err"
+
+
+def spend_restart_advisory(session_dir: str | None) -> None:
+    """After ``ray.init``: put the driver's one actor-restart advisory in the session's logs.
+
+    The driver's core worker logs, once per process, at ERROR to its log file *and* to
+    stderr, that an actor with ``max_restarts > 0`` "has constructor arguments in the object
+    store" (ray-project/ray#53727). Every Ray Data actor pool has: Ray Data ``ray.put``s each
+    pool's map transformer and data context, passes the refs to its actors and holds them for
+    the pool's life (ray-project/ray#57733), so a restart finds them. The advisory says nothing
+    a user can act on, and the restarts it is about are the fault tolerance the factory keeps.
+    Ray has no switch for the driver's stderr sink alone (``RAY_BACKEND_LOG_LEVEL`` mutes every
+    C++ error of the process, and announces itself on stderr), so the advisory is spent here:
+    a restartable actor whose argument is in the object store is declared while the driver's
+    stderr (fd 2) points at ``logs/factory-driver.err``, and killed at once. Drop this when
+    Ray fixes #53727.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class _RestartAdvisory:
+        def __init__(self, _arg: object) -> None:
+            pass
+
+    logs = Path(session_dir or "", "logs")
+    target = logs / ADVISORY_LOG if session_dir and logs.is_dir() else Path(os.devnull)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with target.open("a") as sink:
+            os.dup2(sink.fileno(), 2)
+            actor = _RestartAdvisory.remote(ray.put(None))  # logged here, synchronously
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    ray.kill(actor)
 
 
 def _drop_noise(record: logging.LogRecord) -> bool:
@@ -117,3 +183,34 @@ def slowest_stage(counts: Any) -> str:
         return ""
     stage = max(means, key=means.get)
     return f"{stage} ({means[stage]:.0f} ms/asset)"
+
+
+#: Image processors that diffusers' modules import by name (pipelines: CLIP; the IP-adapter
+#: loader: Siglip; AutoPipeline's newer pipelines: Siglip2). No stage uses one.
+PIL_IMAGE_PROCESSORS = ("CLIPImageProcessor", "SiglipImageProcessor", "Siglip2ImageProcessor")
+
+
+def pil_image_processors() -> None:
+    """Without torchvision, make each of ``PIL_IMAGE_PROCESSORS`` its PIL twin before
+    diffusers imports it.
+
+    In transformers 5 ``CLIPImageProcessor`` names the torchvision backend; where torchvision
+    is not installed (it is not a dependency here) transformers falls back to
+    ``CLIPImageProcessorPil`` on first access and warns, once per name and process, on the
+    terminal. The factory's choice is the PIL backend: binding it here is the same fallback,
+    made on purpose, so nothing warns. Where torchvision is installed nothing changes.
+    """
+    import sys
+
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return
+    pil = {name: getattr(transformers, f"{name}Pil") for name in PIL_IMAGE_PROCESSORS}
+    # Importing a processor imports transformers.processing_utils, which runs transformers'
+    # __init__ again and leaves a new module object in sys.modules: bind on that one.
+    module = sys.modules["transformers"]
+    for name, cls in pil.items():
+        if name not in vars(module):  # not resolved yet (resolving it is what warns)
+            setattr(module, name, cls)

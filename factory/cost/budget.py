@@ -35,13 +35,19 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from factory.core.status import STATUS_DEFERRED, STATUS_FAILED, STATUS_OK
 from factory.spec.prices import USD_PLACES
-from factory.core.status import STATUS_DEFERRED
-from factory.core.status import STATUS_FAILED, STATUS_OK
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from ray.actor import ActorHandle
+
+    from factory.spec.job import Job
+    from factory.store.storage import Store
 
 _QUANTUM = Decimal(1).scaleb(-USD_PLACES)
 
@@ -175,7 +181,7 @@ class LedgerActor:
 class GateConfig:
     """What the gate task needs: the run's ledger actor."""
 
-    ledger: Any
+    ledger: ActorHandle
 
     def admit(self, rows: list[int]) -> list[bool]:
         """The ledger's decision for each row (``LedgerActor.admit``: it may wait)."""
@@ -202,7 +208,7 @@ def gate_rows(batch: dict[str, np.ndarray], *, config: GateConfig) -> dict[str, 
     return defer_rows(batch, todo, config.admit([int(r) for r in batch["row"][todo]]))
 
 
-def row_estimate(job: Any, store: Any) -> Decimal | None:
+def row_estimate(job: Job, store: Store) -> Decimal | None:
     """Dollars per rendered row from the calibration of committed runs in ``store``
     (``factory.cost.calibration.calibrate``), priced with the job's prices; None where a stage has no
     calibration."""
@@ -213,8 +219,7 @@ def row_estimate(job: Any, store: Any) -> Decimal | None:
     names = [p.name for p in job.stages]
     if calibration.missing(names):
         return None
-    model = CostModel(job.prices, stage_shares(job.stages, fuse=job.fuse_cpu_stages,
-                                               keep=job.keep_intermediates))
+    model = CostModel(job.prices, stage_shares(job.pools))
     # CostModel splits a row's time over its channels; one row's cost is the whole of it
     return model.row({n: calibration.rates[n].seconds * 1000.0 for n in names})["cost_usd"]
 
@@ -232,15 +237,15 @@ class Budget:
             str(usd), None if prior is None else str(prior))
 
     @classmethod
-    def start(cls, job: Any, store: Any) -> Budget:
+    def start(cls, job: Job, store: Store) -> Budget:
         """The ledger for ``job.budget_usd``, its estimate calibrated from ``store``."""
         return cls(job.budget_usd, prior=row_estimate(job, store))
 
-    def gate(self) -> tuple[Any, GateConfig]:
+    def gate(self) -> tuple[Callable[..., dict[str, np.ndarray]], GateConfig]:
         """The gate task and its config, for ``map_batches``."""
         return gate_rows, GateConfig(ledger=self._actor)
 
-    def record(self, batch: Any, spent: Decimal) -> None:
+    def record(self, batch: pa.Table, spent: Decimal) -> None:
         """After the driver records a batch of sink rows (a ``pyarrow.Table``): the rows that
         were rendered release their reservations; ``spent`` is the run's dollars so far."""
         import pyarrow.compute as pc
@@ -292,7 +297,7 @@ def _dollars(usd: float) -> str:
     return format(Decimal(repr(usd)).normalize(), "f")
 
 
-def _pa_strings(values: Sequence[str]) -> Any:
+def _pa_strings(values: Sequence[str]) -> pa.Array:
     import pyarrow as pa
 
     return pa.array(list(values), type=pa.string())

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.compute as pc
 
 from factory.store.storage import Store
+from stages.base import StagePlan
+
+if TYPE_CHECKING:
+    from factory.spec.job import Job
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,11 @@ class Calibration:
         return [s for s in stages if s not in self.rates]
 
 
-def _device(plan: Any) -> str:
+def _device(plan: StagePlan) -> str:
     return "cuda" if plan.resources.num_gpus > 0 else "cpu"
 
 
-def calibrate(store: Store, job: Any) -> Calibration:
+def calibrate(store: Store, job: Job) -> Calibration:
     """Seconds per asset per stage from the committed runs in ``store`` whose stage ran the
     same card, params hash and device kind as the job's; the wall times of runs that match the
     whole chain."""

@@ -35,7 +35,7 @@ from factory.core import settings
 from factory.spec.cron import validate_cron
 
 if TYPE_CHECKING:  # typing only: this module reads a schedule's name, cron and season
-    from factory.spec.job import ScheduleSpec
+    from factory.spec.seasons import ScheduleSpec
 
 #: The image's working directory (``WORKDIR`` in the Dockerfile): the repository is there.
 APP_DIR = "/app"

@@ -29,10 +29,13 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from factory.core import settings
+
+if TYPE_CHECKING:
+    from factory.spec.job import Job
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -116,7 +119,7 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
             time.sleep(1.0)
 
 
-def submission_id(job: Any, *, refresh: bool = False,
+def submission_id(job: Job, *, refresh: bool = False,
                   now: datetime | None = None) -> str:
     """A new run id for one submission: ``<job>[-<season>]-<spec hash>[-refresh]-<UTC time>``.
 

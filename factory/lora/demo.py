@@ -26,16 +26,17 @@ _SUBJECTS = ["tote bag", "sneaker", "ceramic mug", "desk lamp", "backpack", "wat
 def prepare_brand_images(*, count: int = 8, out_dir: Path = BRAND_DIR) -> Path:
     """Render ``count`` brand images with tiny SD into ``out_dir/images`` and caption them in
     ``out_dir/captions.csv``; return ``out_dir``. Deterministic; skipped when present."""
+    images, captions = out_dir / "images", out_dir / "captions.csv"
+    if captions.exists() and len(list(images.glob("*.png"))) == count:
+        return out_dir
+    from stages.weights import quiet_loaders
+
+    quiet_loaders()  # before diffusers' import, which asks for the image processors
     import torch
     from diffusers import AutoPipelineForText2Image
 
     from stages.tiny.models import ensure
-    from stages.weights import quiet_loaders
 
-    images, captions = out_dir / "images", out_dir / "captions.csv"
-    if captions.exists() and len(list(images.glob("*.png"))) == count:
-        return out_dir
-    quiet_loaders()
     base = ensure(settings.models_dir(), "sd-tiny")
     pipe = AutoPipelineForText2Image.from_pretrained(base, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)

@@ -84,9 +84,18 @@ def train(training: Training, *, address: str | None = None,
     return _publish(store, training, data, tid, adapter, state, wall_s=time.time() - started)
 
 
+#: Ray Train's switch for its preemption watcher (an actor that polls whether the nodes of the
+#: worker group are being drained). Ray Train hands the driver's value to its controller.
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
 def _fit(training: Training, data: TrainData, tid: str, *, address: str | None,
          dashboard: bool) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    import os
+
+    from ray.data import DataContext, ExecutionOptions
+    from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
+                           RunConfig, ScalingConfig)
     from ray.train.torch import TorchTrainer
 
     from factory.run.pipeline import init_ray
@@ -94,6 +103,7 @@ def _fit(training: Training, data: TrainData, tid: str, *, address: str | None,
     t = training.train
     init_ray(address, logical_cpus=t.num_workers * t.cpus_per_worker, dashboard=dashboard)
     storage_path, filesystem = _storage(training)
+    ingest = DataContext.get_current().execution_options
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=_loop_config(training),
@@ -102,10 +112,27 @@ def _fit(training: Training, data: TrainData, tid: str, *, address: str | None,
         run_config=RunConfig(
             name=f"lora-{tid}", storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train's INFO (resources asked for, worker group started, each checkpoint)
+            # goes to its log files under the session's logs/train/; its warnings still show.
+            logging_config=LoggingConfig(log_level="WARNING")),
+        # Ray Train's default ingest options copy the deprecated exclude_resources field, and
+        # its setter warns in the dataset manager; the same options, given without it.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(
+            resource_limits=ingest.resource_limits, preserve_order=ingest.preserve_order,
+            verbose_progress=ingest.verbose_progress)),
         datasets={"train": image_dataset(training, data)},
     )
-    return trainer.fit()
+    if address is not None or PREEMPTION_WATCHER_ENV in os.environ:
+        return trainer.fit()
+    # A local Ray is one node that no autoscaler drains: the preemption watcher has nothing
+    # to watch (and its creation, with the workers' handles as arguments, prints Ray's
+    # actor-restart advisory, factory.core.console). Clusters keep it.
+    os.environ[PREEMPTION_WATCHER_ENV] = "0"
+    try:
+        return trainer.fit()
+    finally:
+        del os.environ[PREEMPTION_WATCHER_ENV]
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -121,9 +148,11 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     from ray.train import Checkpoint
 
+    from factory.core.console import quiet_train_worker
     from factory.lora.adapter import AdapterTrainer
     from stages.weights import locate, quiet_loaders
 
+    quiet_train_worker()
     quiet_loaders()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

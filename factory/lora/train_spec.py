@@ -20,7 +20,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from factory.core import settings
 from factory.store.s3 import S3Options, is_s3
-from factory.spec.job import SpecError, StorageSpec, _pydantic_problems, _Strict, read_yaml
+from factory.core.strict import Strict
+from factory.spec.job import SpecError, StorageSpec, _pydantic_problems, read_yaml
 from stages.weights import resolve_source
 
 #: Registry cards whose pipelines ``AdapterTrainer`` trains for: SD 1.x/2.x (one CLIP text
@@ -43,7 +44,7 @@ class TrainSpecError(SpecError):
                             + "\n".join(f"  {p}" for p in problems))
 
 
-class BaseModelSpec(_Strict):
+class BaseModelSpec(Strict):
     """The model the LoRA is trained for: a registry card, or a source and revision."""
 
     model: str | None = None
@@ -58,7 +59,7 @@ class BaseModelSpec(_Strict):
         return self
 
 
-class DataSpec(_Strict):
+class DataSpec(Strict):
     """Brand images: a folder or ``s3://`` prefix, and optional captions.
 
     Attributes:
@@ -74,7 +75,7 @@ class DataSpec(_Strict):
     caption: str = ""
 
 
-class LoraSpec(_Strict):
+class LoraSpec(Strict):
     rank: int = Field(4, ge=1, le=256)
     alpha: float = Field(4.0, gt=0, le=1024)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -82,7 +83,7 @@ class LoraSpec(_Strict):
                                       min_length=1)
 
 
-class TrainSpec(_Strict):
+class TrainSpec(Strict):
     """Hyper-parameters and how the run is laid out on Ray Train.
 
     Attributes:
@@ -113,13 +114,13 @@ class TrainSpec(_Strict):
         return value
 
 
-class OutputSpec(_Strict):
+class OutputSpec(Strict):
     """Where checkpoints, the adapter and its record go: a directory or ``s3://`` prefix."""
 
     uri: str = Field(min_length=1)
 
 
-class TrainingSpecDoc(_Strict):
+class TrainingSpecDoc(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     base: BaseModelSpec
     data: DataSpec

@@ -1,4 +1,4 @@
-"""A plan before the run: how long, how many GPU-hours and how many dollars, per stage.
+"""A forecast before the run: how long, how many GPU-hours and how many dollars, per stage.
 
 The rows that would render are counted the way ``run_job`` decides them (the manifest's
 splits read, every row validated, the store listed for assets already there) but in this
@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from factory.cost.calibration import Calibration, Rate, calibrate  # noqa: F401 - API
-from factory.spec.prices import Prices, stage_shares
+from factory.catalog.manifest import ManifestInfo
+from factory.cost.calibration import Calibration, Rate, calibrate
+from factory.spec.job import Job
+from factory.spec.prices import Prices, StageShare, stage_shares
 from factory.store.storage import Store
 
 #: A probe's rows when no committed run calibrates the chain.
@@ -36,8 +38,8 @@ PROBE_ROWS = 8
 
 
 @dataclass(frozen=True)
-class StagePlanCost:
-    """One stage's line of the plan."""
+class StageForecast:
+    """One stage's line of the forecast."""
 
     name: str
     model: str
@@ -49,8 +51,8 @@ class StagePlanCost:
 
 
 @dataclass(frozen=True)
-class RoutePlanCost:
-    """One route's line of the plan: its rows to render and what they cost."""
+class RouteForecast:
+    """One route's line of the forecast: its rows to render and what they cost."""
 
     name: str
     rows: int
@@ -59,20 +61,20 @@ class RoutePlanCost:
 
 
 @dataclass(frozen=True)
-class CostPlan:
-    """The plan: rows by fate, per-stage predictions and the totals."""
+class Forecast:
+    """What ``factory plan`` prints: rows by fate, per-stage predictions and the totals."""
 
     rows: int
     rejected: int
     existing: int
     to_render: int
-    stages: tuple[StagePlanCost, ...]
+    stages: tuple[StageForecast, ...]
     wall_s: float
     prices: Prices
     calibrated_from: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: with routes: each route's rows and dollars
-    routes: tuple[RoutePlanCost, ...] = ()
+    routes: tuple[RouteForecast, ...] = ()
 
     @property
     def gpu_hours(self) -> float:
@@ -91,15 +93,15 @@ class CostPlan:
                 **({"routes": [vars(r) for r in self.routes]} if self.routes else {})}
 
 
-def count_work(job: Any, *, limit: int | None = None) -> tuple[Any, dict[str, int]]:
+def count_work(job: Job, *, limit: int | None = None) -> tuple[ManifestInfo, dict[str, int]]:
     """The manifest's scan and its rows by fate (``ok``: to render, ``exists``, ``rejected``),
     decided by the same functions as ``run_job``'s work list, in this process."""
     info, tally, _ = tally_work(job, limit=limit)
     return info, tally
 
 
-def tally_work(job: Any, *, limit: int | None = None
-               ) -> tuple[Any, dict[str, int], dict[str, int]]:
+def tally_work(job: Job, *, limit: int | None = None
+               ) -> tuple[ManifestInfo, dict[str, int], dict[str, int]]:
     """``count_work``'s scan and fates, and the rows to render per route (empty without
     routes)."""
     from factory.catalog.manifest import plan_splits, read_split, scan
@@ -131,7 +133,7 @@ def tally_work(job: Any, *, limit: int | None = None
     return info, tally, routes
 
 
-def probe(job: Any, *, rows: int = PROBE_ROWS) -> Calibration:
+def probe(job: Job, *, rows: int = PROBE_ROWS) -> Calibration:
     """Run the job's first ``rows`` manifest rows through the real stages into a scratch
     store (a temporary directory, removed after) and calibrate from that run. Needs
     ``ray.init``."""
@@ -143,7 +145,7 @@ def probe(job: Any, *, rows: int = PROBE_ROWS) -> Calibration:
         return calibrate(Store(scratch), probe_job)
 
 
-def stage_rows(job: Any, to_render: int, routes: Mapping[str, int] | None = None
+def stage_rows(job: Job, to_render: int, routes: Mapping[str, int] | None = None
                ) -> dict[str, int]:
     """Rows each stage renders: all ``to_render``, or with routes those of its routes
     (``routes``: rows to render per route, from ``tally_work``)."""
@@ -152,31 +154,31 @@ def stage_rows(job: Any, to_render: int, routes: Mapping[str, int] | None = None
     return {p.name: sum(routes.get(r, 0) for r in p.routes) for p in job.stages}
 
 
-def predict(job: Any, calibration: Calibration, *, rows: int, rejected: int, existing: int,
-            to_render: int, routes: Mapping[str, int] | None = None) -> CostPlan:
-    """The plan for ``to_render`` rows from a calibration that covers every stage that renders
-    a row (with routes, ``routes`` gives the rows to render per route)."""
-    shares = stage_shares(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates)
+def predict(job: Job, calibration: Calibration, *, rows: int, rejected: int, existing: int,
+            to_render: int, routes: Mapping[str, int] | None = None) -> Forecast:
+    """The forecast for ``to_render`` rows from a calibration that covers every stage that
+    renders a row (with routes, ``routes`` gives the rows to render per route)."""
+    shares = stage_shares(job.pools)
     prices = job.prices
     counts = stage_rows(job, to_render, routes)
     lines = []
-    for share, plan in zip(shares, job.stages):
+    for share in shares:
         rate = calibration.rates.get(share.name, Rate(0.0, 0, ()))  # missing: renders nothing
         busy = rate.seconds * counts[share.name]
         gpu_s, cpu_s = busy * share.gpus, busy * share.cpus
         usd = float(prices.usd(gpu_s, cpu_s))
-        lines.append(StagePlanCost(name=share.name, model=share.model,
+        lines.append(StageForecast(name=share.name, model=share.model,
                                    seconds_per_asset=rate.seconds, busy_s=busy,
                                    gpu_hours=gpu_s / 3600, cpu_hours=cpu_s / 3600, usd=usd))
     wall, notes = _wall(job, calibration, to_render, counts)
     runs = sorted({r for rate in calibration.rates.values() for r in rate.runs})
-    return CostPlan(rows=rows, rejected=rejected, existing=existing, to_render=to_render,
+    return Forecast(rows=rows, rejected=rejected, existing=existing, to_render=to_render,
                     stages=tuple(lines), wall_s=wall, prices=prices, calibrated_from=tuple(runs),
                     notes=tuple(notes), routes=_route_lines(job, calibration, shares, routes))
 
 
-def _route_lines(job: Any, calibration: Calibration, shares: Any,
-                 routes: Mapping[str, int] | None) -> tuple[RoutePlanCost, ...]:
+def _route_lines(job: Job, calibration: Calibration, shares: tuple[StageShare, ...],
+                 routes: Mapping[str, int] | None) -> tuple[RouteForecast, ...]:
     """Each route's rows and dollars: its rows x the rates of its own stages."""
     if job.routes is None or routes is None:
         return ()
@@ -188,24 +190,20 @@ def _route_lines(job: Any, calibration: Calibration, shares: Any,
                 seconds = calibration.rates[share.name].seconds
                 per_asset += float(job.prices.usd(seconds * share.gpus, seconds * share.cpus))
         n = routes.get(route.name, 0)
-        lines.append(RoutePlanCost(name=route.name, rows=n, usd_per_asset=per_asset,
+        lines.append(RouteForecast(name=route.name, rows=n, usd_per_asset=per_asset,
                                    usd=per_asset * n))
     return tuple(lines)
 
 
-def _wall(job: Any, calibration: Calibration, n: int,
+def _wall(job: Job, calibration: Calibration, n: int,
           counts: Mapping[str, int]) -> tuple[float, list[str]]:
-    from stages.chain import pool_resources, pools
-
     if n == 0:
         return 0.0, ["nothing to render"]
     # a stage's seconds per row of the run: its rate x the share of rows it renders
     per_row = {p.name: calibration.rates[p.name].seconds * counts[p.name] / n
                for p in job.stages if counts[p.name]}
-    per_asset = max(sum(per_row.get(p.name, 0.0) for p in pool)
-                    / pool_resources(pool).concurrency
-                    for pool in pools(job.stages, fuse=job.fuse_cpu_stages,
-                                      keep=job.keep_intermediates))
+    per_asset = max(sum(per_row.get(p.name, 0.0) for p in pool.plans) / pool.resources.concurrency
+                    for pool in job.pools)
     points = sorted(set(calibration.walls))
     if len({p[0] for p in points}) >= 2:
         x = np.array([p[0] for p in points], dtype=float)

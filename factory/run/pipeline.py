@@ -2,10 +2,11 @@
 CPU stages: ``stages.chain``) → sink → the run's tables.
 
 ``run_job`` scans the manifest (its fingerprint is part of the run's identity,
-``factory.run.identity``), materialises the validated work list, prints the plan, then executes the
-lazy Ray Data plans of ``build_datasets``, streaming the sink's rows into a ``RunRecorder`` and
-committing the run at the end. Ray does the scheduling, backpressure and actor restarts;
-nothing here queues or retries on its own.
+``factory.run.identity``), materialises the validated work list, counts its rows by fate, then
+executes the lazy Ray Data plans of ``build_datasets``, streaming the sink's rows into a
+``RunRecorder`` and committing the run at the end. Ray does the scheduling, backpressure and
+actor restarts; nothing here queues or retries on its own. Asset keys and the pool layout come
+from the validated job (``Job.keys``, ``Job.pools``), never derived here again.
 """
 
 from __future__ import annotations
@@ -23,19 +24,19 @@ from ray.data import ActorPoolStrategy
 from factory.sink.channel_assets import ChannelSinkConfig, write_channel_assets
 from factory.cost.budget import Budget
 from factory.run.identity import RunInputs, budget_text
-from factory.spec.keys import asset_key, chain_fingerprint, channel_fingerprints, extension
+from factory.spec.keys import asset_key
 from factory.core.metrics import RunLabels
 from factory.spec.prices import CostModel, CostTotals, StageShare, stage_shares
 from factory.catalog.manifest import ManifestDatasource, ManifestInfo, scan
-from factory.run.placement import (  # noqa: F401 - API
-    TASK_CPUS, ClusterTooSmall, alive_nodes, check_output_reach, check_resources, driver_node_label, logical_cpus_needed,
+from factory.run.placement import (
+    TASK_CPUS, alive_nodes, check_output_reach, check_resources, driver_node_label,
 )
 from factory.core.provenance import ModelUse, Provenance
 from factory.spec.qa import QaRetries, check_batch
 from factory.spec.routes import route_stages
 from factory.store.s3 import is_s3
 from factory.run.rows import RowRules, validate_batch
-from factory.run.result import RunPlan, RunResult, committed_result, count_fates
+from factory.run.result import RunResult, WorkCount, committed_result, count_fates
 from factory.store.run_tables import LINEAGE, REJECTS, is_committed
 from factory.run.recorder import Counts, RunRecorder
 from factory.run.sources import SourceConfig, fetch_sources, manifest_folder, sources_digest
@@ -45,7 +46,7 @@ from factory.sink.assets import (
 from factory.spec.job import Job
 from factory.store.storage import Store
 from stages.base import StagePlan
-from stages.chain import StageChain, pool_resources, pools
+from stages.chain import StageChain
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +56,12 @@ SINK_BATCH = 8
 PREPARE_ROWS = 256
 
 
-def fingerprint(job: Job, upto: int | None = None, *, route: str | None = None) -> str:
-    """The chain fingerprint of the job (or of its first ``upto`` stages, for intermediates);
-    with ``route``, of that route's chain (``factory.spec.routes``)."""
-    if upto is not None:
-        return chain_fingerprint(job.stages[:upto], encoding="png")
-    encoding = f"{job.output.image_format}:{job.output.quality}{_gate_text(job, route)}"
-    return chain_fingerprint(chain_of(job, route), encoding=encoding)
+def fingerprint(job: Job, *, route: str | None = None) -> str:
+    """The chain fingerprint of the job's assets, or of ``route``'s (``Job.keys``)."""
+    return job.keys.chain(route).fingerprint
 
 
-def _gate_text(job: Job, route: str | None) -> str:
-    """A gated row's key names its gate (``factory.spec.qa``): "" where no gate applies, so the
-    keys of a job without ``qa:`` are what they always were."""
-    gate = job.qa.gate(route) if job.qa is not None else None
-    return f":qa:{gate.fingerprint_text()}" if gate is not None else ""
-
-
-def chain_of(job: Job, route: str | None = None) -> tuple:
+def chain_of(job: Job, route: str | None = None) -> tuple[StagePlan, ...]:
     """The stages a row goes through: the job's, or its route's."""
     return job.stages if route is None else route_stages(job.stages, job.routes.get(route))
 
@@ -80,10 +70,9 @@ def row_rules(job: Job, info: ManifestInfo) -> RowRules:
     """What every manifest row of this job must satisfy, and how its asset key is derived.
 
     With channels a row is looked up by its last channel's key (``factory.sink.channel_assets``);
-    with routes, by its route's chain."""
-    route_keys = ({r.name: _lookup_key(job, r.name) for r in job.routes.chains}
-                  if job.routes is not None else {})
-    chain, ext = _lookup_key(job, None)
+    with routes, by its route's chain (``ChainKeys.lookup``)."""
+    route_keys = {name: keys.lookup for name, keys in job.keys.routes.items()}
+    chain, ext = job.keys.chain().lookup
     source = source_plan(job)
     return RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
                     negative_template=job.negative_template,
@@ -95,21 +84,6 @@ def row_rules(job: Job, info: ManifestInfo) -> RowRules:
 def source_plan(job: Job) -> StagePlan | None:
     """The job's source stage (its first, ``stages.source_photo``), or None."""
     return job.stages[0] if job.stages and job.stages[0].card.kind == "source" else None
-
-
-def _lookup_key(job: Job, route: str | None) -> tuple[str, str]:
-    """The (chain fingerprint, extension) a row's asset is looked up by."""
-    if job.channels:
-        last = job.channels[-1]
-        return channel_prints(job, route)[-1], f"{last.name}.{last.extension}"
-    return fingerprint(job, route=route), extension(job.output.image_format)
-
-
-def channel_prints(job: Job, route: str | None = None) -> tuple[str, ...]:
-    """The fingerprint of each of the job's channels (``factory.spec.keys.channel_fingerprints``),
-    over the job's chain or ``route``'s."""
-    return channel_fingerprints(chain_of(job, route), tuple(
-        c.fingerprint_text() + _gate_text(job, route) for c in job.channels))
 
 
 def _work_list(job: Job, info: ManifestInfo, store: Store, *,
@@ -170,13 +144,12 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
         gate, config = budget.gate()
         ds = ds.map_batches(gate, fn_kwargs={"config": config}, batch_size=None,
                             batch_format="numpy", num_cpus=0, concurrency=1)
-    index = 0
-    for pool in pools(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates):
-        r = pool_resources(pool)
-        if len(pool) == 1:
-            fn, kwargs = _named(pool[0].card.runtime, pool[0].name), {"plan": pool[0]}
+    for pool in job.pools:
+        r, plans = pool.resources, pool.plans
+        if len(plans) == 1:
+            fn, kwargs = _named(plans[0].card.runtime, plans[0].name), {"plan": plans[0]}
         else:  # consecutive CPU stages: one actor loads them all and runs them in order
-            fn, kwargs = _named(StageChain, "+".join(p.name for p in pool)), {"plans": pool}
+            fn, kwargs = _named(StageChain, pool.name), {"plans": plans}
         ds = ds.map_batches(
             fn,
             fn_constructor_kwargs={**kwargs, "labels": labels},
@@ -186,11 +159,10 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
             num_gpus=r.num_gpus,
             num_cpus=r.num_cpus,
         )
-        index += len(pool)
-        plan = pool[-1]
-        if plan.name in job.keep_intermediates:
-            config = IntermediateConfig(store=store, stage=plan.name,
-                                        fingerprint=fingerprint(job, upto=index))
+        last = plans[-1].name  # a kept stage ends its pool (``stages.chain.pools``)
+        if last in job.keys.intermediates:
+            config = IntermediateConfig(store=store, stage=last,
+                                        fingerprint=job.keys.intermediates[last])
             ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
                                 batch_size=None, batch_format="numpy", num_cpus=0.5)
     if job.qa is not None:  # the brand QA gate: rows outside it are rendered again (factory.spec.qa)
@@ -205,11 +177,11 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
 
 def sink_config(job: Job, store: Store, labels: RunLabels = RunLabels()) -> SinkConfig:
     """The sink's frozen settings for a job."""
-    routes = job.routes.names if job.routes is not None else ()
     return SinkConfig(store=store, image_format=job.output.image_format,
                       quality=job.output.quality, png_compression=job.output.png_compression,
-                      chain_fingerprint=fingerprint(job), labels=labels,
-                      route_fingerprints={r: fingerprint(job, route=r) for r in routes})
+                      chain_fingerprint=job.keys.chain().fingerprint, labels=labels,
+                      route_fingerprints={name: keys.fingerprint
+                                          for name, keys in job.keys.routes.items()})
 
 
 def sink_task(job: Job, store: Store, labels: RunLabels = RunLabels()) -> tuple[Callable, Any]:
@@ -223,12 +195,12 @@ def sink_task(job: Job, store: Store, labels: RunLabels = RunLabels()) -> tuple[
             ModelUse(p.name, p.card.name, p.source_ref, p.revision)
             for p in chain_of(job, route)))
 
-    routes = job.routes.names if job.routes is not None else ()
+    routes = job.keys.routes
     return write_channel_assets, ChannelSinkConfig(
         sink=sink_config(job, store, labels), channels=job.channels,
-        prints=channel_prints(job), provenance=provenance(None),
-        route_prints={r: channel_prints(job, r) for r in routes},
-        route_provenance={r: provenance(r) for r in routes})
+        prints=job.keys.chain().channels, provenance=provenance(None),
+        route_prints={name: keys.channels for name, keys in routes.items()},
+        route_provenance={name: provenance(name) for name in routes})
 
 
 def block_rows(job: Job) -> int:
@@ -244,11 +216,11 @@ def _named(runtime: type, stage_name: str) -> type:
 
 def run_job(job: Job, *, limit: int | None = None,
             on_progress: Callable[[Counts, int], None] | None = None,
-            on_plan: Callable[[RunPlan], None] | None = None) -> RunResult:
+            on_count: Callable[[WorkCount], None] | None = None) -> RunResult:
     """Run a validated job on the connected Ray and commit its run. Needs ``ray.init`` first.
 
     The manifest is scanned (and fingerprinted) and the store probed before any model loads;
-    ``on_plan`` hears what the run will do before the stages start. A run id that is already
+    ``on_count`` hears what the run will do before the stages start. A run id that is already
     committed from the same inputs is reported and nothing is written; from other inputs it
     raises ``RunInputsMismatch``. A store that fails for good (after botocore's retries) stops
     the run uncommitted with ``StorageError``; running the same run id again resumes it.
@@ -286,7 +258,7 @@ def run_job(job: Job, *, limit: int | None = None,
         store = store.preflight(run_id)
     log.info("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
     labels = RunLabels(job=job.name, run_id=run_id)
-    shares = stage_shares(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates)
+    shares = stage_shares(job.pools)
     recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates,
                            channels=len(job.channels),
                            costs=CostModel(job.prices, shares, channels=max(len(job.channels), 1)),
@@ -297,9 +269,9 @@ def run_job(job: Job, *, limit: int | None = None,
         if work is None:
             work = _work_list(job, info, store, limit=limit, nodes=nodes)
         work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
-        plan = count_fates(work, run_id, inputs, info.skipped)
-        if on_plan is not None:
-            on_plan(plan)
+        counted = count_fates(work, run_id, inputs, info.skipped)
+        if on_count is not None:
+            on_count(counted)
         stage_names = [p.name for p in job.stages]
         qa = qa_retries(job, recorder, work)
 
@@ -314,9 +286,9 @@ def run_job(job: Job, *, limit: int | None = None,
             if on_progress is not None:
                 on_progress(recorder.counts, info.rows)
 
-        for ds, role in zip(build_datasets(job, work, store, render=plan.to_render > 0,
+        for ds, role in zip(build_datasets(job, work, store, render=counted.to_render > 0,
                                            labels=labels, budget=budget), ("finished", "render")):
-            if role == "finished" and plan.to_render == plan.rows:
+            if role == "finished" and counted.to_render == counted.rows:
                 continue  # every row renders: no execution (and its start-up) for none
             ds.set_name(f"{run_id}:{role}")
             # with a budget each batch is handed over as it arrives (Ray's prefetch would hold
@@ -365,13 +337,12 @@ def qa_retries(job: Job, recorder: RunRecorder, work: ray.data.Dataset) -> QaRet
     row rendered again gets its route's asset key for its new seed, as ``row_rules`` derives."""
     if job.qa is None:
         return None
-    routes = job.routes.names if job.routes is not None else (None,)
-    keys = {route: _lookup_key(job, route) for route in routes}
+    routed = job.routes is not None
 
     def key_of(item: dict) -> str:
-        return asset_key(*keys[item["route"] if job.routes is not None else None], item)
+        return asset_key(*job.keys.chain(item["route"] if routed else None).lookup, item)
 
-    return QaRetries(costs=recorder.costs, counts=recorder.counts, key_of=key_of,
+    return QaRetries(costs=recorder.costs, totals=recorder.counts.cost, key_of=key_of,
                      columns=work.schema().names, on_cost=recorder.on_cost)
 
 
@@ -433,22 +404,29 @@ def init_ray(address: str | None, *, logical_cpus: float | None = None,
 
     A local Ray gets at least as many logical CPUs as the job's actor pools ask for, plus one
     for the read, validate and sink tasks; they time-share the real cores. Its dashboard
-    (``dashboard``) listens on 127.0.0.1 only, behind Ray's token authentication.
+    (``dashboard``) listens on 127.0.0.1 only, behind Ray's token authentication. The terminal
+    gets the factory's lines and the warnings and errors of Ray and the stages; Ray's INFO
+    chatter stays in the session's logs (``factory.core.console``).
     """
-    from factory.core.console import quiet_ray, quiet_ray_data
+    from factory.core.console import quiet_ray, quiet_ray_data, spend_restart_advisory
 
     if ray.is_initialized():
         return None
     quiet_ray()
+    # Every worker runs quiet_ray_worker first: Ray Data's console there as on this driver.
+    runtime_env = {"worker_process_setup_hook": "factory.core.console.quiet_ray_worker"}
     if address:
-        context = ray.init(address=address, log_to_driver=True)
+        context = ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
         cpus = local_cpus(logical_cpus)
         # address="local": always a new Ray of our own, never one found on the machine
         context = ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard,
                            dashboard_host="127.0.0.1", log_to_driver=True,
-                           configure_logging=True, logging_level=logging.WARNING)
+                           configure_logging=True, logging_level=logging.WARNING,
+                           runtime_env=runtime_env)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one progress display per run: the factory's own
     quiet_ray_data()
+    if not (address or "").startswith("ray://"):  # a Ray Client's core worker is remote
+        spend_restart_advisory(context.address_info.get("session_dir"))
     return getattr(context, "dashboard_url", None) or None

@@ -35,16 +35,13 @@ class OutputNotShared(ValueError):
 
 def logical_cpus_needed(job: Job) -> float:
     """Logical CPUs the job's actor pools hold."""
-    from stages.chain import pool_resources, pools
-
-    return sum(r.num_cpus * r.concurrency for r in map(
-        pool_resources, pools(job.stages, fuse=job.fuse_cpu_stages, keep=job.keep_intermediates)))
+    return sum(pool.resources.num_cpus * pool.resources.concurrency for pool in job.pools)
 
 
 def resource_problems(job: Job, resources: Mapping[str, float]) -> list[str]:
     """What ``resources`` (a cluster's CPU and GPU totals) lack for this job; empty if it fits."""
     cpus_needed = logical_cpus_needed(job) + TASK_CPUS
-    gpus_needed = sum(p.resources.num_gpus * p.resources.concurrency for p in job.stages)
+    gpus_needed = sum(pool.resources.num_gpus * pool.resources.concurrency for pool in job.pools)
     problems = []
     if resources.get("CPU", 0.0) < cpus_needed:
         problems.append(f"{cpus_needed:g} CPUs (actor pools {cpus_needed - TASK_CPUS:g} + "

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from factory.spec.keys import params_hash
 from factory.spec.prices import CostModel, CostTotals, usd_type
+from factory.spec.routes import Routes
 from factory.core.status import STATUS_DEFERRED, STATUS_FAILED, STATUS_OK, STATUS_REJECTED
 from factory.store.run_tables import LINEAGE, REJECTS, SUMMARY_KEY, is_committed
 from factory.store.storage import Store
@@ -173,10 +174,10 @@ class RunRecorder:
                  keep: tuple[str, ...] = (), *, channels: int = 0,
                  costs: CostModel | None = None,
                  on_cost: Callable[[CostTotals], None] | None = None,
-                 routes: Any = None, qa: bool = False) -> None:
+                 routes: Routes | None = None, qa: bool = False) -> None:
         self.store, self.run_id, self.plans = store, run_id, plans
         self.costs, self.on_cost = costs, on_cost
-        self.routes = routes  # factory.spec.routes.Routes, or None
+        self.routes = routes
         self.schema = lineage_schema(plans, keep, channels=channels > 0, costs=costs,
                                      routes=routes is not None, qa=qa)
         self.counts = Counts(channels=max(channels, 1))

@@ -18,7 +18,8 @@ from typing import Callable
 
 import pyarrow.compute as pc
 
-from factory.run.pipeline import RunPlan, RunResult, run_job
+from factory.run.pipeline import run_job
+from factory.run.result import RunResult, WorkCount
 from factory.store.run_tables import list_runs, read_lineage, read_rejects
 from factory.run.recorder import Counts
 from factory.spec.job import Job
@@ -61,7 +62,7 @@ def latest_committed(store: Store, job_name: str) -> str | None:
 
 def refresh(job: Job, *, run_id: str | None = None, limit: int | None = None,
             on_progress: Callable[[Counts, int], None] | None = None,
-            on_plan: Callable[[RunPlan], None] | None = None) -> RefreshReport:
+            on_count: Callable[[WorkCount], None] | None = None) -> RefreshReport:
     """Run ``job`` as a refresh and report what changed since its latest committed run."""
     store = Store(job.output.uri, job.s3)
     previous = latest_committed(store, job.name)
@@ -72,7 +73,7 @@ def refresh(job: Job, *, run_id: str | None = None, limit: int | None = None,
         before = dict(zip(_units(table), table["output_key"].to_pylist()))
     if run_id:
         job = job.with_overrides(run_id=run_id)
-    result = run_job(job, limit=limit, on_progress=on_progress, on_plan=on_plan)
+    result = run_job(job, limit=limit, on_progress=on_progress, on_count=on_count)
     lineage, _ = read_lineage(store, result.run_id)
     rejected_skus = set(read_rejects(store, result.run_id)["sku"].to_pylist())
     now = set()

@@ -1,5 +1,6 @@
-"""What a run reports: the plan before the stages start (``RunPlan``), the result after
-(``RunResult``), and the result of a run id that is already committed (``committed_result``).
+"""What a run reports: its rows counted by fate before the stages start (``WorkCount``), the
+result after (``RunResult``), and the result of a run id that is already committed
+(``committed_result``).
 """
 
 from __future__ import annotations
@@ -10,19 +11,20 @@ from typing import Any, Mapping
 
 import ray.data
 
+from factory.core.status import STATUS_OK, STATUS_REJECTED
 from factory.run.identity import RunInputs, RunInputsMismatch
-from factory.store.run_tables import read_summary
 from factory.run.recorder import Counts
 from factory.sink.assets import STATUS_EXISTS
+from factory.spec.job import Job
+from factory.store.run_tables import read_summary
 from factory.store.storage import Store
-from factory.core.status import STATUS_OK, STATUS_REJECTED
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunPlan:
-    """What a run will do, decided before any model loads.
+class WorkCount:
+    """What a run will do: its rows counted by fate before any model loads.
 
     Attributes:
         run_id: the run's id (explicit, or derived from ``inputs``).
@@ -97,14 +99,14 @@ class RunResult:
 
 
 def count_fates(work: ray.data.Dataset, run_id: str, inputs: RunInputs,
-          skipped: Mapping[str, int]) -> RunPlan:
+                skipped: Mapping[str, int]) -> WorkCount:
     """Count the work list's fates (one light pass over its status column)."""
     tally: dict[str, int] = {}
     for batch in work.select_columns(["status"]).iter_batches(batch_size=None,
                                                                batch_format="pyarrow"):
         for status, n in zip(*_value_counts(batch["status"])):
             tally[status] = tally.get(status, 0) + n
-    return RunPlan(run_id=run_id, inputs=inputs, rows=inputs.manifest_rows,
+    return WorkCount(run_id=run_id, inputs=inputs, rows=inputs.manifest_rows,
                    rejected=tally.get(STATUS_REJECTED, 0), existing=tally.get(STATUS_EXISTS, 0),
                    to_render=tally.get(STATUS_OK, 0), skipped=dict(skipped))
 
@@ -116,8 +118,14 @@ def _value_counts(column) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def committed_result(job: Any, run_id: str, inputs: RunInputs, store: Store,
-                      paths: dict[str, str]) -> RunResult:
+def committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,
+                     paths: dict[str, str]) -> RunResult:
+    """The result of ``run_id``, committed before this call (by an earlier run of the same
+    inputs, or a concurrent run that committed first), from its summary.
+
+    Raises:
+        RunInputsMismatch: the committed run was made from other inputs.
+    """
     summary = read_summary(store, run_id)
     if job.run_id is not None or summary.get("inputs") is not None:
         differences = inputs.differences(summary.get("inputs"))

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
@@ -42,6 +42,11 @@ from factory.store.s3 import S3Options, StorageError, is_s3
 from factory.store.storage import Store
 from factory.core.status import STATUS_OK, STATUS_REJECTED
 from stages.source_photo import SOURCE_URI, PhotoSourceParams
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from factory.store.photo_fetch import PhotoFetcher, Validators
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +153,15 @@ def _key(batch: dict[str, np.ndarray], i: int, sha256: str, rules: RowRules) -> 
     return asset_key(chain, ext, row)
 
 
-def _obtain(ref: str, fetcher: Any, config: SourceConfig) -> _Got:
+def _obtain(ref: str, fetcher: PhotoFetcher, config: SourceConfig) -> _Got:
     """One reference's photo in the store: its hash and stored URI, or why not."""
     started = time.perf_counter()
     got = _fetch_and_store(ref, fetcher, config)
     return replace(got, ms=(time.perf_counter() - started) * 1000.0)
 
 
-def _fetch_and_store(ref: str, fetcher: Any, config: SourceConfig) -> _Got:
-    from factory.core.photo_decode import probe_photo
-    from factory.core.photo_decode import PhotoError
+def _fetch_and_store(ref: str, fetcher: PhotoFetcher, config: SourceConfig) -> _Got:
+    from factory.core.photo_decode import PhotoError, probe_photo
 
     store = config.store
     remote = ref.lower().startswith(_REMOTE)
@@ -186,7 +190,7 @@ def _fetch_and_store(ref: str, fetcher: Any, config: SourceConfig) -> _Got:
         return _Got(reason=f"photo {_printable(ref)[:300]}: {type(exc).__name__}: {exc}"[:2000])
 
 
-def _read_validators(store: Store, key: str) -> Any:
+def _read_validators(store: Store, key: str) -> Validators | None:
     """The validators of the reference's last fetch, or None (none kept, or unreadable)."""
     from factory.store.photo_fetch import Validators
 
@@ -205,7 +209,7 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
-def sources_digest(work: Any) -> str:
+def sources_digest(work: ray.data.Dataset) -> str:
     """A hash of every row's photo as fetched (row number and content hash), in manifest
     order: a run's input like the manifest's content (``factory.run.identity``)."""
     digest = hashlib.sha256()

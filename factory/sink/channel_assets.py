@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from factory.core import images, metrics
-from factory.spec.channels import Channel, NoSubject
+from factory.spec.channels import Channel, Measures, NoSubject
 from factory.spec.keys import channel_key, work_hash
 from factory.core.provenance import Provenance
 from factory.sink.assets import SHA_META, STATUS_EXISTS, WORK_META, SinkConfig
@@ -144,7 +144,7 @@ def write_channel_assets(batch: dict[str, np.ndarray], *,
     return _columns(batch, out, config.sink)
 
 
-def _render(array: np.ndarray, channel: Any, packet: bytes) -> tuple[bytes, Any]:
+def _render(array: np.ndarray, channel: Channel, packet: bytes) -> tuple[bytes, Measures]:
     """Frame, encode with the XMP packet, and measure the decoded file."""
     from PIL import Image
 

@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from factory.core.strict import Strict
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Alpha at or above this is the subject when finding its bounding box.
 SUBJECT_ALPHA = 128
@@ -32,7 +37,7 @@ PURITY_LEVELS = 1
 WHITE = (255, 255, 255)
 
 
-class Channel(BaseModel):
+class Channel(Strict):
     """One channel's frame, background, encoding and rules.
 
     Attributes:
@@ -54,8 +59,6 @@ class Channel(BaseModel):
         cutout: the channel needs the subject cut out (alpha from a segment stage).
         metadata: the file must carry the ``trainedAlgorithmicMedia`` XMP packet.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     width: int = Field(0, ge=0, le=10_000)
@@ -190,7 +193,7 @@ class NoSubject(ValueError):
 class Framed:
     """A rendered frame: the pixels to encode and the subject's box in them."""
 
-    pixels: Any  # PIL.Image.Image, RGB or RGBA
+    pixels: Image.Image  # RGB or RGBA
     #: the box of the product (alpha at least half), ``(x0, y0, x1, y1)`` exclusive
     subject: tuple[int, int, int, int] | None
     #: the box of every pixel the product touches at all (soft edges, resampling's reach)

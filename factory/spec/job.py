@@ -10,26 +10,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from factory.core import settings
+from factory.core.strict import Strict
 from factory.catalog.commerce_formats import CatalogOptions
+from factory.spec.channels import Channel, ChannelError
+from factory.spec.job_keys import JobKeys, job_keys
 from factory.spec.prices import Prices, PricingSpec, resolve_prices
 from factory.spec.qa import QaConfig, QaSpec, resolve_qa
 from factory.spec.routes import Routes, RoutesSpec, resolve_routes
 from factory.store.s3 import S3Options
-from factory.spec.seasons import (  # noqa: F401 - API
-    ScheduleSpec, SeasonSpec, check_seasons, season_stage,
-)
+from factory.spec.seasons import ScheduleSpec, SeasonSpec, check_seasons, season_stage
 from factory.spec.templating import TemplateError, template_fields
 from stages.base import StagePlan
+from stages.chain import Pool, pool_layout
 from stages.source_photo import SOURCE_URI
 from stages.registry import UnknownModelError, get_card
 from stages.weights import resolve_source
@@ -49,11 +51,7 @@ class SpecError(ValueError):
         super().__init__(f"{source}: invalid job spec:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ManifestSpec(_Strict):
+class ManifestSpec(Strict):
     """The catalog: a manifest file, or a Shopify / Merchant Center export as exported."""
 
     uri: str = Field(min_length=1)
@@ -66,7 +64,7 @@ class ManifestSpec(_Strict):
     missing_sku: Literal["derive", "reject"] = "derive"
 
 
-class OutputSpec(_Strict):
+class OutputSpec(Strict):
     uri: str = Field(min_length=1)
     #: A local ``uri`` that every node of the cluster mounts (NFS, a PersistentVolume): only
     #: then may a multi-node Ray write to a local path.
@@ -76,7 +74,7 @@ class OutputSpec(_Strict):
     png_compression: int = Field(1, ge=0, le=9)
 
 
-class StorageSpec(_Strict):
+class StorageSpec(Strict):
     """S3-compatible store settings; unset ones come from the environment (README)."""
 
     endpoint_url: str | None = None
@@ -87,19 +85,19 @@ class StorageSpec(_Strict):
     create_only: Literal["auto", "if-none-match", "checked"] | None = None
 
 
-class PromptSpec(_Strict):
+class PromptSpec(Strict):
     template: str = Field(min_length=1)
     negative: str = ""
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(Strict):
     num_gpus: float | None = Field(None, ge=0)
     num_cpus: float | None = Field(None, ge=0)
     batch_size: int | None = Field(None, ge=1, le=4096)
     concurrency: int | None = Field(None, ge=1, le=1024)
 
 
-class StageSpec(_Strict):
+class StageSpec(Strict):
     kind: str
     model: str
     name: str | None = None
@@ -110,13 +108,13 @@ class StageSpec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
 
 
-class BudgetSpec(_Strict):
+class BudgetSpec(Strict):
     """``budget:``: the run's cap in dollars (``factory.cost.budget``); rows past it are deferred."""
 
     usd: Decimal = Field(gt=0)
 
 
-class JobSpec(_Strict):
+class JobSpec(Strict):
     name: str = Field(min_length=1, max_length=128)
     manifest: ManifestSpec
     output: OutputSpec
@@ -164,7 +162,7 @@ class Job:
     stages: tuple[StagePlan, ...]
     s3: S3Options = S3Options()
     keep_intermediates: tuple[str, ...] = ()
-    #: Consecutive CPU-only stages share one actor pool (``factory.run.pipeline.pools``).
+    #: Consecutive CPU-only stages share one actor pool (``stages.chain.pools``).
     fuse_cpu_stages: bool = True
     #: How a commerce export becomes manifest rows (status filter, SKU-less variants).
     catalog: CatalogOptions = CatalogOptions()
@@ -172,8 +170,8 @@ class Job:
     schedules: tuple[ScheduleSpec, ...] = ()
     season: str | None = None
     warnings: tuple[str, ...] = ()
-    #: ``factory.spec.channels.Channel``s: one asset per channel and row; empty: one asset per row.
-    channels: tuple[Any, ...] = ()
+    #: One asset per channel and row; empty: one asset per row.
+    channels: tuple[Channel, ...] = ()
     #: The run's price table (``pricing:`` over ``factory.spec.prices``'s defaults).
     prices: Prices = Prices()
     #: Routes by tier (``factory.spec.routes``); None: every row runs every stage.
@@ -183,6 +181,20 @@ class Job:
     budget_usd: Decimal | None = None
     #: The brand QA gate (``factory.spec.qa``); None: no gate, no extra pass.
     qa: QaConfig | None = None
+    #: The assets' key fingerprints (``factory.spec.job_keys``), derived from the fields above.
+    keys: JobKeys = field(init=False, repr=False, compare=False)
+    #: The actor pools and what each asks Ray for (``stages.chain.pool_layout``), likewise.
+    pools: tuple[Pool, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Derived here rather than passed in: every Job (parsed, seasoned, overridden) carries
+        # the keys and pools of its own stages and output, so none can hold a stale copy.
+        object.__setattr__(self, "pools", pool_layout(
+            self.stages, fuse=self.fuse_cpu_stages, keep=self.keep_intermediates))
+        object.__setattr__(self, "keys", job_keys(
+            self.stages, image_format=self.output.image_format, quality=self.output.quality,
+            routes=self.routes, qa=self.qa, channels=self.channels,
+            keep=self.keep_intermediates))
 
     def with_season(self, name: str | None, *, today: date | None = None) -> Job:
         """The job inside a season: by ``name``, or the season whose window holds ``today``
@@ -294,7 +306,7 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         problems.append(f"run_id: '{spec.run_id}' must match {_RUN_ID.pattern}")
     manifest_format = spec.manifest.format or _infer_format(spec.manifest.uri, problems)
     names = [p.name for p in plans]
-    check_seasons(spec, problems)
+    check_seasons(spec.seasons, spec.schedules, problems)
     channels = _resolve_channels(spec, problems)
     prices = resolve_prices(spec.pricing, problems=problems,
                             base_dir=Path(source).parent if Path(source).is_file() else None)
@@ -430,8 +442,8 @@ def _resolve_routes(spec: JobSpec, plans: list[StagePlan], problems: list[str],
                           problems, check_chain=check, keep=spec.keep_intermediates)
 
 
-def _resolve_channels(spec: JobSpec, problems: list[str]) -> tuple[Any, ...]:
-    from factory.spec.channels import ChannelError, resolve
+def _resolve_channels(spec: JobSpec, problems: list[str]) -> tuple[Channel, ...]:
+    from factory.spec.channels import resolve
 
     try:
         return resolve(spec.channels)

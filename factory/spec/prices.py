@@ -35,10 +35,16 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from factory.core.strict import Strict
+from stages.chain import Pool
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Hourly on-demand prices per device (see the module docstring for their sources and date).
 DEFAULT_USD_PER_HOUR: Mapping[str, float] = MappingProxyType({
@@ -56,7 +62,7 @@ _QUANTUM = Decimal(1).scaleb(-USD_PLACES)
 _DEVICE = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
 
 
-class PricingSpec(BaseModel):
+class PricingSpec(Strict):
     """``pricing:`` in a job spec: which GPU the cluster has and prices over the defaults.
 
     Attributes:
@@ -66,16 +72,12 @@ class PricingSpec(BaseModel):
         usd_per_hour: hourly prices per device type (``cpu`` is per logical CPU).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     gpu: str | None = Field(None, pattern=_DEVICE)
     file: str | None = Field(None, min_length=1)
     usd_per_hour: dict[str, float] = Field(default_factory=dict)
 
 
-class _PriceFile(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class _PriceFile(Strict):
     gpu: str | None = Field(None, pattern=_DEVICE)
     usd_per_hour: dict[str, float] = Field(default_factory=dict)
 
@@ -172,17 +174,12 @@ class StageShare:
     cpus: float
 
 
-def stage_shares(plans: Sequence[Any], *, fuse: bool, keep: Sequence[str] = ()
-                 ) -> tuple[StageShare, ...]:
-    """Each stage's reserved share, in chain order: its pool's resources (a fused chain of
-    CPU stages holds the most any member asks while each of them runs)."""
-    from stages.chain import pool_resources, pools
-
-    shares = []
-    for pool in pools(plans, fuse=fuse, keep=keep):
-        r = pool_resources(pool)
-        shares += [StageShare(p.name, p.card.name, r.num_gpus, r.num_cpus) for p in pool]
-    return tuple(shares)
+def stage_shares(pools: Sequence[Pool]) -> tuple[StageShare, ...]:
+    """Each stage's reserved share, in chain order, from the job's pools (``Job.pools``): its
+    pool's resources (a fused chain of CPU stages holds the most any member asks while each of
+    them runs)."""
+    return tuple(StageShare(p.name, p.card.name, pool.resources.num_gpus,
+                            pool.resources.num_cpus) for pool in pools for p in pool.plans)
 
 
 @dataclass(frozen=True)
@@ -218,7 +215,7 @@ class CostModel:
         return out
 
 
-def usd_type() -> Any:
+def usd_type() -> pa.DataType:
     """The Arrow type of dollar columns."""
     import pyarrow as pa
 

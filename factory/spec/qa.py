@@ -46,13 +46,21 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from factory.spec.keys import KEY_SEED
 from factory.core.status import STATUS_FAILED, STATUS_OK
+from factory.core.strict import Strict
+from factory.spec.keys import KEY_SEED
+from factory.spec.prices import CostModel, CostTotals
+from factory.spec.routes import Routes
+from stages.base import StagePlan
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
 
 #: A row the gate sends back for another render: no asset, no outcome (yet).
 STATUS_QA_RETRY = "qa_retry"
@@ -64,18 +72,14 @@ RETRY_USD = "qa_retry_usd"
 MAX_RETRIES = 10
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ThresholdSpec(_Strict):
+class ThresholdSpec(Strict):
     """``{min: x, max: y}``: the bounds a metric must stay within (either may be left out)."""
 
     min: float | None = None
     max: float | None = None
 
 
-class GateSpec(_Strict):
+class GateSpec(Strict):
     """One gate as written: retries after the first render, and thresholds per metric."""
 
     retries: int = Field(2, ge=0, le=MAX_RETRIES)
@@ -158,7 +162,7 @@ class QaConfig:
         return lines
 
 
-def resolve_qa(spec: QaSpec, plans: Sequence[Any], routes: Any,
+def resolve_qa(spec: QaSpec, plans: Sequence[StagePlan], routes: Routes | None,
                problems: list[str]) -> QaConfig:
     """Check ``qa:`` against what the chain (or each route's chain) measures, and freeze it.
 
@@ -254,26 +258,27 @@ class QaRetries:
     and renders them again, a pass per attempt.
 
     Args:
-        costs: the run's ``factory.spec.prices.CostModel`` (None: nothing is priced).
-        counts: the run's ``factory.run.recorder.Counts``: retried attempts' dollars join its totals.
-        key_of: a work item's asset key (``factory.run.rows``'s derivation: its route's chain).
+        costs: the run's cost model (None: nothing is priced).
+        totals: the run's cost totals (its recorder's): retried attempts' dollars join them.
+        key_of: a work item's asset key (its route's ``Job.keys`` lookup, as the row rules').
         columns: the work list's columns, the ones a row carries into the stages.
         on_cost: hears each held batch's dollars (``factory_stage_cost_usd``), as the
             recorder's ``on_cost`` hears the recorded rows': the metric is the run's total.
     """
 
-    def __init__(self, *, costs: Any, counts: Any, key_of: Callable[[dict], str],
-                 columns: Sequence[str], on_cost: Callable[[Any], None] | None = None) -> None:
-        self.costs, self.counts, self.key_of = costs, counts, key_of
+    def __init__(self, *, costs: CostModel | None, totals: CostTotals,
+                 key_of: Callable[[dict], str], columns: Sequence[str],
+                 on_cost: Callable[[CostTotals], None] | None = None) -> None:
+        self.costs, self.totals, self.key_of = costs, totals, key_of
         self.on_cost = on_cost
         self.columns = [*columns, "qa_attempts"]
         self.review = 0
         self.retries = 0
         self.retry_usd = Decimal(0)
-        self._held: list[Any] = []
+        self._held: list[pa.Table] = []
         self._carry: dict[int, Decimal] = {}  # row -> dollars of its earlier attempts, per asset
 
-    def take(self, batch: Any) -> Any:
+    def take(self, batch: pa.Table) -> pa.Table:
         """A sink batch (``pyarrow.Table``) without its ``qa_retry`` rows, which are held for
         the next pass; its rows carry ``qa_retry_usd``."""
         import pyarrow as pa
@@ -300,11 +305,9 @@ class QaRetries:
             self._carry.pop(r, None)
         return kept.append_column(RETRY_USD, pa.array(usd, type=usd_type()))
 
-    def _price(self, held: Any) -> None:
+    def _price(self, held: pa.Table) -> None:
         """The attempt each held row made: into its carry and the run's cost totals (every
         channel asset of the row carries its share, as the recorder prices assets)."""
-        from factory.spec.prices import CostTotals
-
         self.retries += held.num_rows
         if self.costs is None:
             return
@@ -319,12 +322,12 @@ class QaRetries:
             self._carry[row] = self._carry.get(row, Decimal(0)) + priced["cost_usd"]
             self.retry_usd += priced["cost_usd"] * channels
         for name in batch.usd:
-            self.counts.cost.add(name, batch.gpu_s[name], batch.cpu_s[name], batch.usd[name])
+            self.totals.add(name, batch.gpu_s[name], batch.cpu_s[name], batch.usd[name])
         if self.on_cost is not None:
             self.on_cost(batch)
 
     @staticmethod
-    def settled(batch: Any) -> Any:
+    def settled(batch: pa.Table) -> pa.Table:
         """The batch as a budget sees it (``factory.cost.budget.Budget.record``): a row sent back
         came back from the stages (its attempt is spent), so it reserves nothing any more."""
         import pyarrow as pa
@@ -336,7 +339,7 @@ class QaRetries:
                             pa.scalar(STATUS_OK), batch["status"])
         return batch.set_column(batch.schema.get_field_index("status"), "status", status)
 
-    def next_pass(self) -> Any:
+    def next_pass(self) -> pa.Table | None:
         """The held rows as the next pass's work items (``pyarrow.Table``): each with its
         next seed, its first seed (``key_seed``) and so its own key; None when none is held."""
         import pyarrow as pa
@@ -352,8 +355,8 @@ class QaRetries:
             item.update(status=STATUS_OK, error="", failed_stage="")
         return pa.Table.from_pylist(items, schema=table.schema)
 
-    def run(self, render: Callable[[Any], Any], record: Callable[[Any], None], *,
-            name: str = "") -> int:
+    def run(self, render: Callable[[ray.data.Dataset], ray.data.Dataset],
+            record: Callable[[pa.Table], None], *, name: str = "") -> int:
         """Render the held rows again, pass after pass, until none is sent back; each sink
         batch goes to ``record`` (which calls ``take``). Returns the passes run."""
         import ray.data

@@ -28,17 +28,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from factory.core.strict import Strict
+from stages.base import StagePlan
 
 #: The lineage and work-item column that holds a row's route.
 ROUTE_COLUMN = "route"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-class RoutesSpec(BaseModel):
+class RoutesSpec(Strict):
     """``routes:`` in a job spec, as written (``resolve_routes`` checks it against stages)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     column: str = Field("tier", min_length=1, max_length=128)
     default: str | None = None
@@ -154,7 +155,7 @@ def resolve_routes(spec: RoutesSpec, stage_names: list[str], problems: list[str]
     return Routes(column=spec.column, default=spec.default, chains=tuple(chains))
 
 
-def route_stages(stages: tuple[Any, ...], route: Route) -> tuple[Any, ...]:
+def route_stages(stages: tuple[StagePlan, ...], route: Route) -> tuple[StagePlan, ...]:
     """The ``StagePlan``s of ``route``, in chain order (a job's ``stages`` filtered)."""
     return tuple(plan for plan in stages if plan.name in route)
 

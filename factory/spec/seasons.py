@@ -3,23 +3,21 @@ and LoRA (``Job.with_season``), and cron schedules that submit its refreshes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from factory.core.strict import Strict
 from factory.spec.templating import TemplateError, template_fields
 from stages.base import StagePlan
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SeasonSpec(_Strict):
+class SeasonSpec(Strict):
     """A seasonal overlay: a date window and what changes inside it."""
 
     name: str = Field(pattern=_NAME)
@@ -37,7 +35,7 @@ class SeasonSpec(_Strict):
         return start <= key <= end if start <= end else key >= start or key <= end
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(Strict):
     """A cron schedule that submits a refresh of this job."""
 
     name: str = Field(pattern=_NAME)
@@ -45,12 +43,15 @@ class ScheduleSpec(_Strict):
     season: str | None = None
 
 
-def check_seasons(spec: Any, problems: list[str]) -> None:
+def check_seasons(seasons: Sequence[SeasonSpec], schedules: Sequence[ScheduleSpec],
+                  problems: list[str]) -> None:
+    """Check ``seasons:`` (unique names, real dates, templates, palettes) and ``schedules:``
+    (cron lines, seasons they name); ``seasons[i].key: message`` lines go to ``problems``."""
     from factory.spec.cron import validate_cron
     from stages.colour import parse_palette
 
-    names = [s.name for s in spec.seasons]
-    for i, season in enumerate(spec.seasons):
+    names = [s.name for s in seasons]
+    for i, season in enumerate(seasons):
         where = f"seasons[{i}]"
         if names.count(season.name) > 1:
             problems.append(f"{where}.name: season '{season.name}' is defined twice")
@@ -69,16 +70,17 @@ def check_seasons(spec: Any, problems: list[str]) -> None:
                 parse_palette([colour])
             except ValueError as exc:
                 problems.append(f"{where}.palette[{j}]: {exc}")
-    for i, schedule in enumerate(spec.schedules):
+    for i, schedule in enumerate(schedules):
         if why := validate_cron(schedule.cron):
             problems.append(f"schedules[{i}].cron: '{schedule.cron}': {why}")
         if schedule.season is not None and schedule.season not in names + ["none"]:
             problems.append(f"schedules[{i}].season: no season named '{schedule.season}'")
-    if len({s.name for s in spec.schedules}) != len(spec.schedules):
+    if len({s.name for s in schedules}) != len(schedules):
         problems.append("schedules: schedule names must be unique")
 
 
 def season_stage(plan: StagePlan, season: SeasonSpec) -> StagePlan:
+    """``plan`` inside ``season``: its palette, LoRA and LoRA scale where the stage has them."""
     update: dict[str, Any] = {}
     if season.palette and "palette" in type(plan.params).model_fields:
         update["palette"] = tuple(season.palette)

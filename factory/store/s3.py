@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from factory.core import settings
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 
 class StorageError(RuntimeError):
@@ -83,7 +86,7 @@ def client(options: S3Options) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, config=config)
 
 
-def pyarrow_filesystem(options: S3Options) -> Any:
+def pyarrow_filesystem(options: S3Options) -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem for streaming reads, on the same endpoint and region."""
     import pyarrow.fs as pafs
 

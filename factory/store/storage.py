@@ -16,11 +16,13 @@ import shutil
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from factory.store import s3
 from factory.store.s3 import S3Options, StorageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise s3.explain(exc, self.uri, f"write {key}") from exc
 
-    def open_input_file(self, key: str) -> Any:
+    def open_input_file(self, key: str) -> pa.NativeFile:
         """A pyarrow random-access file over the object at ``key``: reads are ranged (on S3,
         one ranged GET each), so a reader of a Parquet footer never fetches the whole file.
         Raises ``FileNotFoundError`` if there is no such object."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: File written last into each built directory; its presence means "complete".
@@ -51,6 +53,34 @@ def _write_clip_vocab(tok_dir: Path, vocab: dict[str, int]) -> None:
     tok_dir.mkdir(parents=True, exist_ok=True)
     (tok_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (tok_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+
+@contextmanager
+def quiet_build() -> Iterator[None]:
+    """Build without the hub libraries' progress bars (``save_pretrained``'s "Writing model
+    shards" bar per component) and with the PIL image processors chosen up front (the
+    fallback warnings, ``factory.core.console.pil_image_processors``). The bars' switches are
+    process-wide: each library's is put back as it was when the build ends."""
+    from factory.core.console import pil_image_processors
+
+    pil_image_processors()
+    import diffusers
+    import huggingface_hub.utils as hub_utils
+    import transformers
+
+    switches = [(transformers.utils.logging, transformers.utils.logging.is_progress_bar_enabled(),
+                 "enable_progress_bar", "disable_progress_bar"),
+                (diffusers.utils.logging, diffusers.utils.logging.is_progress_bar_enabled(),
+                 "enable_progress_bar", "disable_progress_bar"),
+                (hub_utils, not hub_utils.are_progress_bars_disabled(),
+                 "enable_progress_bars", "disable_progress_bars")]
+    for module, _, _, off in switches:
+        getattr(module, off)()
+    try:
+        yield
+    finally:  # hub last: transformers' switch also flips the hub's
+        for module, was_on, on, off in switches:
+            getattr(module, on if was_on else off)()
 
 
 def _fresh_dir(out_dir: Path) -> Path:

@@ -12,7 +12,7 @@ checkpoint, so production code loads it through the very same calls:
 * :func:`make_tiny_lora` -- a diffusers-format UNet LoRA
   (``pytorch_lora_weights.safetensors``), loadable with ``pipe.load_lora_weights``.
 * :func:`make_tiny_swin2sr` -- a transformers ``Swin2SRForImageSuperResolution``
-  plus its ``Swin2SRImageProcessor``.
+  plus its image processor (``Swin2SRImageProcessorPil``, saved as the published one).
 * :func:`make_tiny_u2net_onnx` -- an ONNX file with rembg's u2net input/output
   contract, loadable with ``rembg.new_session("u2net_custom", model_path=...)``.
 
@@ -28,11 +28,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Re-exported: callers import these from here (tests, benchmarks/gpu_chain.py, stages/weights.py).
-from stages.tiny.common import (  # noqa: F401
-    CLIP_MAX_LENGTH, MARKER, _bytes_to_unicode, _clip_vocab, _fresh_dir, _mark_complete, _tiny_clip_config, _tiny_vae, _write_clip_vocab, is_complete,
+from stages.tiny.common import (
+    CLIP_MAX_LENGTH, _clip_vocab, _fresh_dir, _mark_complete, _tiny_clip_config, _tiny_vae, _write_clip_vocab, is_complete, quiet_build,
 )
-from stages.tiny.families import _t5_vocab, make_tiny_flux, make_tiny_sdxl  # noqa: F401
+from stages.tiny.families import make_tiny_flux, make_tiny_sdxl
 from stages.tiny import inpaint as tiny_inpaint
 
 #: Side length of the square input of rembg's u2net-family models.
@@ -166,7 +165,7 @@ def make_tiny_swin2sr(out_dir: Path, *, upscale: int = 2, seed: int = 0) -> Path
     from transformers import (
         Swin2SRConfig,
         Swin2SRForImageSuperResolution,
-        Swin2SRImageProcessor,
+        Swin2SRImageProcessorPil,  # the PIL backend: torchvision is not a dependency
     )
 
     window = 8  # as in the published caidas/swin2SR-* checkpoints
@@ -188,7 +187,10 @@ def make_tiny_swin2sr(out_dir: Path, *, upscale: int = 2, seed: int = 0) -> Path
     model = Swin2SRForImageSuperResolution(config).eval()
     out_dir = _fresh_dir(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
-    processor = Swin2SRImageProcessor(do_rescale=True, rescale_factor=1 / 255, do_pad=True, pad_size=window)
+    # Saved as published ("image_processor_type": "Swin2SRImageProcessor"); nothing in the
+    # upscale stage loads it, AutoImageProcessor does (tests).
+    processor = Swin2SRImageProcessorPil(do_rescale=True, rescale_factor=1 / 255, do_pad=True,
+                                         pad_size=window)
     processor.save_pretrained(out_dir)
     _mark_complete(out_dir)
     return out_dir
@@ -321,7 +323,9 @@ def make_all(out_dir: Path, *, only: tuple[str, ...] | None = None) -> dict[str,
     for lora, base in (("sd-tiny-lora", "sd-tiny"), ("sdxl-tiny-lora", "sdxl-tiny")):
         if lora in wanted:
             wanted.add(base)  # the LoRA is built against the base model
-    for name, build in builders.items():
-        if name in wanted and not is_complete(paths[name]):
-            build(paths[name])
+    missing = [name for name in builders if name in wanted and not is_complete(paths[name])]
+    if missing:
+        with quiet_build():
+            for name in missing:
+                builders[name](paths[name])
     return paths

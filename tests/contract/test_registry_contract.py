@@ -169,8 +169,10 @@ def test_under_cuda_each_family_loads_in_its_cards_dtype(card, models_dir, monke
     moved = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(stages.weights, "to_device", lambda m, d: moved.append(d) or m)
-    monkeypatch.setattr(sys.modules[card.runtime.__module__], "to_device",
-                        lambda m, d: moved.append(d) or m)
+    # every module the runtime's loading runs in (a scene stage loads as the generate stage)
+    for module in {sys.modules[c.__module__] for c in card.runtime.__mro__}:
+        if hasattr(module, "to_device"):
+            monkeypatch.setattr(module, "to_device", lambda m, d: moved.append(d) or m)
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         stage = card.runtime(plan=plan_for(card, models_dir, num_gpus=1))

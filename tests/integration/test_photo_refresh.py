@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from factory.cli.main import EXIT_OK, main
+from factory.cli.exits import EXIT_OK
+from factory.cli.main import main
 from factory.store.run_tables import read_lineage, read_rejects
 from factory.store.storage import Store
 from tests.support.photo_server import PhotoServer, Route

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from factory.cli.main import EXIT_PARTIAL, main
+from factory.cli.exits import EXIT_PARTIAL
+from factory.cli.main import main
 from factory.store.run_tables import read_lineage, read_rejects
 from factory.store.storage import Store
 

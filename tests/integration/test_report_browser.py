@@ -23,7 +23,8 @@ from PIL import Image
 
 from factory.run import report
 from factory.store.s3 import S3Options
-from factory.cli.main import EXIT_PARTIAL, main
+from factory.cli.exits import EXIT_PARTIAL
+from factory.cli.main import main
 from factory.catalog.demo import write_catalog
 from factory.store.run_tables import read_lineage
 from factory.store.storage import Store

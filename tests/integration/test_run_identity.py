@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from factory.cli.main import EXIT_NO_RUN, EXIT_PARTIAL, EXIT_SPEC, main
+from factory.cli.exits import EXIT_NO_RUN, EXIT_PARTIAL, EXIT_SPEC
+from factory.cli.main import main
 from factory.catalog.demo import write_catalog
 from factory.store.run_tables import list_runs, read_lineage, read_rejects
 from factory.store.storage import Store

@@ -280,7 +280,8 @@ def test_a_store_that_fails_for_good_mid_run_commits_nothing_and_the_rerun_resum
     import yaml
     from click.testing import CliRunner
 
-    from factory.cli.main import EXIT_PARTIAL, EXIT_RUN, main
+    from factory.cli.exits import EXIT_PARTIAL, EXIT_RUN
+    from factory.cli.main import main
 
     prefix = f"broken{status}"
     job = make_job(catalog_uri, proxy.endpoint_url, prefix)

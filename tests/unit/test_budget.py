@@ -251,7 +251,7 @@ def test_earlier_runs_in_the_store_price_a_row_like_the_plan_does(tmp_path: Path
     store = Store(str(tmp_path / "out"))
     assert row_estimate(job, store) is None  # no committed run: no price before the run
 
-    shares = stage_shares(job.stages, fuse=job.fuse_cpu_stages)
+    shares = stage_shares(job.pools)
     recorder = RunRecorder(store, "r1", job.stages, costs=CostModel(job.prices, shares))
     recorder.add(pa.Table.from_pylist([
         {"row": i, "sku": f"SKU-{i}", "status": "ok", "output_key": f"k{i}", "written": True,

@@ -12,12 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from factory.cli.main import main
-from factory.run.forecast import calibrate, count_work, predict
+from factory.cost.calibration import calibrate
+from factory.run.forecast import count_work, predict
 from factory.spec.prices import DEFAULT_USD_PER_HOUR, CostModel, Prices, stage_shares
 from factory.store.run_tables import read_lineage, read_summary
 from factory.run.recorder import RunRecorder
 from factory.spec.job import SpecError, load_job, parse_job
 from factory.store.storage import Store
+from stages.chain import pool_layout
 
 SPEC = """
 name: priced
@@ -52,7 +54,7 @@ def _job(tmp_path: Path, spec: str = SPEC):
 
 def _commit(job, store: Store, run_id: str, n: int = 12, fail: int = 5, reject: int = 7,
             wall_s: float = 10.0) -> RunRecorder:
-    shares = stage_shares(job.stages, fuse=job.fuse_cpu_stages)
+    shares = stage_shares(job.pools)
     recorder = RunRecorder(store, run_id, job.stages, costs=CostModel(job.prices, shares))
     rows = []
     for i in range(1, n + 1):
@@ -77,10 +79,10 @@ def _commit(job, store: Store, run_id: str, n: int = 12, fail: int = 5, reject: 
 
 def test_fused_chain_stages_are_charged_the_share_their_actor_reserved(tmp_path) -> None:
     job = _job(tmp_path)
-    shares = {s.name: (s.gpus, s.cpus) for s in stage_shares(job.stages, fuse=True)}
+    shares = {s.name: (s.gpus, s.cpus) for s in stage_shares(pool_layout(job.stages, fuse=True))}
     # generate holds half a GPU; recolor + identity are one actor asking max(0.5, 2) CPUs
     assert shares == {"generate": (0.5, 1.0), "recolor": (0.0, 2.0), "identity": (0.0, 2.0)}
-    unfused = {s.name: s.cpus for s in stage_shares(job.stages, fuse=False)}
+    unfused = {s.name: s.cpus for s in stage_shares(pool_layout(job.stages, fuse=False))}
     assert unfused["recolor"] == 0.5
 
 

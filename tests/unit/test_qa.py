@@ -149,7 +149,7 @@ def test_the_driver_holds_retries_prices_them_and_carries_their_cost() -> None:
                       (StageShare("generate", "generate/synthetic", 0.0, 1.0),))
     counts = type("Counts", (), {"cost": CostTotals()})()
     exported: list[CostTotals] = []  # what reaches factory_stage_cost_usd
-    retries = QaRetries(costs=costs, counts=counts, key_of=lambda item: f"k{item['seed']}",
+    retries = QaRetries(costs=costs, totals=counts.cost, key_of=lambda item: f"k{item['seed']}",
                         columns=["row", "sku", "seed", "status", "output_key"],
                         on_cost=exported.append)
     kept = retries.take(sink_rows([STATUS_QA_RETRY, STATUS_QA_RETRY], [1, 1], ms=1000.0))

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from factory.run import report
-from factory.cli.main import EXIT_NO_RUN, main
+from factory.cli.exits import EXIT_NO_RUN
+from factory.cli.main import main
 from factory.run.recorder import RunRecorder
 from factory.store.s3 import S3Options
 from factory.spec.job import load_job

@@ -11,7 +11,8 @@ import pytest
 
 from factory.core import images
 from factory.spec.keys import chain_fingerprint
-from factory.run.forecast import Calibration, Rate, predict, stage_rows
+from factory.cost.calibration import Calibration, Rate
+from factory.run.forecast import predict, stage_rows
 from factory.spec.routes import Route
 from factory.run.rows import validate_batch
 from factory.spec.job import SpecError, parse_job

@@ -18,6 +18,8 @@ except ImportError:  # running plain `pytest` without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from stages.tiny import models as tiny_models
 
+from stages.tiny.common import MARKER  # noqa: E402 - after the path set-up above
+
 PROMPTS = ["a red fox in the snow", "Café au lait, 100% organic! 😀", "", "brand logo on a mug"]
 FORBIDDEN_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 
@@ -210,7 +212,7 @@ def test_make_all_is_idempotent_and_rebuilds_partial(models: dict[str, Path]) ->
     assert unet_file.stat().st_mtime_ns == unet_stamp
 
     partial = models["swin2sr-tiny-x2"]
-    (partial / tiny_models.MARKER).unlink()
+    (partial / MARKER).unlink()
     (partial / "leftover.tmp").write_text("half-written")
     tiny_models.make_all(root)
     assert tiny_models.is_complete(partial) and not (partial / "leftover.tmp").exists()
