@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from factory.cli.exits import EXIT_SPEC
+from factory.cli.exits import EXIT_MANIFEST, EXIT_SPEC
 from factory.core import settings
 
 
@@ -42,6 +42,7 @@ def plan(job_path: str, output_uri: str | None, limit: int | None, season: str |
     come from the lineage of committed runs in the output store (same card, params and device
     kind), else from a probe run of the first --probe rows into a scratch directory.
     """
+    from factory.catalog.records import ManifestError
     from factory.cost.calibration import calibrate
     from factory.run.forecast import predict, probe, stage_rows, tally_work
     from factory.spec.job import SpecError, load_job
@@ -52,7 +53,11 @@ def plan(job_path: str, output_uri: str | None, limit: int | None, season: str |
     except SpecError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_SPEC)
-    info, tally, routes = tally_work(job, limit=limit)
+    try:
+        info, tally, routes = tally_work(job, limit=limit)
+    except ManifestError as exc:  # as `factory run` says it: no traceback for a bad catalog
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_MANIFEST)
     calibration = calibrate(Store(job.output.uri, job.s3), job)
     # with routes, a stage no row to render goes through needs no calibration
     rendering = stage_rows(job, tally.get("ok", 0), routes)
