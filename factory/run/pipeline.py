@@ -256,7 +256,7 @@ def run_job(job: Job, *, limit: int | None = None,
         check_output_reach(job, nodes)
         check_resources(job)
         store = store.preflight(run_id)
-    log.info("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
+    log.debug("run %s: writes to %s are create-only by %s", run_id, store.uri, store.write_mode)
     labels = RunLabels(job=job.name, run_id=run_id)
     shares = stage_shares(job.pools)
     recorder = RunRecorder(store, run_id, job.stages, job.keep_intermediates,
