@@ -74,15 +74,15 @@ def spend_restart_advisory(session_dir: str | None) -> None:
 
     The driver's core worker logs, once per process, at ERROR to its log file *and* to
     stderr, that an actor with ``max_restarts > 0`` "has constructor arguments in the object
-    store" (ray-project/ray#53727). Every Ray Data actor pool has: Ray Data ``ray.put``s each
-    pool's map transformer and data context, passes the refs to its actors and holds them for
-    the pool's life (ray-project/ray#57733), so a restart finds them. The advisory says nothing
+    store". Every Ray Data actor pool has: Ray Data ``ray.put``s each pool's map transformer
+    and data context, passes the refs to its actors and holds them for the pool's life, so a
+    restart finds them. The advisory says nothing
     a user can act on, and the restarts it is about are the fault tolerance the factory keeps.
     Ray has no switch for the driver's stderr sink alone (``RAY_BACKEND_LOG_LEVEL`` mutes every
     C++ error of the process, and announces itself on stderr), so the advisory is spent here:
     a restartable actor whose argument is in the object store is declared while the driver's
     stderr (fd 2) points at ``logs/factory-driver.err``, and killed at once. Drop this when
-    Ray fixes #53727.
+    Ray gives the advisory a switch of its own.
     """
     import ray
 
