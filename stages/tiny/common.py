@@ -143,3 +143,46 @@ def _tiny_vae():
         norm_num_groups=4,
         sample_size=64,
     )
+
+
+def _tiny_sd_unet(*, in_channels: int):
+    """The tiny SD UNet (sd-tiny's shapes); ``in_channels`` 4 for text-to-image, 9 for
+    inpainting (latents, masked-image latents, mask). The caller seeds torch first."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+
+
+def _tiny_sdxl_unet(*, in_channels: int):
+    """The tiny SDXL UNet (two text encoders, ``text_time`` conditioning); ``in_channels`` as
+    for ``_tiny_sd_unet``. The caller seeds torch first."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 size/crop ids + pooled text
+        cross_attention_dim=32 + 32,  # both encoders' hidden states
+        norm_num_groups=4,
+    )

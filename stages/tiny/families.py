@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.tiny.common import (
-    CLIP_MAX_LENGTH, _clip_vocab, _fresh_dir, _mark_complete, _tiny_clip_config, _tiny_vae, _write_clip_vocab,
+    CLIP_MAX_LENGTH, _clip_vocab, _fresh_dir, _mark_complete, _tiny_clip_config, _tiny_sdxl_unet,
+    _tiny_vae, _write_clip_vocab,
 )
 
 
@@ -29,34 +30,14 @@ def make_tiny_sdxl(out_dir: Path, *, seed: int = 0) -> Path:
         and ``AutoPipelineForImage2Image``.
     """
     import torch
-    from diffusers import (
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     out_dir = _fresh_dir(out_dir)
     vocab = _clip_vocab()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 size/crop ids + pooled text
-        cross_attention_dim=32 + 32,  # both encoders' hidden states
-        norm_num_groups=4,
-    )
+    unet = _tiny_sdxl_unet(in_channels=4)
     torch.manual_seed(seed)
     vae = _tiny_vae()
     torch.manual_seed(seed)
@@ -105,19 +86,8 @@ def make_tiny_flux(out_dir: Path, *, seed: int = 0) -> Path:
         ``out_dir``, loadable with ``AutoPipelineForText2Image`` (``FluxPipeline``).
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-    )
-    from transformers import (
-        CLIPTextModel,
-        CLIPTokenizer,
-        T5Config,
-        T5EncoderModel,
-        T5Tokenizer,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5Tokenizer
 
     out_dir = _fresh_dir(out_dir)
     vocab = _clip_vocab()
@@ -141,13 +111,35 @@ def make_tiny_flux(out_dir: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_tiny_clip_config(vocab, tokenizer))
     torch.manual_seed(seed)
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+    text_encoder_2 = _tiny_t5(len(t5_vocab))
+    torch.manual_seed(seed)
+    vae = _tiny_flux_vae(latent_channels)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                        tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                        tokenizer_2=tokenizer_2, transformer=transformer)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    _write_clip_vocab(out_dir / "tokenizer", vocab)
+    _mark_complete(out_dir)
+    return out_dir
+
+
+def _tiny_t5(vocab_size: int):
+    """flux-tiny's T5 encoder (T5-XXL's architecture at toy width). The caller seeds torch."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0,
         eos_token_id=1, decoder_start_token_id=0))
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8),  # 3 downsamples: a factor of 8, as Flux's VAE
+
+
+def _tiny_flux_vae(latent_channels: int):
+    """flux-tiny's VAE: three downsamples, a factor of 8 as Flux's own. The caller seeds."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -161,11 +153,3 @@ def make_tiny_flux(out_dir: Path, *, seed: int = 0) -> Path:
         shift_factor=0.0609,
         scaling_factor=1.5035,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
-                        tokenizer=tokenizer, text_encoder_2=text_encoder_2,
-                        tokenizer_2=tokenizer_2, transformer=transformer)
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    _write_clip_vocab(out_dir / "tokenizer", vocab)
-    _mark_complete(out_dir)
-    return out_dir

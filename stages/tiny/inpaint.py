@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.tiny.common import (
-    CLIP_MAX_LENGTH, _clip_vocab, _fresh_dir, _mark_complete, _tiny_clip_config, _tiny_vae, _write_clip_vocab,
+    CLIP_MAX_LENGTH, _clip_vocab, _fresh_dir, _mark_complete, _tiny_clip_config, _tiny_sd_unet,
+    _tiny_sdxl_unet, _tiny_vae, _write_clip_vocab,
 )
 
 #: Latent channels of every tiny VAE here (SD's 4; the real Flux VAE has 16).
@@ -57,25 +58,14 @@ def make_tiny_sd_inpaint(out_dir: Path, *, seed: int = 0) -> Path:
         (``StableDiffusionInpaintPipeline``).
     """
     import torch
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionInpaintPipeline
     from transformers import CLIPTextModel, CLIPTokenizer
 
     out_dir = _fresh_dir(out_dir)
     vocab = _clip_vocab()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=INPAINT_UNET_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
+    unet = _tiny_sd_unet(in_channels=INPAINT_UNET_CHANNELS)
     torch.manual_seed(seed)
     vae = _tiny_vae()
     torch.manual_seed(seed)
@@ -100,30 +90,14 @@ def make_tiny_sdxl_inpaint(out_dir: Path, *, seed: int = 0) -> Path:
         (``StableDiffusionXLInpaintPipeline``).
     """
     import torch
-    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLInpaintPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     out_dir = _fresh_dir(out_dir)
     vocab = _clip_vocab()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=INPAINT_UNET_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 size/crop ids + pooled text
-        cross_attention_dim=32 + 32,  # both encoders' hidden states
-        norm_num_groups=4,
-    )
+    unet = _tiny_sdxl_unet(in_channels=INPAINT_UNET_CHANNELS)
     torch.manual_seed(seed)
     vae = _tiny_vae()
     torch.manual_seed(seed)
@@ -152,15 +126,10 @@ def make_tiny_flux_fill(out_dir: Path, *, seed: int = 0) -> Path:
         ``AutoPipelineForInpainting`` has no entry for it).
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxFillPipeline,
-        FluxTransformer2DModel,
-    )
-    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5Tokenizer
 
-    from stages.tiny.families import _t5_vocab
+    from stages.tiny.families import _t5_vocab, _tiny_flux_vae, _tiny_t5
 
     out_dir = _fresh_dir(out_dir)
     vocab = _clip_vocab()
@@ -184,18 +153,9 @@ def make_tiny_flux_fill(out_dir: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_tiny_clip_config(vocab, tokenizer))
     torch.manual_seed(seed)
-    # flux-tiny's T5 and VAE configs (tiny_families.make_tiny_flux)
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0,
-        eos_token_id=1, decoder_start_token_id=0))
+    text_encoder_2 = _tiny_t5(len(t5_vocab))
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=4, sample_size=32,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-        scaling_factor=1.5035)
+    vae = _tiny_flux_vae(LATENT_CHANNELS)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     pipe = FluxFillPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                             tokenizer=tokenizer, text_encoder_2=text_encoder_2,

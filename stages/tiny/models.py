@@ -29,7 +29,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.tiny.common import (
-    CLIP_MAX_LENGTH, _clip_vocab, _fresh_dir, _mark_complete, _tiny_clip_config, _tiny_vae, _write_clip_vocab, is_complete, quiet_build,
+    CLIP_MAX_LENGTH, _clip_vocab, _fresh_dir, is_complete, _mark_complete, quiet_build,
+    _tiny_clip_config, _tiny_sd_unet, _tiny_vae, _write_clip_vocab,
 )
 from stages.tiny.families import make_tiny_flux, make_tiny_sdxl
 from stages.tiny import inpaint as tiny_inpaint
@@ -58,7 +59,6 @@ def make_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
     from diffusers import (
         EulerDiscreteScheduler,
         StableDiffusionPipeline,
-        UNet2DConditionModel,
     )
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -67,18 +67,7 @@ def make_tiny_sd(out_dir: Path, *, seed: int = 0) -> Path:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
+    unet = _tiny_sd_unet(in_channels=4)
     torch.manual_seed(seed)
     vae = _tiny_vae()
     torch.manual_seed(seed)
