@@ -302,16 +302,6 @@ class DiffusersScene(DiffusersGenerator):
         return [finish(rgb, layers[i], shadow=p.shadow, opacity=p.shadow_opacity,
                        blur=p.shadow_blur) for i, rgb in zip(idx, pixels)]
 
-    def _size(self, rows: dict[str, Any], i: int) -> tuple[int, int]:
-        """The row's canvas (width, height): its own columns where set, else the params'."""
-        width = _row_int(rows, "width", i) or self.params.width
-        height = _row_int(rows, "height", i) or self.params.height
-        multiple = self.params.size_multiple
-        if width % multiple or height % multiple:
-            raise ValueError(f"size {width}x{height} (row width/height): "
-                             f"'{self.plan.card.name}' needs multiples of {multiple}")
-        return width, height
-
 
 def _round(value: float) -> int:
     return math.floor(value + 0.5)  # half up, not Python's half to even
@@ -325,9 +315,3 @@ def _clamp(start: int, length: int, side: int, margin: float) -> int:
     if high < low:
         low, high = 0, side - length
     return min(max(start, low), high)
-
-
-def _row_int(rows: dict[str, Any], column: str, i: int) -> int | None:
-    if column not in rows or rows[column][i] is None:
-        return None
-    return int(rows[column][i])
