@@ -6,6 +6,11 @@ in ``__init__`` and transforms one batch in ``__call__``. The base class owns ``
 checks columns, skips rows that are not ``ok``, times the call, turns per-row exceptions into
 ``status``/``error`` values and never drops the SKU id; subclasses implement ``_load`` and
 ``_predict`` only.
+
+Two kinds of exception are not a row's: a store that fails for good (``StorageError``) and a
+device fault (``is_device_fault``: a CUDA error, out of memory, a lost GPU). Each propagates
+out of the actor, so the run stops uncommitted and a rerun resumes it; a batch that runs out
+of memory is never split into rows that each run out of memory again.
 """
 
 from __future__ import annotations
@@ -153,7 +158,9 @@ class StagePlan:
     ``models_dir`` is where ``tiny:NAME`` references in params (a LoRA, say) resolve; ``s3``
     (the job's ``S3Options``) and ``cache_dir`` are how ``s3://`` weights are fetched.
     ``routes``: in a job with routes (``factory.spec.routes``), the routes this stage serves; rows
-    of other routes pass through it untouched. Empty: every row.
+    of other routes pass through it untouched. Empty: every row. ``weights``: what the weights
+    hold (``stages.weights.weights_identity``: a content digest or a hub commit), for keys
+    that change when weights are replaced under the same revision; empty where not resolved.
     """
 
     name: str
@@ -169,6 +176,7 @@ class StagePlan:
     s3: S3Options | None = None
     cache_dir: str = ""
     routes: tuple[str, ...] = ()
+    weights: str = ""
 
     @property
     def model_id(self) -> str:
@@ -177,6 +185,57 @@ class StagePlan:
 
 class StageInputError(RuntimeError):
     """A batch lacks a column the stage needs: a bug in chain validation, not a row fault."""
+
+
+class DeviceFault(RuntimeError):
+    """A stage's device failed (``is_device_fault``): no row's failure. Its message names the
+    stage, the model and where it ran (node, GPUs, device); the run stops uncommitted."""
+
+
+#: Words of a ``RuntimeError`` that the CUDA runtime, cuDNN or NCCL raised (torch's own
+#: wording): ``CUDA error: an illegal memory access was encountered`` leaves the device's
+#: context unusable, and an out-of-memory batch is not a row's fault.
+_DEVICE_ERROR_STARTS = ("CUDA error",)
+_DEVICE_ERROR_WORDS = ("CUDA out of memory", "cuDNN error", "NCCL")
+#: ONNX Runtime's words for its CUDA provider's failures (its own exception types, which are
+#: no ``RuntimeError``): a rembg session on a GPU.
+_ORT_DEVICE_WORDS = ("CUDA failure", "CUDA error", "CUDNN failure", "CUBLAS failure",
+                     "Failed to allocate memory")
+
+
+def _device_error_types() -> tuple[type[BaseException], ...]:
+    """torch's out-of-memory and accelerator error types, where torch is loaded (an
+    exception of its types cannot exist before it is)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return ()
+    found = (getattr(torch, "OutOfMemoryError", None),
+             getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None),
+             getattr(torch, "AcceleratorError", None))  # torch >= 2.8
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is a device fault: torch's
+    ``OutOfMemoryError`` or ``AcceleratorError``, a ``RuntimeError`` whose message starts
+    with ``CUDA error`` or holds ``CUDA out of memory``, ``cuDNN error`` or ``NCCL``, or an
+    ONNX Runtime error from its CUDA provider."""
+    types = _device_error_types()
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DeviceFault) or (types and isinstance(exc, types)):
+            return True
+        if isinstance(exc, RuntimeError):
+            text = str(exc).lstrip()
+            if text.startswith(_DEVICE_ERROR_STARTS) or any(w in text for w in _DEVICE_ERROR_WORDS):
+                return True
+        if type(exc).__module__.startswith("onnxruntime") and any(
+                w in str(exc) for w in _ORT_DEVICE_WORDS):
+            return True
+        exc = exc.__cause__ if exc.__cause__ is not None else (
+            None if exc.__suppress_context__ else exc.__context__)
+    return False
 
 
 class Stage(ABC):
@@ -344,7 +403,9 @@ class Stage(ABC):
             return
         except StorageError:  # the store, not a row: the run stops uncommitted and resumes
             raise
-        except Exception:  # one bad row must not fail its batch-mates: retry row by row
+        except Exception as exc:  # one bad row must not fail its batch-mates: retry row by row
+            if is_device_fault(exc):  # the device, not a row (nor a reason to try each row)
+                raise self._device_fault(exc) from exc
             if ok.size == 1:
                 self._fail(ok[0], status, error, failed_stage)
                 log.warning("stage %s: sku %s failed: %s", self.plan.name, batch["sku"][ok[0]],
@@ -356,9 +417,22 @@ class Stage(ABC):
                 self._assign(outputs, np.array([i]), self._predict(rows), len(batch["sku"]))
             except StorageError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if is_device_fault(exc):
+                    raise self._device_fault(exc) from exc
                 self._fail(i, status, error, failed_stage)
                 log.warning("stage %s: sku %s failed: %s", self.plan.name, batch["sku"][i], error[i])
+
+    def _device_fault(self, exc: BaseException) -> DeviceFault:
+        """The run's error for a device fault in this stage: stage, model, where it ran."""
+        if isinstance(exc, DeviceFault):
+            return exc
+        text = " ".join(str(exc).split())[:500]
+        log.error("stage %s: device fault on %s: %s", self.plan.name, self.placement, text)
+        return DeviceFault(
+            f"stage '{self.plan.name}': model '{self.plan.card.name}' hit a device fault on "
+            f"{self.placement}: {type(exc).__name__}: {text}. No SKU failed for it; the run "
+            "stops uncommitted, and running it again (the same run id) resumes it")
 
     def _take(self, batch: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, Any]:
         whole = len(idx) == len(batch["sku"])  # the common case: no copy of the pixels

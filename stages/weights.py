@@ -10,9 +10,11 @@ local path the node does not have is an error that says so.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -157,35 +159,196 @@ def quiet_loaders() -> None:
 
 
 def materialize(source: str, *, s3_options: object | None, cache_dir: str) -> str:
-    """A local path for ``source``: ``s3://`` model directories (or files) are copied once into
-    the cache (keyed by URI) with pyarrow's filesystem copy; anything else is returned as is."""
+    """A local path for ``source``: an ``s3://`` model directory (or file) is copied once per
+    version into the cache (``stage_copy``) with pyarrow's filesystem copy; anything else is
+    returned as is.
+
+    The version is the digest of the source's listing (``s3_version``): weights replaced under
+    the same URI are copied into a folder of their own, and a folder an actor may be loading
+    from is never removed or rewritten.
+    """
     if not source.startswith("s3://"):
         return source
-    import hashlib
-    import shutil
-    from pathlib import Path
-
     import pyarrow.fs as pafs
 
     from factory.store.s3 import S3Options, pyarrow_filesystem
 
-    target = Path(cache_dir) / hashlib.sha256(source.encode()).hexdigest()[:24]
-    marker = target / ".complete"
-    name = source.rstrip("/").rsplit("/", 1)[-1]
-    if not marker.exists():
-        filesystem = pyarrow_filesystem(s3_options or S3Options())
-        remote = source.removeprefix("s3://").rstrip("/")
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        info = filesystem.get_file_info(remote)
-        if info.type == pafs.FileType.NotFound:
-            raise WeightsError(f"weights source '{source}' does not exist")
-        destination = staging / name if info.type == pafs.FileType.File else staging / "model"
+    filesystem = pyarrow_filesystem(s3_options or S3Options())
+    remote = source.removeprefix("s3://").rstrip("/")
+    info, version = s3_version(source, filesystem)
+    name = source.rstrip("/").rsplit("/", 1)[-1] if info.type == pafs.FileType.File else "model"
+
+    def copy(destination: Path) -> None:
         destination.parent.mkdir(parents=True, exist_ok=True)
         pafs.copy_files(remote, str(destination), source_filesystem=filesystem,
                         destination_filesystem=pafs.LocalFileSystem())
-        (staging / ".complete").write_text(source)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
         log.info("copied %s into the model cache", source)
-    return str(target / name) if (target / name).exists() else str(target / "model")
+
+    root = Path(cache_dir) / hashlib.sha256(source.encode()).hexdigest()[:24]
+    return str(stage_copy(root, version, name, copy, note=source) / name)
+
+
+def s3_version(source: str, filesystem: Any) -> tuple[Any, str]:
+    """The ``pyarrow.fs.FileInfo`` of an ``s3://`` source and the digest of what it holds now:
+    sha256 over its objects' relative keys, sizes and modification times, sorted (a PUT gives
+    an object a new modification time, so replaced weights give a new digest).
+
+    Raises:
+        WeightsError: the source does not exist.
+    """
+    import pyarrow.fs as pafs
+
+    remote = source.removeprefix("s3://").rstrip("/")
+    info = filesystem.get_file_info(remote)
+    if info.type == pafs.FileType.NotFound:
+        raise WeightsError(f"weights source '{source}' does not exist")
+    if info.type == pafs.FileType.File:
+        files = [info]
+    else:
+        files = [f for f in filesystem.get_file_info(pafs.FileSelector(remote, recursive=True))
+                 if f.type == pafs.FileType.File]
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        relative = f.path[len(remote):].lstrip("/") or f.base_name
+        mtime = f.mtime_ns if f.mtime_ns is not None else -1
+        digest.update(f"{relative}\0{f.size}\0{mtime}\n".encode())
+    return info, digest.hexdigest()
+
+
+#: Marks a staged folder complete (written last, inside the temporary folder, before its rename).
+COMPLETE = ".complete"
+
+
+def stage_copy(root: Path, version: str, name: str, copy: Callable[[Path], None], *,
+               note: str = "") -> Path:
+    """The folder ``root/version`` holding ``name``, made once by ``copy`` on this node.
+
+    Actors of one node staging the same weights at once take turns on a lock file beside it
+    (``fcntl.flock``; released by the kernel if an actor dies): the first copies into a
+    temporary folder of its own and renames it into place once complete; the others find it
+    complete and copy nothing. A complete folder is never removed or written again, so an
+    actor loading from it is never disturbed; a copy that fails leaves only its temporary
+    folder, removed by the actor that made it.
+
+    Args:
+        root: the cache folder of one source.
+        version: what the source holds (a digest): each version is a folder of its own.
+        name: the file or folder ``copy`` writes inside the folder.
+        copy: writes the weights to the path it is given (``folder/name``).
+        note: written into the completion marker (the source's URI).
+    """
+    import fcntl
+    import shutil
+    import tempfile
+
+    folder = root / version
+    if (folder / COMPLETE).exists():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{version}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (folder / COMPLETE).exists():  # another actor staged it while this one waited
+                return folder
+            staging = Path(tempfile.mkdtemp(dir=root, prefix=f"{version}.partial-"))
+            try:
+                copy(staging / name)
+                (staging / COMPLETE).write_text(note)
+                if folder.exists():  # an incomplete folder no reader uses (no marker)
+                    shutil.rmtree(folder)
+                staging.rename(folder)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
+
+def weights_identity(source: str, revision: str, *, s3_options: object | None = None,
+                     hub_cache: str | None = None) -> str:
+    """What the weights a stage loads are, for its assets' keys: the revision a card or spec
+    names (``main``, ``local``) says where the weights came from, not what they hold.
+
+    * a local file or directory (``tiny:`` models included): ``sha256:`` over its files'
+      relative paths and contents (``local_digest``);
+    * an ``s3://`` source: ``s3:`` and the digest of its listing (``s3_version``);
+    * a hub id: the commit ``revision`` points to in this machine's hub cache (its
+      ``refs/<revision>`` file; a 40-hex revision is a commit already); where the cache
+      does not have it, ``revision`` as given;
+    * anything else (``rembg:NAME`` sessions): ``revision`` as given.
+
+    Args:
+        source: the driver's resolution of the stage's weights (``resolve_source``).
+        revision: the card's or spec's revision.
+        s3_options: how to reach ``s3://`` sources.
+        hub_cache: the hub cache folder (default: ``huggingface_hub``'s).
+    """
+    if source.startswith("s3://"):
+        from factory.store.s3 import S3Options, pyarrow_filesystem
+
+        return "s3:" + s3_version(source, pyarrow_filesystem(s3_options or S3Options()))[1]
+    path = Path(source)
+    if source and path.exists():
+        return "sha256:" + local_digest(path)
+    if _COMMIT.fullmatch(revision):
+        return revision.lower()
+    if _HUB_ID.fullmatch(source):  # a hub id (a missing local path is not one)
+        return hub_commit(source, revision, hub_cache=hub_cache) or revision
+    return revision
+
+
+_COMMIT = re.compile(r"[0-9a-fA-F]{40}")
+#: ``namespace/name`` as the hub spells repository ids.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def hub_commit(repo_id: str, revision: str, *, hub_cache: str | None = None) -> str | None:
+    """The commit ``revision`` of hub model ``repo_id`` points to in the local hub cache
+    (offline: its ``refs/<revision>`` file), or None where the cache does not have it."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(hub_cache or constants.HF_HUB_CACHE) / repo_folder_name(
+        repo_id=repo_id, repo_type="model")
+    ref = folder / "refs" / revision
+    try:
+        commit = ref.read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+        return None
+    return commit.lower() if _COMMIT.fullmatch(commit) else None
+
+
+#: File digests by (resolved path, size, mtime_ns, inode): a file is read once per process
+#: while it is unchanged (an SDXL checkpoint is ~7 GB, ~5 s of sha256).
+_FILE_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def local_digest(path: Path) -> str:
+    """sha256 over a local file's, or a directory's files', relative paths and content
+    digests, in sorted order.
+
+    Content, not sizes and times: weights replaced by others of the same shapes (a fine-tune)
+    keep their sizes and may keep their times (a copy that preserves them), and a header hash
+    sees shapes only. Each file's digest is kept for the process by (path, size, mtime_ns,
+    inode), so a driver validating many jobs reads each file once.
+    """
+    files = [path] if path.is_file() else sorted(
+        (p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+    digest = hashlib.sha256()
+    for file in files:
+        relative = file.name if file == path else file.relative_to(path).as_posix()
+        digest.update(f"{relative}\0{_file_digest(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _file_digest(file: Path) -> str:
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_DIGESTS[key] = digest.hexdigest()
+    return _FILE_DIGESTS[key]

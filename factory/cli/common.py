@@ -1,4 +1,6 @@
-"""What the ``factory`` commands share: loading a job spec for a command, and ``--budget``."""
+"""What the ``factory`` commands share: loading a job spec for a command, ``--budget``, and
+``echo``, which prints user text (SKUs, reasons, errors, names read from a store) with its
+control characters escaped."""
 
 from __future__ import annotations
 
@@ -14,6 +16,16 @@ if TYPE_CHECKING:
     from factory.spec.job import Job
 
 
+def echo(message: object = "", *, err: bool = False, newlines: bool = True) -> None:
+    """``click.echo`` of a message that may quote user text: each control character (C0, C1,
+    DEL), bidi control and lone surrogate is written as its escape (``factory.core.text``), so
+    a value cannot move the cursor, retitle the terminal or reorder the line. ``newlines``
+    false: a newline is escaped too (a line per row, which a value must not split)."""
+    from factory.core.text import escaped
+
+    click.echo(escaped(message, newlines=newlines), err=err)
+
+
 def load_spec(job_path: str, *, output_uri: str | None = None) -> Job:
     """The validated job of ``job_path`` (``output_uri`` over the spec's); a bad spec exits 2,
     naming the file and keys; the spec's warnings are printed."""
@@ -22,10 +34,10 @@ def load_spec(job_path: str, *, output_uri: str | None = None) -> Job:
     try:
         job = load_job(job_path).with_overrides(output_uri=output_uri)
     except SpecError as exc:
-        click.echo(str(exc), err=True)
+        echo(str(exc), err=True)
         sys.exit(EXIT_SPEC)
     for warning in job.warnings:
-        click.echo(f"warning: {job_path}: {warning}", err=True)
+        echo(f"warning: {job_path}: {warning}", err=True)
     return job
 
 
@@ -39,7 +51,7 @@ def seasoned(job: Job, season: str | None, run_id: str | None,
         job = job.with_season(season).with_overrides(budget_usd=budget_usd)
         return job.with_overrides(run_id=run_id) if run_id else job
     except SpecError as exc:
-        click.echo(str(exc), err=True)
+        echo(str(exc), err=True)
         sys.exit(EXIT_SPEC)
 
 

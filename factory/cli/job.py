@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
-from factory.cli.common import load_spec, parse_usd, seasoned
+from factory.cli.common import echo, load_spec, parse_usd, seasoned
 from factory.cli.exits import EXIT_MANIFEST, EXIT_OK, EXIT_PARTIAL, EXIT_RUN, EXIT_SPEC
 from factory.core import settings
 
@@ -29,20 +29,20 @@ def validate(job_path: str) -> None:
     photos = ", source photos" if job.stages[0].card.kind == "source" else ""
     run_id = job.run_id or (f"derived at run time (spec, manifest content{photos}, --limit, "
                             "season)")
-    click.echo(f"{job_path}: ok — job '{job.name}', run id {run_id}, "
-               f"{len(job.stages)} stages: {' → '.join(p.card.name for p in job.stages)}")
+    echo(f"{job_path}: ok — job '{job.name}', run id {run_id}, "
+         f"{len(job.stages)} stages: {' → '.join(p.card.name for p in job.stages)}")
     for pool in job.pools:
         r = pool.resources
         where = f"{r.num_gpus:g} GPU" if r.num_gpus else f"{r.num_cpus:g} CPU"
-        click.echo(f"  pool {pool.name}: {r.concurrency} actor(s), "
-                   f"{where} each, batches of {r.batch_size}")
+        echo(f"  pool {pool.name}: {r.concurrency} actor(s), "
+             f"{where} each, batches of {r.batch_size}")
     if job.routes is not None:
         from factory.spec.routes import describe
 
         for line in describe(job.routes):
-            click.echo(f"  {line}")
+            echo(f"  {line}")
     for line in job.qa.describe() if job.qa is not None else ():  # factory.spec.qa
-        click.echo(f"  {line}")
+        echo(f"  {line}")
 
 
 @click.command()
@@ -130,13 +130,13 @@ def _execute(job: Job, *, limit: int | None, address: str | None,
     from factory.run.placement import OutputNotShared, logical_cpus_needed
 
     season = f" (season {job.season})" if job.season else ""
-    click.echo(f"job {job.name}{season}: {' → '.join(p.name for p in job.stages)} "
-               f"→ {job.output.uri}", err=True)
+    echo(f"job {job.name}{season}: {' → '.join(p.name for p in job.stages)} "
+         f"→ {job.output.uri}", err=True)
     report = None
     try:
         url = init_ray(address, logical_cpus=logical_cpus_needed(job), dashboard=dashboard)
         if line := dashboard_line(url, token_auth=os.environ.get("RAY_AUTH_MODE") == "token"):
-            click.echo(line, err=True)
+            echo(line, err=True)
         with RunProgress() as progress:
             if runner is None:
                 result = run_job(job, limit=limit, on_progress=progress, on_count=_count_line)
@@ -145,20 +145,20 @@ def _execute(job: Job, *, limit: int | None, address: str | None,
                                 on_count=_count_line)
                 result = report.result
     except ManifestError as exc:
-        click.echo(f"error: {exc}", err=True)
+        echo(f"error: {exc}", err=True)
         return EXIT_MANIFEST
     except (RunInputsMismatch, OutputNotShared) as exc:
-        click.echo(f"error: {exc}", err=True)
+        echo(f"error: {exc}", err=True)
         return EXIT_SPEC
     except Exception as exc:  # noqa: BLE001 - reported with its cause; nothing was committed
-        click.echo(f"error: run of job {job.name} did not finish and was not committed: "
-                   f"{_root_cause(exc)}", err=True)
+        echo(f"error: run of job {job.name} did not finish and was not committed: "
+             f"{_root_cause(exc)}", err=True)
         return EXIT_RUN
     c = result.counts
     if result.already_committed:
-        click.echo(f"run {result.run_id} was already committed from the same inputs; nothing "
-                   "was rendered or written (its committed figures follow)", err=True)
-    click.echo(
+        echo(f"run {result.run_id} was already committed from the same inputs; nothing "
+             "was rendered or written (its committed figures follow)", err=True)
+    echo(
         f"\nrun {result.run_id}: {result.manifest_rows} rows → {c.assets} assets "
         f"({c.written} written, {c.assets - c.written} already there), {c.failed} failed, "
         f"{c.rejected} rejected" + (f", {c.deferred} deferred" if result.budget else "")
@@ -168,28 +168,28 @@ def _execute(job: Job, *, limit: int | None, address: str | None,
         f"  rejects: {result.rejects_path}"
         + (f"\n  report:  {result.report_path}" if result.report_path else ""))
     if c.route_assets:
-        click.echo("  assets by route: " + ", ".join(
+        echo("  assets by route: " + ", ".join(
             f"{route}={n}" for route, n in sorted(c.route_assets.items())))
     if c.failures_by_stage:
-        click.echo("  failures by stage: " + ", ".join(
+        echo("  failures by stage: " + ", ".join(
             f"{k}={v}" for k, v in sorted(c.failures_by_stage.items())))
     if result.budget:  # factory.cost.budget
         from factory.cost.budget import budget_line
 
-        click.echo(f"  budget:  {budget_line(result.budget)}"
-                   + (f"; rerun with a larger --budget to render the {c.deferred} deferred rows"
-                      if c.deferred else ""))
+        echo(f"  budget:  {budget_line(result.budget)}"
+             + (f"; rerun with a larger --budget to render the {c.deferred} deferred rows"
+                if c.deferred else ""))
     if result.qa:  # factory.spec.qa
         from factory.spec.qa import qa_line
 
-        click.echo(f"  qa gate: {qa_line(result.qa)}")
+        echo(f"  qa gate: {qa_line(result.qa)}")
     if report is not None:
-        click.echo(f"  {report.line()}")
+        echo(f"  {report.line()}")
     return EXIT_OK if c.failed == 0 and c.rejected == 0 and c.deferred == 0 else EXIT_PARTIAL
 
 
 def _count_line(counted: WorkCount) -> None:
-    click.echo(counted.line(), err=True)
+    echo(counted.line(), err=True)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -6,8 +6,13 @@ import sys
 
 import click
 
-from factory.cli.common import load_spec
+from factory.cli.common import echo, load_spec
 from factory.cli.exits import EXIT_NO_RUN
+
+
+def _echo(line: str, *, err: bool = False) -> None:
+    """One line that may quote what a store or manifest holds: escaped, newlines included."""
+    echo(line, err=err, newlines=False)
 
 
 @click.group()
@@ -42,9 +47,9 @@ def runs_list(output_uri: str | None, job_path: str | None) -> None:
     store = _store(output_uri, job_path)
     found = list_runs(store)
     if not found:
-        click.echo(f"no committed runs in {store.uri}")
+        _echo(f"no committed runs in {store.uri}")
     for run_id, s in found:
-        click.echo(f"{run_id:40} rows={s.get('manifest_rows', '?'):<7} "
+        _echo(f"{run_id:40} rows={s.get('manifest_rows', '?'):<7} "
                    f"assets={s.get('assets', '?'):<7} failed={s.get('failed', '?'):<5} "
                    f"rejected={s.get('rejected', '?'):<5} wall={s.get('wall_s', '?')}s "
                    f"job={s.get('job', '?')}")
@@ -60,7 +65,7 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
 
     store = _store(output_uri, job_path)
     if not is_committed(store, run_id):
-        click.echo(f"run {run_id} is not committed in {store.uri} (unknown, running, or "
+        _echo(f"run {run_id} is not committed in {store.uri} (unknown, running, or "
                    "stopped before its commit)", err=True)
         sys.exit(EXIT_NO_RUN)
     lineage, summary = read_lineage(store, run_id)
@@ -68,21 +73,21 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
     for key in ("job", "manifest_rows", "assets", "written", "failed", "rejected", "deferred",
                 "wall_s", "assets_per_s", "write_mode", "spec_hash"):
         if key in summary or key != "deferred":  # runs before budgets record no deferrals
-            click.echo(f"{key:14} {summary.get(key)}")
+            _echo(f"{key:14} {summary.get(key)}")
     if summary.get("budget"):  # factory.cost.budget
         from factory.cost.budget import budget_line
 
-        click.echo(f"{'budget':14} {budget_line(summary['budget'])}")
+        _echo(f"{'budget':14} {budget_line(summary['budget'])}")
     if summary.get("qa"):  # factory.spec.qa
         from factory.spec.qa import qa_line
 
-        click.echo(f"{'qa':14} {qa_line(summary['qa'])}")
+        _echo(f"{'qa':14} {qa_line(summary['qa'])}")
     for reason, n in (summary.get("skipped") or {}).items():  # a catalog export's non-rows
-        click.echo(f"{'skipped':14} {n} ({reason})")
+        _echo(f"{'skipped':14} {n} ({reason})")
     for key, value in (summary.get("inputs") or {}).items():
-        click.echo(f"{'input ' + key:14} {value}")
+        _echo(f"{'input ' + key:14} {value}")
     for route, line in (summary.get("routes") or {}).items():  # factory.spec.routes
-        click.echo(f"{'route ' + route:14} {line['assets']} assets ${line['usd']:.6f}")
+        _echo(f"{'route ' + route:14} {line['assets']} assets ${line['usd']:.6f}")
     stages = [c.removesuffix("_model") for c in lineage.column_names if c.endswith("_model")]
     rows = lineage.to_pylist()
     for stage in stages:
@@ -90,22 +95,22 @@ def runs_show(run_id: str, output_uri: str | None, job_path: str | None, failure
         mean = sum(done) / len(done) if done else 0.0
         # with routes a row off the stage's routes records no model for it
         model = next((r[f"{stage}_model"] for r in rows if r[f"{stage}_model"]), "-")
-        click.echo(f"stage {stage:10} {model:28} {mean:9.1f} ms/asset over {len(done)} rows")
+        _echo(f"stage {stage:10} {model:28} {mean:9.1f} ms/asset over {len(done)} rows")
     cost = summary.get("cost")
     if cost:  # factory.spec.prices: device seconds x the share each actor reserved x hourly prices
         from factory.cli.forecast import cost_lines
 
         for line in cost_lines(cost):
-            click.echo(line)
+            _echo(line)
     failed = [r for r in rows if r["status"] == "failed"]
     for r in failed[:failures]:
-        click.echo(f"failed  row {r['row']:<6} {r['sku']:24} [{r['failed_stage']}] {r['error']}")
+        _echo(f"failed  row {r['row']:<6} {r['sku']:24} [{r['failed_stage']}] {r['error']}")
     review = [r for r in rows if r.get("qa") == "review" and r["status"] == "ok"]
     for r in review[:failures]:  # factory.spec.qa: written, outside the gate after its retries
-        click.echo(f"review  row {r['row']:<6} {r['sku']:24} [{r['qa_attempts']} renders] "
+        _echo(f"review  row {r['row']:<6} {r['sku']:24} [{r['qa_attempts']} renders] "
                    f"{r['qa_reason']}")
     for r in rejects.to_pylist()[:failures]:
-        click.echo(f"rejected row {r['row']:<6} {r['sku'][:24]:24} {r['field']}: {r['reason']}")
+        _echo(f"rejected row {r['row']:<6} {r['sku'][:24]:24} {r['field']}: {r['reason']}")
 
 
 @runs.command("open")
@@ -127,15 +132,17 @@ def runs_open(run_id: str, output_uri: str | None, job_path: str | None,
 
     store = _store(output_uri, job_path)
     if not is_committed(store, run_id):
-        click.echo(f"run {run_id} is not committed in {store.uri} (unknown, running, or "
+        _echo(f"run {run_id} is not committed in {store.uri} (unknown, running, or "
                    "stopped before its commit)", err=True)
         sys.exit(EXIT_NO_RUN)
     key = report_key(run_id)
     if not store.exists(key):
-        click.echo(f"writing the report of run {run_id}…", err=True)
+        _echo(f"writing the report of run {run_id}…", err=True)
         write_report(store, run_id)
     url = object_url(store, key)
-    click.echo(f"{store.path(key)}\n{url}" if store.is_s3 else store.path(key))
+    _echo(store.path(key))
+    if store.is_s3:
+        _echo(url)
     if store.is_s3 or print_only:
         return
     try:
@@ -143,4 +150,4 @@ def runs_open(run_id: str, output_uri: str | None, job_path: str | None,
     except webbrowser.Error:
         opened = False
     if not opened:
-        click.echo("no browser here: open the file above", err=True)
+        _echo("no browser here: open the file above", err=True)

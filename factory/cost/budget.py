@@ -16,6 +16,17 @@ Three small parts, on Ray's own primitives:
 The driver (``Budget.record``) tells the ledger, after each batch the run records, the run's
 dollars so far and which rows came back: their reservations become actual spend.
 
+QA re-renders (``factory.spec.qa``) are admitted like rows: the gate's check task asks the
+ledger (``RetryGate``) for each row outside its gate with retries left. The attempt just made
+is priced from its own stage times (what the driver will record for it); the next one is
+reserved at that price if spent + reserved + it fits the budget. A re-render the budget cannot
+cover is not run: the row keeps the render it has, written and flagged ``review`` with the
+budget as its reason. It is not deferred: deferral is for rows the budget never let render,
+and this row's render is paid for; dropping it to defer the row would spend that money for
+nothing, and a rerun would pay for the same first render again. The re-renders of rows earlier
+in the manifest compete with later rows' first renders in the order they reach the ledger, so
+an admitted row goes through its retries while the budget lasts.
+
 The estimate per row: this run's mean actual cost per row that came back, once one has cost
 anything; before that, the calibration of earlier committed runs in the same store
 (``factory.cost.calibration``: seconds per asset per stage, priced like the lineage); with
@@ -47,9 +58,19 @@ if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
     from factory.spec.job import Job
+    from factory.spec.prices import CostModel
     from factory.store.storage import Store
 
 _QUANTUM = Decimal(1).scaleb(-USD_PLACES)
+
+#: A render the ledger tracks: a row's first render is its manifest row number; its QA
+#: re-render (attempt 2, 3, ...) is ``(row, attempt)``.
+RenderKey = int | tuple[int, int]
+
+
+def render_key(row: int, attempt: int = 1) -> RenderKey:
+    """The ledger's key for ``row``'s ``attempt``-th render (``RenderKey``)."""
+    return int(row) if attempt <= 1 else (int(row), int(attempt))
 
 
 @dataclass
@@ -69,7 +90,9 @@ class Ledger:
     spent: Decimal = Decimal(0)
     settled: int = 0
     closed: bool = False
-    _held: dict[int, Decimal] = field(default_factory=dict)
+    retries_refused: int = 0
+    #: what each render in flight holds, by ``render_key``
+    _held: dict[RenderKey, Decimal] = field(default_factory=dict)
     _held_total: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
@@ -107,7 +130,9 @@ class Ledger:
         """
         estimate = self.estimate()
         if estimate is None:
-            if self._held:
+            # wait for the probe: first renders in flight (a re-render reserved by the QA
+            # check runs only after every first render is back, so it is never waited on)
+            if any(not isinstance(key, tuple) for key in self._held):
                 return None
             if self.closed or self.spent >= self.budget:
                 self.closed = True
@@ -128,9 +153,42 @@ class Ledger:
                 out.append(False)
         return out
 
-    def settle(self, rows: Sequence[int], spent: Decimal) -> None:
-        """Rows that came back release what they held; ``spent`` is the run's dollars so far
-        (a running total: a stale, smaller one, arriving late, changes nothing)."""
+    def admit_retries(self, retries: Sequence[tuple[int, int, Decimal]]) -> list[bool]:
+        """Admit or refuse each row's next render, for rows the QA gate sends back.
+
+        Args:
+            retries: ``(row, attempt made, its dollars)``, in the batch's order. The attempt
+                made is done but not recorded by the driver yet: from now it holds its own
+                dollars instead of its estimate. The next render is reserved at the same
+                dollars if spent + reserved + they fit the budget.
+
+        Returns:
+            One decision per retry. A refusal does not close admission (``closed`` is the
+            first renders' prefix); it is counted in ``retries_refused``. A retry asked again
+            (a retried check task) stays admitted and reserves nothing twice.
+        """
+        out = []
+        for row, attempt, usd in retries:
+            made, nxt = render_key(row, attempt), render_key(row, attempt + 1)
+            if nxt in self._held:
+                out.append(True)
+                continue
+            if made in self._held:
+                self._held_total += usd - self._held[made]
+                self._held[made] = usd
+            if self.spent + self._held_total + usd <= self.budget:
+                self._held[nxt] = usd
+                self._held_total += usd
+                out.append(True)
+            else:
+                self.retries_refused += 1
+                out.append(False)
+        return out
+
+    def settle(self, rows: Sequence[RenderKey], spent: Decimal) -> None:
+        """Renders that came back (``render_key``: a row number for a first render) release
+        what they held; ``spent`` is the run's dollars so far (a running total: a stale,
+        smaller one, arriving late, changes nothing)."""
         for row in rows:
             held = self._held.pop(row, None)
             if held is not None:
@@ -144,7 +202,8 @@ class Ledger:
         return {"budget_usd": str(self.budget), "spent_usd": str(self.spent),
                 "reserved_usd": str(self._held_total), "in_flight": self.in_flight,
                 "estimate_usd": None if estimate is None else str(estimate),
-                "estimate_from": self.source(), "closed": self.closed}
+                "estimate_from": self.source(), "closed": self.closed,
+                "retries_refused": self.retries_refused}
 
 
 class LedgerActor:
@@ -167,7 +226,11 @@ class LedgerActor:
                 await changed.wait()
         return decisions
 
-    async def settle(self, rows: list[int], spent: str) -> None:
+    async def admit_retries(self, retries: list[tuple[int, int, str]]) -> list[bool]:
+        return self.ledger.admit_retries([(row, attempt, Decimal(usd))
+                                          for row, attempt, usd in retries])
+
+    async def settle(self, rows: list[RenderKey], spent: str) -> None:
         changed = self._condition()
         async with changed:
             self.ledger.settle(rows, Decimal(spent))
@@ -188,6 +251,26 @@ class GateConfig:
         import ray
 
         return ray.get(self.ledger.admit.remote(rows))
+
+
+@dataclass(frozen=True)
+class RetryGate:
+    """What the QA check task needs to ask the budget for re-renders
+    (``factory.spec.qa.check_batch``): the run's ledger actor and its cost model, which prices
+    an attempt from its stage times as the driver's recorder does."""
+
+    ledger: ActorHandle
+    costs: CostModel
+
+    def admit_retries(self, retries: list[tuple[int, int, Decimal]]) -> list[bool]:
+        """The ledger's decision for each ``(row, attempt made, its dollars)``
+        (``Ledger.admit_retries``; it never waits)."""
+        import ray
+
+        if not retries:
+            return []
+        return ray.get(self.ledger.admit_retries.remote(
+            [(row, attempt, str(usd)) for row, attempt, usd in retries]))
 
 
 def defer_rows(batch: dict[str, np.ndarray], todo: np.ndarray,
@@ -228,32 +311,40 @@ class Budget:
     """The driver's side of a budget: starts the ledger actor, hands out the gate, tells the
     ledger what each recorded batch cost, and says how the run ended against its budget."""
 
-    def __init__(self, usd: Decimal, *, prior: Decimal | None = None) -> None:
+    def __init__(self, usd: Decimal, *, prior: Decimal | None = None,
+                 costs: CostModel | None = None) -> None:
         import ray
 
-        self.usd, self.prior = usd, prior
+        self.usd, self.prior, self.costs = usd, prior, costs
         # num_cpus=0: bookkeeping only; it must never wait behind the stages for a CPU
         self._actor = ray.remote(num_cpus=0, max_restarts=0)(LedgerActor).remote(
             str(usd), None if prior is None else str(prior))
 
     @classmethod
     def start(cls, job: Job, store: Store) -> Budget:
-        """The ledger for ``job.budget_usd``, its estimate calibrated from ``store``."""
-        return cls(job.budget_usd, prior=row_estimate(job, store))
+        """The ledger for ``job.budget_usd``, its estimate calibrated from ``store``, and the
+        job's cost model (the run recorder's) to price QA re-renders."""
+        from factory.spec.prices import CostModel, stage_shares
+
+        costs = CostModel(job.prices, stage_shares(job.pools), channels=max(len(job.channels), 1))
+        return cls(job.budget_usd, prior=row_estimate(job, store), costs=costs)
 
     def gate(self) -> tuple[Callable[..., dict[str, np.ndarray]], GateConfig]:
         """The gate task and its config, for ``map_batches``."""
         return gate_rows, GateConfig(ledger=self._actor)
 
-    def record(self, batch: pa.Table, spent: Decimal) -> None:
-        """After the driver records a batch of sink rows (a ``pyarrow.Table``): the rows that
-        were rendered release their reservations; ``spent`` is the run's dollars so far."""
-        import pyarrow.compute as pc
+    def retry_gate(self) -> RetryGate:
+        """What the QA check task asks before it sends a row back for another render."""
+        from factory.spec.prices import CostModel, Prices
 
-        done = pc.is_in(batch["status"], value_set=_pa_strings((STATUS_OK, STATUS_FAILED)))
-        rows = pc.unique(pc.filter(batch["row"], done)).to_pylist()
-        if rows:  # fire and forget: the ledger orders nothing by arrival
-            self._actor.settle.remote(rows, str(spent))
+        return RetryGate(ledger=self._actor, costs=self.costs or CostModel(Prices(), ()))
+
+    def record(self, batch: pa.Table, spent: Decimal) -> None:
+        """After the driver records a batch of sink rows (a ``pyarrow.Table``): the renders
+        that came back release their reservations; ``spent`` is the run's dollars so far."""
+        keys = settled_keys(batch)
+        if keys:  # fire and forget: the ledger orders nothing by arrival
+            self._actor.settle.remote(keys, str(spent))
 
     def state(self) -> dict[str, Any]:
         """The ledger's figures (``Ledger.state``)."""
@@ -271,12 +362,29 @@ class Budget:
         ray.kill(self._actor)
 
 
+def settled_keys(batch: pa.Table) -> list[RenderKey]:
+    """The renders a batch of sink rows brings back (``render_key``): its rendered rows
+    (``ok`` or ``failed``), each at its ``qa_attempts``-th render where a QA gate counts
+    them; once each, whatever the row's channel assets."""
+    import pyarrow.compute as pc
+
+    done = pc.is_in(batch["status"], value_set=_pa_strings((STATUS_OK, STATUS_FAILED)))
+    rows = pc.filter(batch["row"], done).to_pylist()
+    attempts = (pc.filter(batch["qa_attempts"], done).to_pylist()
+                if "qa_attempts" in batch.column_names else [1] * len(rows))
+    return list(dict.fromkeys(render_key(r, a or 1) for r, a in zip(rows, attempts)))
+
+
 def budget_summary(usd: Decimal, state: dict[str, Any] | None,
                    spent: Decimal) -> dict[str, Any]:
     """The run summary's ``budget``: the cap, what the run spent, whether rows were deferred
-    (``exhausted``) and the estimate per row it used last."""
+    (``exhausted``), the QA re-renders it refused (``retries_refused``, where any were) and
+    the estimate per row it used last."""
+    refused = int(state.get("retries_refused") or 0) if state else 0
     out: dict[str, Any] = {"usd": float(usd), "spent_usd": float(spent),
                            "exhausted": bool(state and state.get("closed"))}
+    if refused:
+        out["retries_refused"] = refused
     if state and state.get("estimate_usd") is not None:
         out.update(estimate_usd=float(Decimal(state["estimate_usd"])),
                    estimate_from=state["estimate_from"])
@@ -289,6 +397,9 @@ def budget_line(budget: dict[str, Any]) -> str:
     if budget.get("estimate_usd") is not None:
         line += (f" (estimate ${_dollars(budget['estimate_usd'])}/row from "
                  f"{budget['estimate_from']})")
+    if refused := budget.get("retries_refused"):
+        line += (f"; {refused} QA re-renders past it not run (their rows keep the render they "
+                 "have, flagged review)")
     return line + ("; reached: rows past it deferred" if budget.get("exhausted") else "")
 
 

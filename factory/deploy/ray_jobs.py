@@ -40,10 +40,15 @@ if TYPE_CHECKING:
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 AGENT_WAIT_S = 30.0
+#: Secrets never uploaded with the working directory, wherever they lie in it (gitignore
+#: syntax): env files, private keys and certificates, cloud and SSH credential folders.
+#: A job spec that needs one of them is refused (``_upload_excludes``), not quietly cut.
+SECRETS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "*.p12", ".netrc",
+           ".git-credentials", ".aws/", ".ssh/", ".gcloud/", "**/.config/gcloud/")
 #: Never uploaded with the working directory (gitignore syntax; .gitignore applies as well).
 EXCLUDES = (".venv", ".git", "build", "demo-out", "out", "**/__pycache__", "*.pyc",
             ".pytest_cache", "*.egg-info", "*.parquet", "*.safetensors", "*.onnx", "*.ckpt",
-            "*.bin", "*.pt", "*.pth")
+            "*.bin", "*.pt", "*.pth", *SECRETS)
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +296,10 @@ def _upload_excludes(job, root: Path, spec_rel: str) -> list[str]:
     if "://" not in job.manifest_uri and not Path(job.manifest_uri).is_absolute():
         needed.append(_inside(root, (root / job.manifest_uri).resolve(),
                               f"manifest {job.manifest_uri}"))
+    for rel in needed:  # a re-include must never bring a secret back
+        if not _uploaded(root, Path(rel), list(SECRETS), ignore_files=False):
+            raise JobsError(f"{rel} is where secrets are kept ({', '.join(SECRETS)}), and "
+                            f"`factory submit` never uploads those; move the file out of it")
     excludes = [*EXCLUDES, *(f"!/{rel}" for rel in needed)]
     for rel in needed:
         if not (root / rel).is_file() or not _uploaded(root, Path(rel), excludes):
@@ -300,15 +309,19 @@ def _upload_excludes(job, root: Path, spec_rel: str) -> list[str]:
     return excludes
 
 
-def _uploaded(root: Path, rel: Path, excludes: list[str]) -> bool:
+def _uploaded(root: Path, rel: Path, excludes: list[str], *, ignore_files: bool = True) -> bool:
     """Whether Ray's working_dir upload keeps ``rel``: Ray's own matchers, walked as Ray walks
-    (a folder left out takes everything under it)."""
+    (a folder left out takes everything under it). ``ignore_files`` false: ``excludes`` alone,
+    without the ``.gitignore``/``.rayignore`` files on the way. Needs Ray installed, not a
+    cluster."""
     from ray._private.runtime_env.packaging import _get_excludes, get_excludes_from_ignore_files
 
     checks = [_get_excludes(root, excludes)]
     path = root
     for part in rel.parts:
-        checks += get_excludes_from_ignore_files(path, include_gitignore=True, logger=logger)
+        if ignore_files:
+            checks += get_excludes_from_ignore_files(path, include_gitignore=True,
+                                                     logger=logger)
         path = path / part
         if any(check(path) for check in checks):
             return False

@@ -35,7 +35,7 @@ from factory.core.provenance import ModelUse, Provenance
 from factory.spec.qa import QaRetries, check_batch
 from factory.spec.routes import route_stages
 from factory.store.s3 import is_s3
-from factory.run.rows import RowRules, validate_batch
+from factory.run.rows import RowRules, key_room, validate_batch
 from factory.run.result import RunResult, WorkCount, committed_result, count_fates
 from factory.store.run_tables import LINEAGE, REJECTS, is_committed
 from factory.run.recorder import Counts, RunRecorder
@@ -45,7 +45,7 @@ from factory.sink.assets import (
 )
 from factory.spec.job import Job
 from factory.store.storage import Store
-from stages.base import StagePlan
+from stages.base import DeviceFault, StagePlan
 from stages.chain import StageChain
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def row_rules(job: Job, info: ManifestInfo) -> RowRules:
     route_keys = {name: keys.lookup for name, keys in job.keys.routes.items()}
     chain, ext = job.keys.chain().lookup
     source = source_plan(job)
-    return RowRules(seed=job.seed, variant=job.variant, prompt_template=job.prompt_template,
+    return RowRules(key_room=key_room(job), seed=job.seed, variant=job.variant,
+                    prompt_template=job.prompt_template,
                     negative_template=job.negative_template,
                     duplicate_rejects=info.duplicate_rejects, chain_fingerprint=chain,
                     image_ext=ext, routes=job.routes, route_keys=route_keys,
@@ -116,15 +117,17 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
 
 
 def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bool = True,
-                   labels: RunLabels = RunLabels(),
-                   budget: Budget | None = None) -> tuple[ray.data.Dataset, ...]:
+                   labels: RunLabels = RunLabels(), budget: Budget | None = None,
+                   admitted: bool = False) -> tuple[ray.data.Dataset, ...]:
     """Lazy Ray Data plans over one materialised work list: the rows whose assets already
     exist or that were rejected (straight to the sink's lineage, no stage touches them) and,
     when ``render``, the rows to render through the stages' actor pools (``stages.chain.pools``).
 
     Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
     actor pool; with nothing to render, no pool starts and no model loads. With a ``budget``,
-    its gate admits each block's rows before the first pool (``factory.cost.budget``).
+    its gate admits each block's rows before the first pool (``factory.cost.budget``), unless
+    they are ``admitted`` already (QA re-renders, admitted by the QA check), and the QA check
+    asks it before it sends a row back for another render.
     """
     sink, sink_settings = sink_task(job, store, labels)
     done = work.map_batches(select_rows, fn_kwargs={"render": False}, batch_size=None,
@@ -139,8 +142,9 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
     # stage's batches depend on the manifest alone (same batches, same bytes, run after run).
     # With a budget, blocks are exactly that size (the last excepted): while the gate holds
     # the next block, the one in flight must fill every pool's batch and reach the driver.
-    ds = ds.repartition(target_num_rows_per_block=block_rows(job), strict=budget is not None)
-    if budget is not None:  # one block at a time, in manifest order; no CPU held while it waits
+    gated = budget is not None and not admitted
+    ds = ds.repartition(target_num_rows_per_block=block_rows(job), strict=gated)
+    if gated:  # one block at a time, in manifest order; no CPU held while it waits
         gate, config = budget.gate()
         ds = ds.map_batches(gate, fn_kwargs={"config": config}, batch_size=None,
                             batch_format="numpy", num_cpus=0, concurrency=1)
@@ -166,8 +170,9 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
             ds = ds.map_batches(write_intermediates, fn_kwargs={"config": config},
                                 batch_size=None, batch_format="numpy", num_cpus=0.5)
     if job.qa is not None:  # the brand QA gate: rows outside it are rendered again (factory.spec.qa)
-        ds = ds.map_batches(check_batch, fn_kwargs={"config": job.qa}, batch_size=None,
-                            batch_format="numpy", num_cpus=0.25)
+        retry_gate = budget.retry_gate() if budget is not None else None
+        ds = ds.map_batches(check_batch, fn_kwargs={"config": job.qa, "budget": retry_gate},
+                            batch_size=None, batch_format="numpy", num_cpus=0.25)
     ds = ds.map_batches(sink, fn_kwargs={"config": sink_settings},
                         batch_size=SINK_BATCH if budget is None else min(SINK_BATCH,
                                                                          block_rows(job)),
@@ -223,7 +228,9 @@ def run_job(job: Job, *, limit: int | None = None,
     ``on_count`` hears what the run will do before the stages start. A run id that is already
     committed from the same inputs is reported and nothing is written; from other inputs it
     raises ``RunInputsMismatch``. A store that fails for good (after botocore's retries) stops
-    the run uncommitted with ``StorageError``; running the same run id again resumes it.
+    the run uncommitted with ``StorageError``, and a device fault in a stage (a CUDA error,
+    out of memory: ``stages.base.is_device_fault``) with ``DeviceFault``, naming the stage,
+    model and device; running the same run id again resumes it.
     """
     started = time.perf_counter()
     # Ordered execution keeps each stage's batches the same from run to run: batched float
@@ -297,8 +304,8 @@ def run_job(job: Job, *, limit: int | None = None,
                                          prefetch_batches=0 if budget else 1):
                 record(batch)
         if qa is not None:  # the QA gate's retries: the same pools again, a pass per attempt
-            qa.run(lambda rows: build_datasets(job, rows, store, labels=labels)[-1], record,
-                   name=run_id)
+            qa.run(lambda rows: build_datasets(job, rows, store, labels=labels, budget=budget,
+                                               admitted=True)[-1], record, name=run_id)
         result = RunResult(run_id=run_id, manifest_rows=info.rows, counts=recorder.counts,
                            wall_s=time.perf_counter() - started, output_uri=job.output.uri,
                            write_mode=store.write_mode,
@@ -319,8 +326,11 @@ def run_job(job: Job, *, limit: int | None = None,
                                         if job.channels else {}),
                                      "inputs": inputs.as_dict(),
                                      "committed_at": datetime.now(timezone.utc).isoformat()})
-    except BaseException:
+    except BaseException as exc:
         recorder.abort()
+        fault = device_fault(exc)
+        if fault is not None:  # the stage's own words, out of Ray's wrapping
+            raise DeviceFault(f"{fault} (run {run_id} was not committed)") from exc
         raise
     finally:
         if budget is not None:
@@ -330,6 +340,33 @@ def run_job(job: Job, *, limit: int | None = None,
                     run_id)
         return committed_result(job, run_id, inputs, store, paths)
     return replace(result, report_path=_write_report(store, run_id))
+
+
+def device_fault(exc: BaseException) -> str | None:
+    """The message of a stage's ``DeviceFault`` inside ``exc``, or None.
+
+    Ray hands a failed task's exception to the driver as a ``RayTaskError`` around Ray Data's
+    ``UserCodeException``, which keeps the stage's exception only as text (its traceback): the
+    fault is found as an object where there is one, else by its line in that text (the
+    message is one line, ``Stage._device_fault``).
+    """
+    marker = f"{DeviceFault.__module__}.{DeviceFault.__name__}: "
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if type(current) is DeviceFault:
+            return str(current)
+        for line in str(current).splitlines():
+            if line.startswith(marker):
+                return line.removeprefix(marker).strip()
+        cause = getattr(current, "cause", None)
+        todo += [cause if isinstance(cause, BaseException) else None,
+                 current.__cause__, current.__context__]
+    return None
 
 
 def qa_retries(job: Job, recorder: RunRecorder, work: ray.data.Dataset) -> QaRetries | None:

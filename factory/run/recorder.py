@@ -4,10 +4,18 @@ The driver streams sink rows in as they arrive (never the whole run in memory) i
 files. Rejections go to the rejects table; assets and failures to the lineage table. Both are
 published only when the run finishes: rejects first, lineage last, so a run is committed exactly
 when its lineage table exists. The run summary rides in the lineage file's footer metadata.
+
+Both tables are create-only, so a run that loses the commit replaces nothing the winner wrote.
+Each footer carries the attempt's identity (its inputs, or without them a digest of its
+rejected rows): rejects already in place from an attempt of the same inputs (a concurrent run,
+or one that stopped before its lineage) are this run's rejects too; from other inputs they are
+another attempt's, and this attempt does not commit beside them. User text reaches the tables
+through ``arrow_text``: a lone surrogate or undecodable bytes never stop a commit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -23,7 +31,9 @@ from factory.spec.keys import params_hash
 from factory.spec.prices import CostModel, CostTotals, usd_type
 from factory.spec.routes import Routes
 from factory.core.status import STATUS_DEFERRED, STATUS_FAILED, STATUS_OK, STATUS_REJECTED
-from factory.store.run_tables import LINEAGE, REJECTS, SUMMARY_KEY, is_committed
+from factory.store.run_tables import (ATTEMPT_KEY, LINEAGE, REJECTS, SUMMARY_KEY, is_committed,
+                                      read_footer)
+from factory.store.s3 import StorageError
 from factory.store.storage import Store
 from stages.base import StagePlan
 
@@ -38,6 +48,37 @@ _COMPACT_TABLES = 64
 
 REJECT_SCHEMA = pa.schema([("run_id", pa.string()), ("row", pa.int64()), ("sku", pa.string()),
                            ("field", pa.string()), ("reason", pa.string())])
+
+
+class RunAttemptConflict(StorageError):
+    """A run id's rejects table was written by an attempt from other inputs that has not
+    committed (still running, or stopped before its commit)."""
+
+
+def arrow_text(value: Any) -> Any:
+    """``value`` as text an Arrow string column accepts: a lone surrogate (a byte that was not
+    UTF-8, decoded with ``surrogateescape``) or undecodable bytes become backslash escapes
+    (``\\udc80``, ``\\xff``); None, valid text and anything else are returned as they are."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _text_table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+    """``pa.table(columns, schema)``; if user text will not convert, again through
+    ``arrow_text`` (valid text, the common case, costs no extra pass)."""
+    try:
+        return pa.table(columns, schema=schema)
+    except (UnicodeError, pa.ArrowInvalid, pa.ArrowTypeError):
+        text = {f.name for f in schema if pa.types.is_string(f.type)
+                or pa.types.is_large_string(f.type)}
+        return pa.table({name: [arrow_text(v) for v in values] if name in text else values
+                         for name, values in columns.items()}, schema=schema)
 
 
 def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
@@ -194,6 +235,7 @@ class RunRecorder:
             for name in ("model", "revision", "params_hash", "adapter"):
                 self._stage_of[f"{plan.name}_{name}"] = plan
         self._spool = Path(tempfile.mkdtemp(prefix=f"factory-{run_id}-"))
+        self._rejected_digest = 0  # order-free: the sum of the rejected rows' hashes
         self._rejects = _GroupedWriter(self._spool / REJECTS, REJECT_SCHEMA)
         self._lineage = _GroupedWriter(self._spool / LINEAGE, self.schema)
 
@@ -205,13 +247,18 @@ class RunRecorder:
         rejected = [i for i in range(n) if status[i] == STATUS_REJECTED]
         kept = [i for i in range(n) if status[i] != STATUS_REJECTED]
         if rejected:
-            self._rejects.write_table(pa.table({
+            table = _text_table({
                 "run_id": [self.run_id] * len(rejected),
                 "row": [rows["row"][i] for i in rejected],
                 "sku": [rows["sku"][i] for i in rejected],
                 "field": [rows["reject_field"][i] for i in rejected],
                 "reason": [rows["error"][i] for i in rejected],
-            }, schema=REJECT_SCHEMA))
+            }, REJECT_SCHEMA)
+            for row in zip(*(table[name].to_pylist() for name in ("row", "sku", "field",
+                                                                   "reason"))):
+                digest = hashlib.sha256(json.dumps(row).encode()).digest()
+                self._rejected_digest += int.from_bytes(digest, "big")
+            self._rejects.write_table(table)
         if kept and self.costs is not None:
             self._add_costs(rows, kept)
         if kept:
@@ -233,7 +280,7 @@ class RunRecorder:
                     columns[name] = [rows[name][i] for i in kept]
                 else:
                     columns[name] = [None] * len(kept)
-            self._lineage.write_table(pa.table(columns, schema=self.schema))
+            self._lineage.write_table(_text_table(columns, self.schema))
         self.counts.rejected += len(rejected)
         for i in kept:
             if status[i] == STATUS_OK:
@@ -272,22 +319,54 @@ class RunRecorder:
     def commit(self, summary: dict[str, Any]) -> bool:
         """Publish rejects, then the lineage table (the commit point) with the summary.
 
-        The lineage write is create-only: if a concurrent run of the same id committed first,
-        its lineage stays and False is returned (the rejects it published are the same rows,
-        derived from the same manifest). True when this call committed the run.
+        Both writes are create-only. True when this call committed the run; False when
+        another attempt of the same run id committed it first (its tables stay, untouched).
+        On a store without conditional writes the two writes happen under the run's commit
+        claim (``Store.commit_claim``): two drivers never both commit one run id there.
+
+        Raises:
+            RunAttemptConflict: the run's rejects were written by an attempt from other inputs
+                that has not committed; nothing is published.
+            factory.store.storage.ConcurrentCommitError: on a store without conditional
+                writes, another driver held the run's commit claim through every try.
+            StorageError: the store failed; the run is not committed.
         """
         try:
+            attempt = _attempt(summary, self._rejected_digest)
+            self._rejects.add_key_value_metadata({ATTEMPT_KEY: attempt})
             self._rejects.close()
-            self._lineage.add_key_value_metadata({SUMMARY_KEY: json.dumps(summary, sort_keys=True)})
+            self._lineage.add_key_value_metadata({
+                SUMMARY_KEY: json.dumps(summary, sort_keys=True), ATTEMPT_KEY: attempt})
             self._lineage.close()
             prefix = f"runs/{self.run_id}"
             if is_committed(self.store, self.run_id):
                 return False  # lost the race before publishing anything
-            self.store.publish_file(self._spool / REJECTS, f"{prefix}/{REJECTS}")
-            return self.store.publish_file(self._spool / LINEAGE, f"{prefix}/{LINEAGE}",
-                                           create_only=True)
+            with self.store.commit_claim(prefix):
+                if is_committed(self.store, self.run_id):
+                    return False
+                if not self._publish_rejects(f"{prefix}/{REJECTS}", attempt):
+                    return False
+                return self.store.publish_file(self._spool / LINEAGE, f"{prefix}/{LINEAGE}",
+                                               create_only=True)
         finally:
             shutil.rmtree(self._spool, ignore_errors=True)
+
+    def _publish_rejects(self, key: str, attempt: str) -> bool:
+        """Publish the rejects create-only; True if the rejects at ``key`` are this attempt's
+        (written now, or by an attempt of the same inputs), False if the run was committed
+        meanwhile by another attempt."""
+        if self.store.publish_file(self._spool / REJECTS, key, create_only=True):
+            return True
+        theirs = read_footer(self.store, key).get(ATTEMPT_KEY, b"").decode()
+        if theirs == attempt:
+            return True
+        if is_committed(self.store, self.run_id):
+            return False
+        raise RunAttemptConflict(
+            f"run '{self.run_id}': {self.store.path(key)} was written by another attempt of "
+            "this run id from other inputs, which has not committed (it is still running, or "
+            "stopped before its commit); nothing was committed. Give a new run id, or, if no "
+            "other run of this id is going on, delete that file and run again.")
 
     def abort(self) -> None:
         """Publish nothing: the run stays uncommitted."""
@@ -297,6 +376,15 @@ class RunRecorder:
             except Exception:  # noqa: BLE001 - the spool is discarded either way
                 pass
         shutil.rmtree(self._spool, ignore_errors=True)
+
+
+def _attempt(summary: dict[str, Any], rejected_digest: int) -> str:
+    """Which attempt's tables these are: its inputs (``factory.run.identity``) where the summary
+    records them, else the digest of its rejected rows."""
+    if summary.get("inputs") is not None:
+        return "inputs:" + hashlib.sha256(
+            json.dumps(summary["inputs"], sort_keys=True).encode()).hexdigest()
+    return f"rejects:{rejected_digest % (1 << 256):064x}"
 
 
 def _measured(value: Any, kind: pa.DataType) -> Any:

@@ -206,7 +206,9 @@ def _read_validators(store: Store, key: str) -> Validators | None:
 
 
 def _printable(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+    from factory.core.text import bounded
+
+    return bounded(text, limit=300)
 
 
 def sources_digest(work: ray.data.Dataset) -> str:

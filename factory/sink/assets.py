@@ -154,6 +154,20 @@ def write_intermediates(batch: dict[str, np.ndarray], *,
     return {**batch, f"{config.stage}_key": keys}
 
 
+def stored_digest(store: Store, key: str) -> tuple[str, int]:
+    """The sha256 and size of the object stored at ``key``: from its metadata (``SHA_META``,
+    one HEAD) where the writer recorded it there, else by reading it back.
+
+    A create-only write that found its key taken (a retried task, a concurrent run) records
+    this, not its own encoding: the bytes of a re-render may differ (a GPU's float order), and
+    the lineage describes what the store holds."""
+    head = store.head(key)
+    if head is not None and head.metadata.get(SHA_META):
+        return head.metadata[SHA_META], head.size
+    data = store.read_bytes(key)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
 def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[str, np.ndarray]:
     """Ray Data task: encode and write the ``ok`` rows; return lineage rows without pixels."""
     n = len(batch["sku"])
@@ -190,6 +204,8 @@ def write_assets(batch: dict[str, np.ndarray], *, config: SinkConfig) -> dict[st
             keys[i], data, content_type=content_type,
             metadata={WORK_META: work_hash(config.fingerprint_of(row), row), SHA_META: digests[i]})
         sizes[i] = len(data)
+        if not written[i]:  # an earlier write of this work is there: the lineage describes it
+            digests[i], sizes[i] = stored_digest(config.store, keys[i])
     ok = status == STATUS_OK
     tags = config.labels.tags()
     metrics.inc("factory_sink_assets_written", int(written.sum()), tags)

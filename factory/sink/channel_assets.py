@@ -34,7 +34,8 @@ from factory.core import images, metrics
 from factory.spec.channels import Channel, Measures, NoSubject
 from factory.spec.keys import channel_key, work_hash
 from factory.core.provenance import Provenance
-from factory.sink.assets import SHA_META, STATUS_EXISTS, WORK_META, SinkConfig
+from factory.sink.assets import (SHA_META, STATUS_EXISTS, WORK_META, SinkConfig,
+                                 stored_digest)
 from factory.core.status import STATUS_FAILED, STATUS_OK
 from stages.product import PRODUCT
 
@@ -139,6 +140,8 @@ def write_channel_assets(batch: dict[str, np.ndarray], *,
                 result["written"] = store.put_if_absent(
                     result["output_key"], data, content_type=f"image/{channel.format}",
                     metadata={WORK_META: work_hash(fp, row), SHA_META: result["sha256"]})
+                if not result["written"]:  # the stored object's bytes, not this encoding's
+                    result["sha256"], result["bytes"] = stored_digest(store, result["output_key"])
                 result["status"] = STATUS_OK
             out.append(result)
     return _columns(batch, out, config.sink)

@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError
 
 from factory.core import settings
 from factory.core.strict import Strict
+from factory.core.text import escaped, shown
 from factory.catalog.commerce_formats import CatalogOptions
 from factory.spec.channels import Channel, ChannelError
 from factory.spec.job_keys import JobKeys, job_keys
@@ -34,19 +35,25 @@ from stages.base import StagePlan
 from stages.chain import Pool, pool_layout
 from stages.source_photo import SOURCE_URI
 from stages.registry import UnknownModelError, get_card
-from stages.weights import resolve_source
+from stages.weights import resolve_source, weights_identity
 
 # Columns every validated row carries before the first stage.
 ROW_COLUMNS = ("sku", "variant", "seed", "prompt", "negative_prompt", "row")
 DIFFUSION_KINDS = ("generate", "lora")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Run ids, and every spec name that becomes part of a key or a path (stage names, route
+#: names): a plain name that cannot climb out of the output prefix. Matched whole
+#: (``fullmatch``): ``$`` would let a trailing newline through.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class SpecError(ValueError):
-    """A job spec that cannot run; ``problems`` are ``key.path: message`` lines."""
+    """A job spec that cannot run; ``problems`` are ``key.path: message`` lines, with any
+    control character a spec value held escaped (``factory.core.text``)."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
+        self.source = escaped(source)
+        problems = [escaped(p) for p in problems]
         self.problems = problems
         super().__init__(f"{source}: invalid job spec:\n" + "\n".join(f"  {p}" for p in problems))
 
@@ -302,8 +309,9 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         _check_chain(spec, plans, problems, warnings)
     else:  # each stage serves the routes that use it (``stages.base.Stage``)
         plans = [replace(p, routes=routes.serving(p.name)) for p in plans]
-    if spec.run_id is not None and not _RUN_ID.match(spec.run_id):
-        problems.append(f"run_id: '{spec.run_id}' must match {_RUN_ID.pattern}")
+    if spec.run_id is not None and not _RUN_ID.fullmatch(spec.run_id):
+        problems.append(f"run_id: {shown(spec.run_id)} must match {_RUN_ID.pattern}")
+    _check_names(spec, problems)
     manifest_format = spec.manifest.format or _infer_format(spec.manifest.uri, problems)
     names = [p.name for p in plans]
     check_seasons(spec.seasons, spec.schedules, problems)
@@ -379,12 +387,21 @@ def _plan_stages(spec: JobSpec, problems: list[str], s3_options: S3Options) -> l
         if resources.num_gpus > 0 and card.cpu_only:
             problems.append(f"{where}.resources.num_gpus: {card.name} runs on the CPU and "
                             "cannot use a GPU; set it to 0")
+        source = resolve_source(stage.source or card.source, settings.models_dir())
+        revision = stage.revision or card.revision
+        try:  # a stage without weights (no source) is its revision
+            weights = (weights_identity(source, revision, s3_options=s3_options)
+                       if stage.source or card.source else revision)
+        except Exception as exc:  # noqa: BLE001 - a spec problem naming the stage, not a crash
+            problems.append(f"{where}.source: cannot read the weights at {source}: {exc}")
+            continue
         plans.append(StagePlan(
             name=name,
             card=card,
             params=params,
-            source=resolve_source(stage.source or card.source, settings.models_dir()),
-            revision=stage.revision or card.revision,
+            source=source,
+            revision=revision,
+            weights=weights,
             resources=resources,
             allow_pickle=stage.allow_pickle,
             source_ref=stage.source or card.source,
@@ -453,8 +470,26 @@ def _resolve_channels(spec: JobSpec, problems: list[str]) -> tuple[Channel, ...]
 
 
 def _check_run_id(run_id: str, source: str) -> None:
-    if not _RUN_ID.match(run_id):
-        raise SpecError(source, [f"run_id: '{run_id}' must match {_RUN_ID.pattern}"])
+    if not _RUN_ID.fullmatch(run_id):
+        raise SpecError(source, [f"run_id: {shown(run_id)} must match {_RUN_ID.pattern}"])
+
+
+def _check_names(spec: JobSpec, problems: list[str]) -> None:
+    """Names that reach keys and paths are plain names: a stage's (``intermediates/<stage>/``,
+    its actor pool), a route's (its rows' ``route`` column, the summary); the job's name is
+    free text (run ids take a slug of it) but holds no control character. Channel, season and
+    schedule names are held to the same pattern by their own fields."""
+    if not spec.name.isprintable():
+        problems.append(f"name: {shown(spec.name)} holds control characters")
+    for i, stage in enumerate(spec.stages):
+        if stage.name is not None and not _KEY_NAME.fullmatch(stage.name):
+            problems.append(f"stages[{i}].name: {shown(stage.name)} must match "
+                            f"{_KEY_NAME.pattern} (it names the stage's keys)")
+    for name in (spec.routes.chains if spec.routes is not None else ()):
+        # ``resolve_routes`` reports every other bad route name; it matches with ``$``
+        if not _KEY_NAME.fullmatch(name) and _KEY_NAME.fullmatch(name.rstrip("\n")):
+            problems.append(f"routes.chains.{escaped(name)}: a route name must match "
+                            f"{_KEY_NAME.pattern} (it ends in a newline)")
 
 
 def _infer_format(uri: str, problems: list[str]) -> str:

@@ -31,6 +31,11 @@ Three parts, on Ray Data's own paths:
   (``ray.data.from_arrow``) that goes through the same stage pools, gate and sink again; a
   pass per attempt, until no row is sent back.
 
+With a budget (``factory.cost.budget``), a re-render is admitted like a row: ``check_batch``
+asks the budget (``RetryAdmission``) before it sends a row back, pricing the attempt just
+made from its stage times. A re-render the budget cannot cover is not run: the row keeps the
+render it has, written and flagged ``review``, its reason saying so (``BUDGET_REASON``).
+
 A failed attempt writes no image, so the store holds one asset per row (the last attempt's),
 under the row's own key: a re-render keeps its first seed as ``key_seed``
 (``factory.spec.keys.KEY_SEED``), and the keys of a gated job fingerprint its gate
@@ -46,7 +51,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from pydantic import Field
@@ -70,6 +75,8 @@ QA_REVIEW = "review"
 QA_COLUMNS = (("qa", "string"), ("qa_attempts", "int64"), ("qa_reason", "string"))
 RETRY_USD = "qa_retry_usd"
 MAX_RETRIES = 10
+#: Appended to a row's breaches where the budget left no re-render for it.
+BUDGET_REASON = "no re-render: the budget cannot cover one"
 
 
 class ThresholdSpec(Strict):
@@ -223,12 +230,32 @@ def retry_seed(seed: int, attempt: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def check_batch(batch: dict[str, np.ndarray], *, config: QaConfig) -> dict[str, np.ndarray]:
+class RetryAdmission(Protocol):
+    """What a budget answers before a row is sent back (``factory.cost.budget.RetryGate``)."""
+
+    costs: CostModel
+
+    def admit_retries(self, retries: list[tuple[int, int, Decimal]]) -> list[bool]:
+        """One decision per ``(row, attempt made, its dollars)``."""
+        ...
+
+
+def attempt_usd(costs: CostModel, batch: Mapping[str, np.ndarray], i: int) -> Decimal:
+    """Dollars of row ``i``'s render in ``batch`` (its ``ms_<stage>`` values), all its channel
+    assets together: what the driver records for it (``QaRetries._price``, the recorder)."""
+    ms = {s.name: (float(batch[f"ms_{s.name}"][i]) if f"ms_{s.name}" in batch else None)
+          for s in costs.shares}
+    return costs.row(ms)["cost_usd"] * costs.channels
+
+
+def check_batch(batch: dict[str, np.ndarray], *, config: QaConfig,
+                budget: RetryAdmission | None = None) -> dict[str, np.ndarray]:
     """Ray Data task: count each rendered row's renders and check its ``ok`` rows.
 
     Adds ``qa`` (``pass``, ``review`` or "" where not gated), ``qa_attempts`` (renders so far,
     this one included) and ``qa_reason`` (the breaches); a row outside its gate with retries
-    left becomes ``qa_retry``.
+    left becomes ``qa_retry``, if ``budget`` (None: no budget) admits its next render; else
+    it is ``review`` with ``BUDGET_REASON`` after its breaches.
     """
     n = len(batch["sku"])
     status = batch["status"].astype(object)
@@ -238,17 +265,28 @@ def check_batch(batch: dict[str, np.ndarray], *, config: QaConfig) -> dict[str, 
     verdict = np.full(n, "", dtype=object)
     reason = np.full(n, "", dtype=object)
     routes = batch.get("route")
+    back = []  # rows outside their gate with retries left
     for i in np.flatnonzero(status == STATUS_OK):
         gate = config.gate(str(routes[i]) if routes is not None else None)
         if gate is None:
             continue
         why = gate.breaches(batch, i)
+        reason[i] = why
         if not why:
             verdict[i] = QA_PASS
         elif attempts[i] <= gate.retries:
-            status[i], reason[i] = STATUS_QA_RETRY, why
+            back.append(i)
         else:
-            verdict[i], reason[i] = QA_REVIEW, why
+            verdict[i] = QA_REVIEW
+    admitted = [True] * len(back)
+    if budget is not None and back:
+        admitted = budget.admit_retries([(int(batch["row"][i]), int(attempts[i]),
+                                          attempt_usd(budget.costs, batch, i)) for i in back])
+    for i, ok in zip(back, admitted):
+        if ok:
+            status[i] = STATUS_QA_RETRY
+        else:
+            verdict[i], reason[i] = QA_REVIEW, f"{reason[i]}; {BUDGET_REASON}"
     return {**batch, "status": status, "qa": verdict, "qa_attempts": attempts,
             "qa_reason": reason}
 

@@ -119,7 +119,7 @@ def resolve_routes(spec: RoutesSpec, stage_names: list[str], problems: list[str]
     chains: list[Route] = []
     for name, stages in spec.chains.items():
         where = f"routes.chains.{name}"
-        if not re.match(_NAME, name):
+        if not re.fullmatch(_NAME, name):
             problems.append(f"{where}: a route name must match {_NAME}")
         if not stages:
             problems.append(f"{where}: a route needs at least one stage")

@@ -2,16 +2,20 @@
 
 Object writes and reads go through boto3 with botocore's retry configuration (``standard`` or
 ``adaptive`` mode: 503 SlowDown, throttling and timeouts are retried there, never in a loop of
-ours). Streaming reads of a manifest go through pyarrow's ``S3FileSystem`` with the same
-endpoint, region and addressing. Credentials come from the standard chains (environment,
+ours). botocore does not count S3's 409 ``ConditionalRequestConflict`` (a conditional PUT that
+met a concurrent write of the same key) as retryable; S3 advises retrying it, so each client
+is told to, through botocore's own retry hook (``needs-retry``), within the same attempts.
+Streaming reads of a manifest go through pyarrow's ``S3FileSystem`` with the same endpoint,
+region and addressing. Credentials come from the standard chains (environment,
 profile, instance role) and are never passed, stored or printed here.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 from urllib.parse import urlparse
 
 from factory.core import settings
@@ -83,7 +87,33 @@ def client(options: S3Options) -> Any:
         s3={"addressing_style": options.addressing_style},
         region_name=options.region,
     )
-    return boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, config=config)
+    s3 = boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, config=config)
+    s3.meta.events.register("needs-retry.s3.PutObject",
+                            _retry_conditional_conflict(options.max_attempts))
+    return s3
+
+
+#: The longest wait (seconds) before retrying a 409 ConditionalRequestConflict.
+CONFLICT_WAIT_MAX_S = 2.0
+
+
+def _retry_conditional_conflict(max_attempts: int) -> Callable[..., float | None]:
+    """A botocore ``needs-retry`` handler: a 409 ``ConditionalRequestConflict`` is retried,
+    with jittered exponential waits, until ``max_attempts``. The retry meets the other write
+    finished: a 412 (it created the key) or a success (it failed). Any other answer is left to
+    botocore's retry mode (this handler says nothing: None)."""
+
+    def needs_retry(response: Any = None, attempts: int = 0, **_: Any) -> float | None:
+        if response is None or attempts >= max_attempts:
+            return None
+        http, parsed = response
+        if getattr(http, "status_code", 0) != 409:
+            return None
+        if (parsed or {}).get("Error", {}).get("Code") != "ConditionalRequestConflict":
+            return None
+        return random.uniform(0, min(CONFLICT_WAIT_MAX_S, 0.05 * 2 ** attempts))
+
+    return needs_retry
 
 
 def pyarrow_filesystem(options: S3Options) -> pafs.S3FileSystem:

@@ -3,17 +3,23 @@
 Assets are content-addressed, so every asset write is create-only: if the key exists, the same
 work was done before and nothing is written. On S3 that is one conditional PUT
 (``If-None-Match: *``), or, where a server does not honour it, a HEAD then a PUT with the work
-hash in the object's metadata. Locally a file is written under a temporary name and linked into
-place, which fails if the name exists. Run tables are spooled locally and published whole, so a
-reader never sees half a table. ``Store`` is frozen and picklable: Ray tasks rebuild clients.
+hash in the object's metadata. Locally a file is written under a temporary name, flushed to disk
+and linked into place, which fails if the name exists; the directory is flushed after, so a
+power loss never leaves a name over an empty file. Run tables are spooled locally and published
+whole, so a reader never sees half a table. ``Store`` is frozen and picklable: Ray tasks
+rebuild clients.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import random
 import shutil
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
@@ -23,6 +29,18 @@ from factory.store.s3 import S3Options, StorageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+#: Tries at the commit claim of a store without conditional writes before giving up, and the
+#: longest wait between two (seconds; the waits grow from a tenth of a second, with jitter).
+CLAIM_TRIES = 8
+CLAIM_WAIT_MAX_S = 2.0
+
+
+class ConcurrentCommitError(StorageError):
+    """Another driver is committing the same run on a store without conditional writes (or
+    stopped in the middle of it and left its claim behind)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,13 @@ class Store:
 
         A retry of a write that landed but whose answer was lost finds the object and returns
         False: the key is derived from the work, so the object there is this work's result.
+        On a conditional-write store a 412 says another write created the key first; a 409
+        (``ConditionalRequestConflict``: a concurrent write of the key was in flight) is retried
+        by the client (``factory.store.s3``) until it turns into a 412 or a success.
+
+        In the ``checked`` mode the HEAD and the PUT are two requests: two concurrent writers
+        can both find the key absent and both write. Content-addressed assets tolerate that
+        (both wrote the same work); a run's commit does not, and takes ``commit_claim`` first.
         """
         if not self.is_s3:
             try:
@@ -110,7 +135,7 @@ class Store:
             if status == 412 or code == "PreconditionFailed":
                 return False
             if status == 409 and self.head(key) is not None:
-                return False  # a concurrent create of the same work won
+                return False  # still conflicting after the client's retries, and a create won
             raise s3.explain(exc, self.uri, f"write {key}") from exc
 
     def read_bytes(self, key: str) -> bytes:
@@ -137,8 +162,9 @@ class Store:
                 if create_only:
                     return _local_create(target, local)
                 staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-                shutil.copyfile(local, staging)
+                _write_synced(staging, local)
                 os.replace(staging, target)
+                _sync_directory(target.parent)
                 return True
             except OSError as exc:
                 raise StorageError(f"{self.uri}: cannot write {key}: "
@@ -163,7 +189,7 @@ class Store:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-                staging.write_bytes(data)
+                _write_synced(staging, data)
                 os.replace(staging, target)
             except OSError as exc:
                 raise StorageError(f"{self.uri}: cannot write {key}: "
@@ -221,16 +247,76 @@ class Store:
         s3.client(self.s3).delete_object(Bucket=bucket, Key=name)
 
     def children(self, prefix: str) -> list[str]:
-        """Names directly under ``prefix/`` (used to list run ids, never assets)."""
+        """Folders directly under ``prefix/`` (used to list run ids, never assets); a file
+        there (a ``.DS_Store``, a README) is not one. On S3 a folder is a common prefix."""
         if not self.is_s3:
             directory = Path(self.uri) / prefix
-            return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+            if not directory.is_dir():
+                return []
+            return sorted(p.name for p in directory.iterdir() if p.is_dir())
         bucket, name = self._object(prefix)
         paginator = s3.client(self.s3).get_paginator("list_objects_v2")
         names: list[str] = []
         for page in paginator.paginate(Bucket=bucket, Prefix=f"{name}/", Delimiter="/"):
             names += [p["Prefix"][len(name) + 1:].rstrip("/") for p in page.get("CommonPrefixes", [])]
         return sorted(names)
+
+    @contextmanager
+    def commit_claim(self, prefix: str) -> Iterator[None]:
+        """Hold the right to commit under ``prefix`` (a run's folder) for the ``with`` block.
+
+        Local and conditional-write stores need no claim: their create-only write is atomic,
+        and the block runs at once. A ``checked`` store (no conditional writes) cannot make a
+        HEAD then a PUT atomic, and plain S3 has no compare-and-set: a single object cannot
+        say who wrote first. What it does give is strong read-after-write consistency for
+        PUTs and LISTs, which is enough for mutual exclusion by claims: each committer writes
+        its own claim ``prefix/.commit/<random>``, then lists ``prefix/.commit/``. If it sees
+        no other claim, it holds the right: a later committer writes its claim after this
+        listing, so its own listing sees this claim. If it sees another, it takes its claim
+        back, waits a random while and tries again (both may back off; never both proceed).
+        The claim is deleted when the block ends, after the block's writes are complete.
+
+        Raises:
+            ConcurrentCommitError: another claim stayed through every try: another driver is
+                committing this run, or one stopped mid-commit and left its claim (the error
+                names it; delete it if no driver is committing this run).
+        """
+        if not (self.is_s3 and self.write_mode == "checked"):
+            yield
+            return
+        claims = f"{prefix}/.commit"
+        mine = f"{claims}/{uuid.uuid4().hex}"
+        others: list[str] = []
+        for attempt in range(CLAIM_TRIES):
+            self.replace_bytes(mine, b"")
+            try:
+                others = [key for page in self.list_sizes(claims) for key, _ in page
+                          if key != mine]
+            except BaseException:
+                self._drop_claim(mine)
+                raise
+            if not others:
+                break
+            self._drop_claim(mine)
+            if attempt < CLAIM_TRIES - 1:
+                time.sleep(random.uniform(0.05, min(CLAIM_WAIT_MAX_S, 0.1 * 2 ** attempt)))
+        else:
+            raise ConcurrentCommitError(
+                f"{self.uri}: another driver is committing {prefix} (its claim "
+                f"{self.path(others[0])} stayed through {CLAIM_TRIES} tries); this store has "
+                "no conditional writes, so commits of one run wait for each other. Nothing was "
+                "committed by this driver. If no other driver is running this run, delete "
+                "that claim and run again.")
+        try:
+            yield
+        finally:
+            self._drop_claim(mine)
+
+    def _drop_claim(self, key: str) -> None:
+        try:
+            self.delete(key)
+        except Exception as exc:  # noqa: BLE001 - a claim left behind names itself later
+            log.warning("%s: could not delete the commit claim %s (%s)", self.uri, key, exc)
 
     def preflight(self, run_id: str) -> Store:
         """Write and delete a probe object before any model loads; return the store with its
@@ -291,23 +377,56 @@ def _probe_create_only(client, bucket: str, name: str, uri: str) -> str:
     return "checked"  # the server overwrote: it ignores If-None-Match
 
 
-def _local_create(target: Path, data: bytes | Path) -> bool:
-    """Create ``target`` with ``data`` (bytes, or a file's content) atomically; False if it
-    already exists."""
+def _local_create(target: Path, data: bytes | BinaryIO | Path) -> bool:
+    """Create ``target`` with ``data`` (bytes, a stream, or a file's content) atomically and
+    durably; False if it already exists.
+
+    The content is written under a temporary name in the same folder and flushed to disk
+    (fsync) before the link makes it visible, and the folder is flushed after: after a power
+    loss the name is either absent or names the whole content, never an empty file.
+    """
     if target.exists():
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    if isinstance(data, Path):
-        shutil.copyfile(data, staging)
-    else:
-        staging.write_bytes(data)
     try:
-        os.link(staging, target)  # fails if the name exists: create-only, no overwrite
+        _write_synced(staging, data)
+        try:
+            os.link(staging, target)  # fails if the name exists: create-only, no overwrite
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                return False
+            raise
+        _sync_directory(target.parent)
         return True
-    except OSError as exc:
-        if exc.errno == errno.EEXIST:
-            return False
-        raise
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, data: bytes | BinaryIO | Path) -> None:
+    """Write ``data`` to a new file at ``path`` and flush it to disk."""
+    with path.open("xb") as out:
+        if isinstance(data, Path):
+            with data.open("rb") as source:
+                shutil.copyfileobj(source, out, 1 << 20)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            out.write(data)
+        else:
+            shutil.copyfileobj(data, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a folder's entries to disk (where the platform can open a folder)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems refuse fsync on a folder: nothing to flush
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)

@@ -27,7 +27,7 @@ RETRIES = 2
 FAIL = "SKU-00002"
 
 
-def spec(tmp: Path, catalog: Path, output: Path) -> Path:
+def spec(tmp: Path, catalog: Path, output: Path, *, cpu_usd_per_hour: float = 0.06) -> Path:
     path = tmp / "qa.yaml"
     path.write_text(f"""
 name: qa-gate
@@ -35,7 +35,7 @@ manifest: {{uri: "{catalog}"}}
 output: {{uri: "{output}"}}
 seed: 5
 prompt: {{template: "a {{{{ color }}}} {{{{ title }}}}"}}
-pricing: {{usd_per_hour: {{cpu: 0.06}}}}
+pricing: {{usd_per_hour: {{cpu: {cpu_usd_per_hour}}}}}
 stages:
   - {{kind: generate, model: synthetic, params: {{width: 32, height: 32}}}}
   - {{kind: recolor, model: lab, params: {{palette: ["#C8553D"]}}}}
@@ -114,27 +114,40 @@ def test_rows_outside_the_gate_are_retried_then_flagged_review(local_ray, tmp_pa
     assert 'data-qa="review"' in report and '<option value="review">' in report
 
 
-def test_a_budget_admits_rows_whose_retries_then_all_run(local_ray, tmp_path) -> None:
-    """A budget and a gate together: the admitted rows go through every retry (their dollars
-    count as spent, not gated again), the rest are deferred, and the outcomes stay exact."""
+def test_a_budget_refuses_re_renders_it_cannot_cover(local_ray, tmp_path) -> None:
+    """A budget and a gate together: a re-render is admitted by the budget like a row. With a
+    nano-dollar, only the first block renders (unpriced, the run's probe) and none of its
+    re-renders fits: each rendered row keeps its one render, written and flagged review with
+    the budget as its reason; no retry is paid for, and the outcomes stay exact."""
     from factory.run.pipeline import block_rows
     from factory.spec.job import load_job
+    from factory.spec.qa import BUDGET_REASON
 
     catalog = write_catalog(tmp_path / "catalog.csv", 30)  # rows 11 and 21 are rejected
     out = tmp_path / "out"
-    job = spec(tmp_path, catalog, out)
+    job = spec(tmp_path, catalog, out, cpu_usd_per_hour=3600)  # every render costs > $1e-9
     block = block_rows(load_job(job))
     assert 3 <= block < 11  # the first block holds the failing SKU and no rejected row
-    # a nano-dollar: with no earlier run to price a row, only the first block is admitted
     run = CliRunner().invoke(main, ["run", str(job), "--run-id", "qa-budget", "--no-dashboard",
                                     "--budget", "0.000000001"], catch_exceptions=False)
     lineage, summary = read_lineage(Store(str(out)), "qa-budget")
     rows = lineage.to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     assert sorted(r["row"] for r in ok) == [r for r in range(1, block + 1) if r != 3], run.output
-    assert all((r["qa"], r["qa_attempts"]) == ("review", RETRIES + 1) for r in ok)
-    assert summary["qa"]["retries"] == len(ok) * RETRIES
+    for r in ok:
+        assert (r["qa"], r["qa_attempts"]) == ("review", 1)
+        assert r["qa_reason"].startswith("delta_e_after ") and r["qa_reason"].endswith(
+            BUDGET_REASON)
+        assert r["qa_retry_usd"] == 0 and r["cost_usd"] > 0
+    assert summary["qa"]["retries"] == 0 and summary["qa"]["retry_usd"] == 0
+    assert summary["budget"]["retries_refused"] == len(ok)
+    assert f"{len(ok)} QA re-renders past it not run" in run.output
+    # what the run spent is its first renders' (the probe's overshoot), no re-render's
+    assets_usd = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
+    assert Decimal(repr(summary["cost_usd"])) == assets_usd
     assert (summary["assets"], summary["failed"], summary["rejected"], summary["deferred"]) == (
         block - 1, 1, 2, 30 - block - 2)
     deferred = [r for r in rows if r["status"] == "deferred"]
     assert all(not r["output_key"] and r["qa_attempts"] in (None, 0) for r in deferred)
+    stored = sorted(str(p.relative_to(out)) for p in (out / "assets").rglob("*.png"))
+    assert stored == sorted(r["output_key"] for r in ok)  # each kept render written once

@@ -50,12 +50,12 @@ def test_refresh_renders_exactly_the_changed_skus(tmp_path, local_ray, models_di
     from factory.run.pipeline import run_job
     from factory.run.refresh import refresh
 
-    catalog = write_catalog(tmp_path / "catalog.csv", 5000, bad_rows=False)
+    catalog = write_catalog(tmp_path / "catalog.csv", 1000, bad_rows=False)
     job = parse_job(spec_dict(catalog, tmp_path / "out"))
     full = run_job(job)
-    assert full.counts.assets == 5000
+    assert full.counts.assets == 1000
 
-    changed = {f"SKU-{i:05d}" for i in range(0, 5000, 100)}  # 1%: 50 SKUs
+    changed = {f"SKU-{i:05d}" for i in range(0, 1000, 100)}  # 1%: 10 SKUs
 
     def edit(rows):
         header, body = rows[0], rows[1:]
@@ -70,10 +70,10 @@ def test_refresh_renders_exactly_the_changed_skus(tmp_path, local_ray, models_di
     rewrite(catalog, edit)
     report = refresh(parse_job(spec_dict(catalog, tmp_path / "out")))
     assert report.previous_run == full.run_id
-    assert (report.changed, report.new, report.removed, report.unchanged) == (50, 3, 2, 4948)
+    assert (report.changed, report.new, report.removed, report.unchanged) == (10, 3, 2, 988)
     lineage, _ = read_lineage(Store(str(tmp_path / "out")), report.result.run_id)
     assert rendered(lineage) == changed | {"NEW-0", "NEW-1", "NEW-2"}  # nothing else ran
-    assert report.result.counts.written == 53 and report.result.counts.assets == 5001
+    assert report.result.counts.written == 13 and report.result.counts.assets == 1001
 
 
 def test_a_season_switch_re_renders_only_what_its_overlay_touches(tmp_path, local_ray,
@@ -121,7 +121,7 @@ def test_season_is_chosen_by_date(tmp_path):
 def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
     """SIGKILL the driver mid-run; run the same run id again: exact accounting, and the SKUs
     finished before the kill get no model call."""
-    catalog = write_catalog(tmp_path / "catalog.csv", 200)  # 3 bad rows
+    catalog = write_catalog(tmp_path / "catalog.csv", 80)  # 3 bad rows
     out = tmp_path / "out"
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump({
@@ -139,25 +139,25 @@ def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
                              stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None:
-        if len(list((out / "assets").glob("*/*.png"))) >= 30 if (out / "assets").exists() else False:
+        if len(list((out / "assets").glob("*/*.png"))) >= 15 if (out / "assets").exists() else False:
             break
         time.sleep(0.2)
     assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
     first.wait()
     done_before = {p.parent.name for p in (out / "assets").glob("*/*.png")}
-    assert 30 <= len(done_before) < 197
+    assert 15 <= len(done_before) < 77
     assert not (out / "runs" / "r" / "lineage.parquet").exists()  # never committed
 
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1, again.stderr[-2000:]  # partial: the 3 bad rows
     lineage, summary = read_lineage(Store(str(out)), "r")
     rejects = read_rejects(Store(str(out)), "r")
-    assert lineage.num_rows + rejects.num_rows == 200 and summary["assets"] == 197
+    assert lineage.num_rows + rejects.num_rows == 80 and summary["assets"] == 77
     rows = {r["sku"]: r for r in lineage.to_pylist()}
     for sku in done_before:
         assert rows[sku]["written"] is False
         assert not rows[sku]["generate_placement"] and not rows[sku]["ms_generate"]
-    assert summary["written"] == 197 - len(done_before)
+    assert summary["written"] == 77 - len(done_before)
     files = sorted(p.relative_to(out).as_posix() for p in (out / "assets").glob("*/*.png"))
     assert files == sorted(r["output_key"] for r in rows.values())

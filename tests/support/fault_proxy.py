@@ -28,6 +28,15 @@ Behaviour worth knowing:
   when ``n % drop_after_put_every == 0`` (first match wins; 0 disables a fault).
   With ``fail_for_good_after = k``, every matching PUT after the k-th gets ``fail_status``
   (403 AccessDenied or 500 InternalError): a store that breaks for good mid-run.
+  Short of that, the first ``put_409_first`` matching PUTs get 409 ConditionalRequestConflict
+  (a conditional write that met a concurrent one); then, every Nth, 403, 500
+  (``put_500_every``), 503 and drop are tried in that order.
+* ``key_filter`` is a substring of the path, so it can pick assets (``"/assets/"``), one run's
+  tables (``"/out/runs/r1/"``) or one table (``"/lineage.parquet"``).
+* ``ignore_if_none_match`` forwards matching PUTs without their ``If-None-Match`` header: the
+  server then overwrites, like a store without conditional writes (the factory's preflight
+  settles on its ``checked`` mode). ``put_delay_seconds`` holds matching PUTs that long before
+  forwarding them, to widen a race between two writers.
 * Assigning ``proxy.policy`` resets that numbering.
 """
 
@@ -45,6 +54,7 @@ from urllib.parse import urlsplit
 HOST = "127.0.0.1"
 
 FAULT_403 = "403"
+FAULT_409 = "409"
 FAULT_500 = "500"
 FAULT_503 = "503"
 FAULT_DROP = "drop"
@@ -58,6 +68,12 @@ SLOW_DOWN_BODY = (
 INTERNAL_ERROR_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     "<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message>"
+    "<Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
+)
+CONDITIONAL_CONFLICT_BODY = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Error><Code>ConditionalRequestConflict</Code><Message>A conflicting conditional "
+    "operation is currently in progress against this resource. Please try again.</Message>"
     "<Resource>{resource}</Resource><RequestId>{request_id}</RequestId></Error>"
 )
 ACCESS_DENIED_BODY = (
@@ -94,6 +110,14 @@ class FaultPolicy:
     drop_hold_seconds: float = 0.0
     """Before closing a dropped connection, hold it open this long (to look like a read
     timeout to the client instead of a reset; keep it above the client's read_timeout)."""
+    put_409_first: int = 0
+    """Answer the first N matching PUTs with 409 ConditionalRequestConflict, unforwarded."""
+    put_500_every: int = 0
+    """Answer every Nth matching PUT with 500 InternalError, without forwarding it."""
+    ignore_if_none_match: bool = False
+    """Forward matching PUTs without ``If-None-Match``: a server that overwrites."""
+    put_delay_seconds: float = 0.0
+    """Hold each forwarded matching PUT this long before forwarding it."""
 
     def matches(self, method: str, path: str) -> bool:
         return method == "PUT" and self.key_filter in urlsplit(path).path
@@ -105,7 +129,7 @@ class Logged:
 
     ``status`` is what the client got; for a dropped request (which got nothing) it is the
     upstream's status, i.e. what happened to the write.  ``fault`` is ``None``, ``"403"``,
-    ``"503"``, ``"drop"`` or ``"upstream_error"`` (upstream unreachable; the client got 502).
+    ``"409"``, ``"500"``, ``"503"``, ``"drop"`` or ``"upstream_error"`` (upstream unreachable; the client got 502).
     """
 
     method: str
@@ -166,6 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         fault, hold_seconds = proxy._decide(self.command, self.path)
+        policy = proxy.policy
+        matching = policy.matches(self.command, self.path)
 
         def log(status: int | None, fault_name: str | None) -> None:
             proxy._log(Logged(
@@ -179,6 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
             log(403, FAULT_403)
             self._send_s3_error(403, "Forbidden", ACCESS_DENIED_BODY)
             return
+        if fault == FAULT_409:
+            log(409, FAULT_409)
+            self._send_s3_error(409, "Conflict", CONDITIONAL_CONFLICT_BODY)
+            return
         if fault == FAULT_500:
             log(500, FAULT_500)
             self._send_s3_error(500, "Internal Server Error", INTERNAL_ERROR_BODY)
@@ -188,12 +218,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_s3_error(503, "Slow Down", SLOW_DOWN_BODY)
             return
 
+        if matching and policy.put_delay_seconds > 0:
+            proxy._stopping.wait(policy.put_delay_seconds)
+        dropped = {"if-none-match"} if matching and policy.ignore_if_none_match else set()
         try:
             upstream = proxy._open_upstream()
             upstream.putrequest(self.command, self.path, skip_host=True,
                                 skip_accept_encoding=True)
             for name, value in self.headers.items():
-                if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
+                if (name.lower() not in _HOP_BY_HOP and name.lower() != "content-length"
+                        and name.lower() not in dropped):
                     upstream.putheader(name, value)
             if body or self.command in ("PUT", "POST", "PATCH"):
                 upstream.putheader("Content-Length", str(len(body)))
@@ -395,8 +429,12 @@ class FaultProxy:
             n = self._put_count
         if policy.fail_for_good_after and n > policy.fail_for_good_after:
             return (FAULT_403 if policy.fail_status == 403 else FAULT_500), 0.0
+        if n <= policy.put_409_first:
+            return FAULT_409, 0.0
         if policy.put_403_every and n % policy.put_403_every == 0:
             return FAULT_403, 0.0
+        if policy.put_500_every and n % policy.put_500_every == 0:
+            return FAULT_500, 0.0
         if policy.put_503_every and n % policy.put_503_every == 0:
             return FAULT_503, 0.0
         if policy.drop_after_put_every and n % policy.drop_after_put_every == 0:

@@ -65,3 +65,23 @@ def test_ray_notices_nobody_can_act_on_are_dropped():
     finally:
         logger.removeHandler(handler)
     assert seen == ["something else"]
+
+
+def test_ray_train_cleaner_polls_without_a_state_api_are_dropped_and_its_cleanups_shown():
+    from factory.core.console import TRAIN_PG_CLEANER, quiet_ray_worker
+
+    quiet_ray_worker()
+    out = io.StringIO()
+    cleaner = logging.getLogger(TRAIN_PG_CLEANER)
+    handler = logging.StreamHandler(out)
+    cleaner.addHandler(handler)
+    try:
+        cleaner.warning("Failed to query Ray Train Controller actor state. State API may be "
+                        "temporarily unavailable. Continuing to monitor.")
+        cleaner.warning("Detected that the Ray Train controller actor (a1) is dead. Cleaning "
+                        "up placement group = [pg1] created by this run.")
+    finally:
+        cleaner.removeHandler(handler)
+    assert out.getvalue().splitlines() == [
+        "Detected that the Ray Train controller actor (a1) is dead. Cleaning up placement "
+        "group = [pg1] created by this run."]

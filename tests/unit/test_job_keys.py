@@ -2,7 +2,9 @@
 keys bit for bit the ones stored assets already carry.
 
 The hex values below are pinned: a change to any of them changes the key of every asset a job
-like these has stored (so each is rendered again), which must be deliberate.
+like these has stored (so each is rendered again), which must be deliberate. They are the keys
+of a models directory without the weights (what the revision alone says); weights on disk add
+what they hold (``stages.weights.weights_identity``), pinned by the last test.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from factory.catalog.manifest import ManifestInfo
+from factory.core import settings
 from factory.run.pipeline import fingerprint, row_rules, sink_config, sink_task
 from factory.spec.job import parse_job
 from factory.spec.keys import asset_key
@@ -44,6 +47,12 @@ KEPT = {"name": "pinned-kept", "manifest": {"uri": "m.csv"},
                      "palette": ["#FFFFFF"]}]}
 ROW = {"sku": "SKU 1/x", "variant": "default", "seed": 7, "prompt": "a mug",
        "negative_prompt": ""}
+
+@pytest.fixture(autouse=True)
+def no_weights_on_disk(tmp_path, monkeypatch):
+    """An empty models directory, whatever this machine has built."""
+    monkeypatch.setenv(settings.MODELS_DIR, str(tmp_path / "models"))
+
 
 #: route -> (asset fingerprint, channel fingerprints, the row's lookup key)
 ROUTED_KEYS = {
@@ -131,3 +140,16 @@ def test_every_consumer_reads_the_same_keys(route: str | None, tmp_path) -> None
     _, channel_sink = sink_task(job, Store(str(tmp_path)))
     assert (channel_sink.prints if route is None
             else channel_sink.route_prints[route]) == channel_prints
+
+
+def test_the_weights_a_stage_loads_are_part_of_its_keys(tmp_path) -> None:
+    """Weights replaced under the same revision (``local``) re-key the assets; the same bytes
+    keep them."""
+    weights = tmp_path / "models" / "u2net-tiny.onnx"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights, first edition")
+    first = parse_job(KEPT).keys.chain().fingerprint
+    assert first != KEPT_FINGERPRINT
+    assert parse_job(KEPT).keys.chain().fingerprint == first
+    weights.write_bytes(b"weights, other edition")
+    assert parse_job(KEPT).keys.chain().fingerprint not in (first, KEPT_FINGERPRINT)

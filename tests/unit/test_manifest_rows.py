@@ -62,7 +62,7 @@ def test_good_rows_become_work_items(tmp_path):
     ("a/b,mug,red,,,,", "sku", "'/'"),
     ("a..b,mug,red,,,,", "sku", "'..'"),
     ("a\x01b,mug,red,,,,", "sku", "control characters"),
-    ("x" * 600 + ",mug,red,,,,", "sku", "longer than 512 bytes"),
+    ("x" * 600 + ",mug,red,,,,", "sku", "a local store allows 255"),
     ("B1,mug,red,abc,,,", "seed", "'abc' is not an integer"),
     ("B1,mug,red,-5,,,", "seed", "outside"),
     ("B1,mug,red,,-64,,", "width", "positive multiple of 8"),

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from factory.core import images
 from stages.tiny.models import make_tiny_swin2sr
-from stages.base import Resources, StagePlan
+from stages.base import DeviceFault, Resources, StagePlan
 from stages.upscale_swin2sr import (
     LanczosParams,
     LanczosUpscaler,
@@ -181,8 +181,8 @@ def test_out_of_memory_below_min_tile_is_raised_and_other_errors_are_not_retried
     with pytest.raises(torch.cuda.OutOfMemoryError):
         stage.upscale(noise(80, 72))
     assert len(calls) == 1
-    out = stage(batch([noise(80, 72)]))  # through the stage: the row fails, the batch does not
-    assert out["status"][0] == "failed" and "out of memory" in out["error"][0]
+    with pytest.raises(DeviceFault, match="OutOfMemoryError"):  # a device fault: the run's
+        stage(batch([noise(80, 72)]))
 
     stage = swin(tiny_x2, tile=64, overlap=8, min_tile=16)
     stage.model.forward = lambda pixel_values, **kw: (calls.append(1), 1 / 0)[1]
