@@ -13,6 +13,8 @@ from stages.scene_inpaint import (SCENE_METRICS, SCENE_OUTPUTS, DiffusersScene,
                                   FluxSceneParams, SceneParams)
 from stages.segment_rembg import RembgSegmenter, SegmentParams
 from stages.segment_studio import StudioKeyParams, StudioKeySegmenter
+from stages.simulated import (SimGenerateParams, SimLoraParams, SimParams, SimUpscaleParams,
+                              SimulatedStage)
 from stages.source_photo import SOURCE_URI, PhotoSource, PhotoSourceParams
 from stages.synthetic import Passthrough, PassthroughParams, SyntheticGenerator, SyntheticParams
 from stages.upscale_swin2sr import LanczosParams, LanczosUpscaler, Swin2SRUpscaler, UpscaleParams
@@ -445,6 +447,83 @@ CARDS: tuple[StageCard, ...] = (
         resources=Resources(num_cpus=0.5, batch_size=8),
         cost_weight=0.0,
         description="No-op; 'fail_skus' injects per-row failures for drills",
+    ),
+    # Simulated stages (stages.simulated): no model, a sleep of the device time per batch and
+    # arrays of the real shapes, for measuring the factory's pools on logical GPUs. Their cost
+    # models are H100 device seconds: fixed per batch + per image.
+    StageCard(
+        name="generate/sim-flux-schnell",
+        kind="generate",
+        runtime=SimulatedStage,
+        params=SimGenerateParams,
+        inputs=_TEXT,
+        outputs=_IMAGE,
+        resources=Resources(num_gpus=1, num_cpus=1, batch_size=4),
+        cost_weight=0.0,
+        # published: 1.54 s per image, 1024², 4 steps, eager bf16 on an H100 PCIe; the
+        # transformer is compute-bound, so a batch saves only the text encoders' share
+        description="Simulated FLUX.1-schnell 1024px, 4 steps on an H100: 0.09 s per batch "
+                    "+ 1.45 s per image, slept",
+        defaults={"width": 1024, "height": 1024, "fixed_s": 0.09, "per_image_s": 1.45},
+    ),
+    StageCard(
+        name="segment/sim-u2net",
+        kind="segment",
+        runtime=SimulatedStage,
+        params=SimParams,
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=Resources(num_gpus=0.25, num_cpus=0.25, batch_size=16),
+        cost_weight=0.0,
+        # U^2-Net at 320²: ~37 GFLOPs per image, a few ms on an H100 (estimated, not measured)
+        description="Simulated U^2-Net cut-out on an H100: 0.01 s per batch + 0.005 s per "
+                    "image, slept; adds the alpha channel",
+        defaults={"fixed_s": 0.01, "per_image_s": 0.005},
+    ),
+    StageCard(
+        name="lora/sim-sdxl-turbo-brand",
+        kind="lora",
+        runtime=SimulatedStage,
+        params=SimLoraParams,
+        inputs=_IMG2IMG,
+        outputs=_IMAGE,
+        resources=Resources(num_gpus=1, num_cpus=0.25, batch_size=4),
+        cost_weight=0.0,
+        # 2 SDXL UNet steps at 1024² (~0.065 s each, eager fp16) + VAE encode and decode:
+        # estimated, not measured
+        description="Simulated SDXL-Turbo img2img with a brand LoRA, 1024px, 2 steps on an "
+                    "H100: 0.04 s per batch + 0.28 s per image, slept",
+        defaults={"fixed_s": 0.04, "per_image_s": 0.28},
+    ),
+    StageCard(
+        name="recolor/sim-lab",
+        cpu_only=True,
+        kind="recolor",
+        runtime=SimulatedStage,
+        params=SimParams,
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=Resources(num_cpus=1, batch_size=16),
+        cost_weight=0.0,
+        # recolor/lab took 0.88 CPU s per 1024² image (one 2-core x86 machine, with its
+        # CIEDE2000 figures): slept, as one core of a CPU node would spend it
+        description="Simulated Lab recolor at 1024px: 0.9 CPU s per image of one core, slept",
+        defaults={"fixed_s": 0.0, "per_image_s": 0.9},
+    ),
+    StageCard(
+        name="upscale/sim-swin2sr-x2",
+        kind="upscale",
+        runtime=SimulatedStage,
+        params=SimUpscaleParams,
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=Resources(num_gpus=0.5, num_cpus=0.25, batch_size=4),
+        cost_weight=0.0,
+        # Swin2SR classical x2, 1024² -> 2048² in 256² tiles with 32 px overlap: ~40 TFLOP
+        # per image, at a fifth of an H100's bf16 peak (estimated, not measured)
+        description="Simulated Swin2SR x2 on an H100: 0.02 s per batch + 0.25 s per image, "
+                    "slept; emits the image twice as large",
+        defaults={"fixed_s": 0.02, "per_image_s": 0.25, "scale": 2},
     ),
 )
 
