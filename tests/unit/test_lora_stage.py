@@ -13,8 +13,9 @@ from stages.tiny.models import make_tiny_lora, make_tiny_sd
 from stages.base import Resources, StagePlan
 from stages.lora_diffusers import LoraImg2Img, LoraParams, schedule_length
 from stages.registry import CARDS as ALL_CARDS
+from stages.simulated import is_simulated
 
-CARDS = tuple(c for c in ALL_CARDS if c.kind == "lora")
+CARDS = tuple(c for c in ALL_CARDS if c.kind == "lora" and not is_simulated(c))
 
 TINY_CARD = CARDS[0]
 

@@ -20,8 +20,9 @@ from stages.upscale_swin2sr import (
     UpscaleParams,
 )
 from stages.registry import CARDS as ALL_CARDS
+from stages.simulated import is_simulated
 
-CARDS = tuple(c for c in ALL_CARDS if c.kind == "upscale")
+CARDS = tuple(c for c in ALL_CARDS if c.kind == "upscale" and not is_simulated(c))
 
 CARD = {card.name: card for card in CARDS}
 
