@@ -33,6 +33,7 @@ from factory.core.status import STATUS_FAILED, STATUS_OK
 from factory.core.strict import Strict
 from factory.core.metrics import RunLabels
 from factory.store.s3 import S3Options, StorageError
+from stages.precision import policy_key
 from stages.product import FIDELITY, PRODUCT, composite, fidelity_delta_e, resize_layer
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,14 @@ class StagePlan:
     def model_id(self) -> str:
         return self.card.name
 
+    @property
+    def precision(self) -> str:
+        """What the stage's precision adds to its assets' keys: its ``dtype`` policy and, for
+        ``auto``, the rule it resolves by on each device (``stages.precision.policy_key``);
+        empty for a stage without a ``dtype``. Derived from ``params``, so never stale."""
+        policy = getattr(self.params, "dtype", None)
+        return policy_key(policy, self.card.cuda_dtype) if policy else ""
+
 
 class StageInputError(RuntimeError):
     """A batch lacks a column the stage needs: a bug in chain validation, not a row fault."""
@@ -258,6 +267,8 @@ class Stage(ABC):
         self.labels = labels
         self.params = plan.params
         self.device = "cpu"
+        #: the dtype name its model runs in (``stages.precision``); empty without a torch model
+        self.precision = ""
         # ``threads``: set by the pool this stage runs in (a ``StageChain``); else its own
         self.threads = use_cores(plan.resources) if threads is None else threads
         try:
@@ -272,7 +283,7 @@ class Stage(ABC):
                 f"stage '{plan.name}': model '{plan.card.name}' from '{plan.source}' "
                 f"failed to load: {type(exc).__name__}: {exc}"
             ) from exc
-        self.placement = _placement(self.device)
+        self.placement = _placement(self.device, self.precision)
         log.info("stage %s: %s loaded, %s, %s CPU threads", plan.name, plan.card.name,
                  self.placement, self.threads or "default")
 
@@ -555,8 +566,10 @@ def _node_cpus() -> float | None:
     return None
 
 
-def _placement(device: str) -> str:
-    """Where this actor runs: Ray node, the GPU ids Ray assigned, and the torch/ORT device."""
+def _placement(device: str, precision: str = "") -> str:
+    """Where this actor runs: Ray node, the GPU ids Ray assigned, the torch/ORT device, and
+    the dtype its model runs in (``dtype=bfloat16``; absent for a stage without one)."""
+    dtype = f" dtype={precision}" if precision else ""
     try:
         import ray
 
@@ -565,10 +578,10 @@ def _placement(device: str) -> str:
             node = context.get_node_id()[:12]
             actor = (context.get_actor_id() or "driver")[:12]
             gpus = ",".join(str(g) for g in ray.get_gpu_ids())
-            return f"node={node} actor={actor} gpus=[{gpus}] device={device}"
+            return f"node={node} actor={actor} gpus=[{gpus}] device={device}{dtype}"
     except Exception:  # noqa: BLE001 - placement is informational; never fail a stage on it
         log.debug("could not read the Ray placement", exc_info=True)
-    return f"node=local actor=local gpus=[] device={device}"
+    return f"node=local actor=local gpus=[] device={device}{dtype}"
 
 
 def _keep_values(batch: Mapping[str, np.ndarray], outputs: dict[str, np.ndarray],

@@ -6,17 +6,15 @@ with this runtime; the card's source names the weights.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from stages.base import Stage, StageParams, render_by_size
+from stages.precision import Dtype, channels_last_pays, resolve, to_channels_last, torch_dtype
 from stages.weights import (check_local_weights, compile_denoiser, quiet_loaders, to_device,
-                            torch_device, torch_dtype)
-
-#: ``auto``: the card's advised dtype on CUDA (``StageCard.cuda_dtype``), float32 on a CPU.
-Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+                            torch_device)
 
 
 class GenerateParams(StageParams):
@@ -26,6 +24,9 @@ class GenerateParams(StageParams):
     must then be multiples of ``size_multiple`` too (the row fails otherwise).
 
     Attributes:
+        dtype: the precision (``stages.precision``): ``auto`` is the card's advised dtype on
+            CUDA, bfloat16 on a CPU with native bf16 (AMX or AVX512-BF16), float32 on other
+            CPUs; a dtype name pins it.
         compile: ``torch.compile`` the denoiser at load (pays off over long runs of one size).
     """
 
@@ -57,10 +58,13 @@ class DiffusersGenerator(Stage):
         quiet_loaders()  # before the hub libraries' imports, which warn on import
         check_local_weights(self.plan.source, allow_pickle=self.plan.allow_pickle)
         self.device = torch_device(self.plan.resources.num_gpus)
-        self.dtype = torch_dtype(self.params.dtype, device=self.device,
+        self.precision = resolve(self.params.dtype, device=self.device,
                                  cuda_dtype=self.plan.card.cuda_dtype)
+        self.dtype = torch_dtype(self.precision)
         self.pipe = to_device(self._from_pretrained(self.dtype), self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        if channels_last_pays(self.device, self.precision):
+            to_channels_last(self.pipe)
         if self.params.compile:
             compile_denoiser(self.pipe)
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from stages.base import Stage, StageParams, render_by_size
 from stages.colour import parse_hex_colour
+from stages.precision import Dtype, channels_last_pays, resolve, to_channels_last, torch_dtype
 from stages.weights import (PICKLE_SUFFIXES, WeightsError, check_local_weights,
                             compile_denoiser, quiet_loaders, resolve_source, to_device,
-                            torch_device, torch_dtype)
+                            torch_device)
 
 ADAPTER_NAME = "brand"
 #: XORed into each row's seed so img2img noise is independent of the generate stage's noise.
@@ -41,8 +42,9 @@ class LoraParams(StageParams):
             the scheduler is set to ``ceil(steps / strength)`` points so that ``strength`` picks
             where on it they start, and ``steps * strength < 1`` cannot silently run zero steps.
         guidance: classifier-free guidance scale; negative prompts apply only above 1.
-        dtype: torch dtype of the pipeline; ``auto`` is the card's advised dtype on CUDA and
-            float32 on a CPU.
+        dtype: the pipeline's precision (``stages.precision``): ``auto`` is the card's advised
+            dtype on CUDA, bfloat16 on a CPU with native bf16 (AMX or AVX512-BF16), float32 on
+            other CPUs; a dtype name pins it.
         background: hex colour RGBA inputs are composited over before diffusion.
         fuse: fuse the adapter into the base weights at load (``fuse_lora``), so it costs
             nothing per denoising step. The scale is fixed for a run (a season with its own
@@ -61,7 +63,7 @@ class LoraParams(StageParams):
     strength: float = Field(0.35, gt=0.0, le=1.0)
     steps: int = Field(4, ge=1, le=200)
     guidance: float = Field(0.0, ge=0.0, le=50.0)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Dtype = "auto"
     background: str = "#FFFFFF"
     fuse: bool = True
     compile: bool = False
@@ -91,13 +93,16 @@ class LoraImg2Img(Stage):
         use_safetensors = None if allow_pickle else True
         check_local_weights(self.plan.source, allow_pickle=allow_pickle)
         self.device = torch_device(self.plan.resources.num_gpus)
-        self.dtype = torch_dtype(self.params.dtype, device=self.device,
+        self.precision = resolve(self.params.dtype, device=self.device,
                                  cuda_dtype=self.plan.card.cuda_dtype)
+        self.dtype = torch_dtype(self.precision)
         self.pipe = to_device(self._from_pretrained(self.dtype, use_safetensors), self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.fused = False
         if self.params.lora:
             self._load_lora(use_safetensors)
+        if channels_last_pays(self.device, self.precision):  # after fusing: the final weights
+            to_channels_last(self.pipe)
         if self.params.compile:
             compile_denoiser(self.pipe)
         self.multiple = math.lcm(SIZE_MULTIPLE, int(self.pipe.vae_scale_factor))

@@ -19,8 +19,9 @@ from pydantic import Field, field_validator
 
 from stages.base import StageParams, render_by_size
 from stages.colour import parse_hex_colour
-from stages.generate_diffusers import DiffusersGenerator, Dtype
+from stages.generate_diffusers import DiffusersGenerator
 from stages.lora_diffusers import schedule_length
+from stages.precision import Dtype
 from stages.product import FIDELITY, PRODUCT, composite, fidelity_delta_e, resize_layer
 
 #: What a scene card adds, and the per-asset figure it records (the cards use these).
@@ -66,6 +67,8 @@ class SceneParams(StageParams):
         shadow_opacity: the darkest point's darkening (1: black).
         shadow_blur: the shadow's Gaussian blur, as a fraction of the product's width.
         fill: hex colour under the generated region; it tints the scene when ``strength`` < 1.
+        dtype: the precision, as the generate stage's (``stages.precision``); the product's
+            pixels are composited back exactly whatever it is.
         compile: ``torch.compile`` the denoiser at load.
     """
 
@@ -227,8 +230,8 @@ def fill_schedule_length(steps: int, strength: float) -> int:
 class DiffusersScene(DiffusersGenerator):
     """The product placed, the scene generated around it, the product put back exactly.
 
-    It loads its pipeline as the generate stage does (device, dtype, compile); only which
-    pipeline class and what a batch becomes differ."""
+    It loads its pipeline as the generate stage does (device, precision, memory layout,
+    compile); only which pipeline class and what a batch becomes differ."""
 
     image_columns: ClassVar[tuple[str, ...]] = SCENE_OUTPUTS
 

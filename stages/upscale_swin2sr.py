@@ -21,8 +21,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from stages.base import Stage, StageParams
-from stages.weights import (check_local_weights, quiet_loaders, to_device, torch_device,
-                            torch_dtype)
+from stages.precision import Dtype, resolve, torch_dtype
+from stages.weights import check_local_weights, quiet_loaders, to_device, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ class UpscaleParams(StageParams):
         min_tile: smallest tile side the out-of-memory retry may halve down to.
         tile_batch: tiles per forward pass; tiles of one shape from every image of a batch
             share passes.
-        dtype: weights and activations dtype (``auto``: the card's advised dtype on CUDA,
-            float32 on a CPU); blending is always float32.
+        dtype: weights and activations dtype (``stages.precision``; ``auto``: the card's
+            advised dtype on CUDA, bfloat16 on a CPU with native bf16, float32 on other CPUs);
+            blending is always float32.
         protect_product: in a row with a product layer (``stages.product``), the product's
             incoming pixels, Lanczos-resized, go back over the model's output: the model
             upscales the scene and never changes the product. ``false`` keeps the model's
@@ -58,7 +59,7 @@ class UpscaleParams(StageParams):
     overlap: int = Field(16, ge=0)
     min_tile: int = Field(64, ge=8)
     tile_batch: int = Field(4, ge=1)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Dtype = "auto"
     protect_product: bool = True
 
     @model_validator(mode="after")
@@ -89,8 +90,9 @@ class Swin2SRUpscaler(Stage):
         quiet_loaders()  # before the hub libraries' imports, which warn on import
         check_local_weights(self.plan.source, allow_pickle=self.plan.allow_pickle)
         self.device = torch_device(self.plan.resources.num_gpus)
-        self.dtype = torch_dtype(self.params.dtype, device=self.device,
+        self.precision = resolve(self.params.dtype, device=self.device,
                                  cuda_dtype=self.plan.card.cuda_dtype)
+        self.dtype = torch_dtype(self.precision)
         model = self._from_pretrained(self.dtype)
         model_scale = int(model.config.upscale)
         if self.params.scale is not None and self.params.scale != model_scale:

@@ -112,16 +112,6 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-def torch_dtype(name: str, *, device: str, cuda_dtype: str) -> Any:
-    """A stage's torch dtype: ``auto`` is the card's advised ``cuda_dtype`` on CUDA and float32
-    on a CPU (half precision is slow or unsupported there); any other name is taken as is."""
-    import torch
-
-    if name == "auto":
-        name = cuda_dtype if device == "cuda" else "float32"
-    return getattr(torch, name)
-
-
 def to_device(model: Any, device: str) -> Any:
     """Move a model or pipeline to ``device``: the one call where weights reach the GPU."""
     return model.to(device)

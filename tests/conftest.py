@@ -11,6 +11,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # without the test extra, the property tests skip themselves
+    settings = None
+if settings is not None:
+    # "default": a small, derandomised budget (the same examples every run, so CI does not
+    # flake); "long" (``--hypothesis-profile=long``): many random examples, for a search.
+    _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("default", max_examples=25, derandomize=True, deadline=None,
+                              suppress_health_check=_SLOW_OK, print_blob=True)
+    settings.register_profile("long", max_examples=2_000, deadline=None,
+                              suppress_health_check=_SLOW_OK, print_blob=True)
+    settings.load_profile("default")
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:

@@ -17,15 +17,17 @@ over the rows that are. Rows keep their number in the export (data records from 
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import html
 import html.parser
-import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from factory.catalog.bounded_text import (
+    CsvFault, CsvRecords, field_label, has_surrogate, safe_text,
+)
 from factory.catalog.records import ManifestError, Record
 
 #: Formats this module reads (``manifest.format``).
@@ -59,13 +61,21 @@ class CatalogOptions:
 
 
 def html_to_text(markup: str | None) -> str | None:
-    """Visible text of an HTML fragment, whitespace collapsed (None for no text)."""
+    """Visible text of an HTML fragment, whitespace collapsed (None for no text).
+
+    Markup the parser gives up on (it raises ``AssertionError`` on a marked section such as
+    ``<![foo[``) loses its tags by a plain pattern instead: a description is never a row's
+    reject, let alone the run's."""
     if not markup or not markup.strip():
         return None
     parser = _TextParser()
-    parser.feed(markup)
-    parser.close()
-    text = " ".join("".join(parser.parts).split())
+    try:
+        parser.feed(markup)
+        parser.close()
+        text = "".join(parser.parts)
+    except AssertionError:
+        text = html.unescape(re.sub(r"<[^<>]*>", " ", markup))
+    text = " ".join(safe_text(text).split())
     return text or None
 
 
@@ -112,11 +122,9 @@ def _text(value: str | None) -> str | None:
 
 # --- CSV-shaped exports -----------------------------------------------------------------
 
-def csv_reader(stream: Any, delimiter: str = ",") -> Any:
-    """A ``csv.reader`` over a binary stream (UTF-8, optional BOM)."""
-    # surrogateescape keeps undecodable bytes so the row holding them can be rejected alone.
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    return csv.reader(text, delimiter=delimiter, strict=False)
+def csv_reader(stream: Any, delimiter: str = ",") -> CsvRecords:
+    """The records of a CSV (or TSV) over a binary stream (UTF-8, optional BOM)."""
+    return CsvRecords(stream, delimiter)
 
 
 def csv_rows(header: list[str], reader: Any
@@ -124,6 +132,10 @@ def csv_rows(header: list[str], reader: Any
     """(row, the row's values by header name, None) or (row, None, the reject), from 1."""
     row = 0
     for values in reader:
+        if isinstance(values, CsvFault):
+            row += 1
+            yield row, None, Record(row, {}, "(row)", values.reason)
+            continue
         if not values or (len(values) == 1 and not values[0].strip()):
             continue  # a blank line is not a row
         row += 1
@@ -132,19 +144,29 @@ def csv_rows(header: list[str], reader: Any
                                                       f"the header, got {len(values)}")
             continue
         fields = dict(zip(header, values))
-        bad = next((k for k, v in fields.items() if any("\udc80" <= c <= "\udcff" for c in v)),
-                   None)
-        if bad is not None:
-            yield row, None, Record(row, {}, bad, "not valid UTF-8")
+        joined = "".join(values)  # one check per row: almost every row is ASCII
+        if not joined.isascii() and has_surrogate(joined):
+            bad = next(i for i, v in enumerate(values) if has_surrogate(v))
+            yield row, None, Record(row, {}, field_label(header[bad], bad), "not valid UTF-8")
             continue
         yield row, fields, None
 
 
-def _header(uri: str, reader: Any, what: str) -> list[str]:
+def read_header(uri: str, reader: Any, what: str = "") -> list[str]:
+    """A CSV's header row as written (lone surrogates from bad bytes become U+FFFD), or
+    ``ManifestError`` naming the file for an empty file, a blank header or an unreadable one."""
     header = next(reader, None)
+    suffix = f" ({what})" if what else ""
+    if isinstance(header, CsvFault):
+        raise ManifestError(f"manifest '{uri}': header row (line 1) is not readable: "
+                            f"{header.reason}{suffix}")
     if not header or not any(h.strip() for h in header):
-        raise ManifestError(f"manifest '{uri}': empty file or no header row ({what})")
-    return [" ".join(h.split()).lower() for h in header]
+        raise ManifestError(f"manifest '{uri}': empty file or no header row{suffix}")
+    return [safe_text(h) for h in header]
+
+
+def _header(uri: str, reader: Any, what: str) -> list[str]:
+    return [" ".join(h.split()).lower() for h in read_header(uri, reader, what)]
 
 
 # --- Shopify ----------------------------------------------------------------------------

@@ -7,11 +7,16 @@ here holds the whole manifest: ``scan`` keeps one hash per SKU to find duplicate
 ``ManifestDatasource`` hands Ray Data the same stream as Arrow tables. Shopify and Merchant
 Center exports are read by ``factory.catalog.commerce_formats`` into the same records; a CSV whose
 header has no ``sku`` column but is a Shopify export's is read as one.
+
+Any bytes give rows or the file's ``ManifestError`` (naming it), never another exception: a
+line over ``MAX_LINE``, a CSV field over the csv module's limit, JSON the parser refuses (a
+number over Python's 4,300 digits, nesting too deep) and text that would hold a lone surrogate
+(bad UTF-8, a JSON ``"\\ud800"``) are each that row's reject (``factory.catalog.bounded_text``).
+The scan pins the file (``factory.catalog.manifest_pin``); every read task checks the pin.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import io
@@ -27,8 +32,14 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from factory.catalog.commerce_formats import (
-    COMMERCE_FORMATS, READERS, CatalogOptions, csv_reader, csv_rows, is_shopify_header, shopify_records,
+    COMMERCE_FORMATS, READERS, CatalogOptions, csv_reader, csv_rows, is_shopify_header,
+    read_header, shopify_records,
 )
+from factory.catalog.bounded_text import (
+    MAX_LINE, CsvFault, Overlong, bounded_lines, field_label, has_surrogate, safe_text,
+)
+from factory.catalog.manifest_pin import ManifestPin, check_pin, pin_manifest
+from factory.spec.keys import normal_form
 from factory.catalog.records import ManifestError, Record
 from factory.store.s3 import S3Options, is_s3, pyarrow_filesystem
 
@@ -39,7 +50,6 @@ CHUNK_ROWS = 32
 READ_TASK_ROWS = 65_536
 #: Bytes per read from a manifest file (on S3, one ranged GET).
 READ_BUFFER = 1 << 20
-csv.field_size_limit(1 << 24)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class ManifestInfo:
             errors, skip reasons): any change to a row's content changes it.
         skipped: reason -> count of a catalog export's rows that are not manifest rows
             (image-only rows, products filtered out by status); not in ``rows``.
+        pin: the file the scan read (``ManifestDatasource`` checks it in every read task).
     """
 
     rows: int
@@ -61,6 +72,7 @@ class ManifestInfo:
     duplicate_rejects: dict[int, str]
     sha256: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
+    pin: ManifestPin | None = None
 
 
 @dataclass(frozen=True)
@@ -110,9 +122,27 @@ def iter_records(uri: str, fmt: str, s3_options: S3Options | None = None, *,
     """Stream the manifest's rows in order: all of them, or one ``Split``'s.
 
     A commerce export (``COMMERCE_FORMATS``) is one split; its skipped rows are yielded too,
-    with ``skip`` set (``scan`` counts them, ``read_split`` drops them).
+    with ``skip`` set (``scan`` counts them, ``read_split`` drops them). Bytes that cannot be
+    read on (a corrupt compressed stream) are a ``ManifestError`` naming the last row read.
     """
-    catalog = catalog or CatalogOptions()
+    row = split.first_row - 1 if split else 0
+    try:
+        for record in _records(uri, fmt, s3_options, split, catalog or CatalogOptions()):
+            row = record.row
+            yield record
+    except OSError as exc:
+        if is_s3(uri) and not any(word in str(exc).lower() for word in _CODEC_WORDS):
+            raise  # the store's fault, not the manifest's: ``StorageError`` territory
+        raise ManifestError(f"manifest '{uri}': cannot read on after row {row}: "
+                            f"{safe_text(str(exc))[:300]}") from exc
+
+
+#: Words in a decompressor's error: a corrupt manifest, wherever it is stored.
+_CODEC_WORDS = ("zlib", "gzip", "inflate", "bz2", "zstd", "lz4", "brotli", "decompress")
+
+
+def _records(uri: str, fmt: str, s3_options: S3Options | None, split: Split | None,
+             catalog: CatalogOptions) -> Iterator[Record]:
     if fmt in COMMERCE_FORMATS:
         with open_input(uri, s3_options) as stream:
             yield from READERS[fmt](uri, stream, catalog)
@@ -173,10 +203,7 @@ class _Joined(io.RawIOBase):
 
 def _iter_csv(uri: str, stream: Any, *, catalog: CatalogOptions) -> Iterator[Record]:
     reader = csv_reader(stream)
-    header = next(reader, None)
-    if not header or not any(h.strip() for h in header):
-        raise ManifestError(f"manifest '{uri}': empty file or no header row")
-    header = [h.strip() for h in header]
+    header = [h.strip() for h in read_header(uri, reader)]
     if "sku" not in header and is_shopify_header(header):
         yield from shopify_records(uri, header, reader, catalog)
         return
@@ -199,37 +226,114 @@ def _parquet_file(uri: str, file: Any) -> Any:
 
 def _iter_parquet(uri: str, file: Any, row_groups: tuple[int, ...] | None = None
                   ) -> Iterator[Record]:
-    """The rows of ``row_groups`` (default all), numbered from 1, one row group at a time."""
+    """The rows of ``row_groups`` (default all), numbered from 1, one row group at a time.
+
+    A value that cannot be had as text (a binary or string cell that is not UTF-8, a
+    timestamp out of Python's range) is its row's reject naming the column; pages that cannot
+    be decoded at all are the file's ``ManifestError``, naming the row group.
+    """
     parquet = _parquet_file(uri, file)
     _check_header(uri, parquet.schema_arrow.names)
     groups = range(parquet.num_row_groups) if row_groups is None else row_groups
     row = 0
     for group in groups:
-        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, row_groups=[group],
-                                          use_threads=False):
-            for values in batch.to_pylist():
+        batches = parquet.iter_batches(batch_size=CHUNK_ROWS, row_groups=[group],
+                                       use_threads=False)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
+                raise ManifestError(f"manifest '{uri}': row group {group} (after row {row}) "
+                                    f"cannot be decoded: {safe_text(str(exc))[:300]}") from exc
+            if batch is None:
+                break
+            for record in _parquet_records(batch, row):
                 row += 1
-                yield Record(row, {k: _as_text(v) for k, v in values.items()})
+                yield record
+
+
+def _parquet_records(batch: pa.RecordBatch, before: int) -> list[Record]:
+    """One batch's rows, numbered after ``before``: text fields, or the reject of a row
+    holding a value that cannot be text."""
+    texts: dict[str, list[str | None]] = {}
+    faults: dict[int, tuple[str, str]] = {}
+    for position, (name, column) in enumerate(zip(batch.schema.names, batch.columns)):
+        try:
+            values = [_as_text(v) for v in column.to_pylist()]
+        except (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException):
+            values = []
+            for index in range(len(column)):
+                try:
+                    values.append(_as_text(column[index].as_py()))
+                except (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException) as exc:
+                    values.append(None)
+                    faults.setdefault(index, (field_label(name, position), _unreadable(exc)))
+        texts[name] = values
+    records = []
+    for index in range(batch.num_rows):
+        row = before + index + 1
+        if index in faults:
+            records.append(Record(row, {}, *faults[index]))
+            continue
+        fields = {name: values[index] for name, values in texts.items()}
+        bad = next((i for i, v in enumerate(fields.values())
+                    if v is not None and has_surrogate(v)), None)
+        records.append(Record(row, {}, field_label(batch.schema.names[bad], bad),
+                              "not valid Unicode") if bad is not None else Record(row, fields))
+    return records
+
+
+def _unreadable(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not valid UTF-8"
+    return f"value cannot be read as text: {safe_text(str(exc))[:200]}"
 
 
 def _iter_jsonl(uri: str, stream: Any) -> Iterator[Record]:
+    """One JSON object per line. A line that is not one (bad UTF-8 or JSON, a number over
+    Python's 4,300-digit limit, nesting too deep to parse, a line over ``MAX_LINE`` bytes,
+    text holding a lone surrogate such as ``"\\ud800"``) is its row's reject, with the field
+    at fault where there is one; the rows after it are read as ever."""
     row = 0
-    for line in io.BufferedReader(stream):
+    for line in bounded_lines(stream):
+        if isinstance(line, Overlong):
+            row += 1
+            yield Record(row, {}, "(row)", f"a line of {line.size} bytes, over the "
+                                           f"{MAX_LINE}-byte limit")
+            continue
         if not line.strip():
             continue
         row += 1
+        yield _jsonl_record(row, line)
+
+
+def _jsonl_record(row: int, line: bytes) -> Record:
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return Record(row, {}, "(row)", "not valid UTF-8")
+    except json.JSONDecodeError as exc:
+        return Record(row, {}, "(row)", f"not valid JSON: {exc.msg} at column {exc.colno}")
+    except ValueError as exc:  # an integer over the int-string conversion limit
+        return Record(row, {}, "(row)", f"not readable JSON: {safe_text(str(exc))[:200]}")
+    except RecursionError:
+        return Record(row, {}, "(row)", "not readable JSON: nested too deeply")
+    if not isinstance(value, dict):
+        return Record(row, {}, "(row)", f"expected a JSON object, got {type(value).__name__}")
+    fields: dict[str, str | None] = {}
+    for index, (key, item) in enumerate(value.items()):
         try:
-            value = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            yield Record(row, {}, "(row)", "not valid UTF-8")
-            continue
-        except json.JSONDecodeError as exc:
-            yield Record(row, {}, "(row)", f"not valid JSON: {exc.msg} at column {exc.colno}")
-            continue
-        if not isinstance(value, dict):
-            yield Record(row, {}, "(row)", f"expected a JSON object, got {type(value).__name__}")
-            continue
-        yield Record(row, {str(k): _as_text(v) for k, v in value.items()})
+            text = _as_text(item)
+        except (ValueError, RecursionError) as exc:
+            reason = ("nested too deeply" if isinstance(exc, RecursionError)
+                      else safe_text(str(exc))[:200])
+            return Record(row, {}, field_label(key, index),
+                          f"value cannot be read as text: {reason}")
+        if has_surrogate(key) or (text is not None and has_surrogate(text)):
+            return Record(row, {}, field_label(key, index),
+                          "not valid Unicode (a lone surrogate)")
+        fields[key] = text
+    return Record(row, fields)
 
 
 def _check_header(uri: str, names: list[str]) -> None:
@@ -243,12 +347,13 @@ def _check_header(uri: str, names: list[str]) -> None:
 
 
 def _as_text(value: Any) -> str | None:
+    """A value as manifest text; may hold a lone surrogate (callers reject the row then)."""
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value)
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="surrogateescape")
+        return value.decode("utf-8")  # UnicodeDecodeError: the row's reject
     return str(value)
 
 
@@ -263,6 +368,7 @@ def scan(uri: str, fmt: str, *, limit: int | None = None, default_variant: str =
     seen with conflicting fields is ambiguous, so all its rows are rejected. A commerce
     export's skipped rows are counted by reason, not as rows; ``limit`` counts the file's rows.
     """
+    pin = pin_manifest(uri, s3_options)
     first: dict[tuple[str, str], tuple[int, bytes]] = {}
     repeats: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
     columns: dict[str, None] = {}
@@ -284,15 +390,16 @@ def scan(uri: str, fmt: str, *, limit: int | None = None, default_variant: str =
             continue
         rows += 1
         columns.update(dict.fromkeys(record.fields))
-        sku = (record.fields.get("sku") or "").strip()
+        sku = normal_form(record.fields.get("sku"))  # one SKU, whichever Unicode spelling
         if record.parse_error or not sku:
             continue
-        unit = (sku, (record.fields.get("variant") or "").strip() or default_variant)
+        unit = (sku, normal_form(record.fields.get("variant")) or default_variant)
         digest = hashlib.blake2b(encoded, digest_size=16).digest()
         if unit in first:
             repeats.setdefault(unit, []).append((record.row, digest))
         else:
             first[unit] = (record.row, digest)
+    check_pin(uri, pin, s3_options)  # the bytes hashed are the bytes pinned
     if rows == 0:
         why = "; ".join(f"{n} skipped: {reason}" for reason, n in sorted(skipped.items()))
         raise ManifestError(f"manifest '{uri}': no data rows" + (f" ({why})" if why else ""))
@@ -310,7 +417,7 @@ def scan(uri: str, fmt: str, *, limit: int | None = None, default_variant: str =
                 rejects[row] = (f"sku with variant '{variant}' appears in rows {where} with "
                                 "conflicting fields")
     return ManifestInfo(rows=rows, columns=tuple(columns), duplicate_rejects=rejects,
-                        sha256=content.hexdigest(), skipped=skipped)
+                        sha256=content.hexdigest(), skipped=skipped, pin=pin)
 
 
 _SCHEMA = pa.schema([("row", pa.int64()), ("fields", pa.string()),
@@ -375,60 +482,66 @@ def _csv_marks(stream: Any, every: int, limit: int | None
                ) -> tuple[int, list[tuple[int, int]]] | None:
     """(header length, [(byte offset, rows before it)]) every ``every`` rows, or None.
 
-    csv.reader pulls exactly the lines of one record, so after each record ``position`` is
-    where the next one starts. Lines are split at ``\\n`` only: a bare ``\\r`` outside quotes
-    then makes the parser stop with an error (the whole-file reader splits there too), and
-    the file stays one split rather than risk a row number.
+    The same record reader as the whole-file pass pulls exactly the lines of one record, so
+    after each record ``position`` is where the next one starts. A record the csv module
+    cannot read (``CsvFault``), or a line ending at a bare ``\\r``, keeps the file one split
+    rather than risk a row number.
     """
-    position = 0
-
-    def lines() -> Iterator[str]:
-        nonlocal position
-        encoding = "utf-8-sig"  # as the reader: a BOM is not part of the first header name
-        for line in io.BufferedReader(stream, READ_BUFFER):
-            position += len(line)
-            yield line.decode(encoding, errors="surrogateescape")
-            encoding = "utf-8"
-
-    reader = csv.reader(lines(), strict=False)
+    reader = csv_reader(stream)
     cuts: list[tuple[int, int]] = []
-    try:
-        header = next(reader, None)
-        if header is None or "sku" not in (h.strip() for h in header):
-            return None
-        header_end = start = position
-        row = 0
-        for values in reader:
-            if values and not (len(values) == 1 and not values[0].strip()):  # not blank
-                if row and row % every == 0:
-                    cuts.append((start, row))  # the next split starts with this record
-                row += 1
-                if limit is not None and row >= limit:
-                    break
-            start = position
-    except csv.Error:
+    header = next(reader, None)
+    if (not isinstance(header, list) or reader.bare_cr
+            or "sku" not in (h.strip() for h in header)):
         return None
+    header_end = start = reader.position
+    row = 0
+    for values in reader:
+        if isinstance(values, CsvFault) or reader.bare_cr:
+            return None
+        if values and not (len(values) == 1 and not values[0].strip()):  # not blank
+            if row and row % every == 0:
+                cuts.append((start, row))  # the next split starts with this record
+            row += 1
+            if limit is not None and row >= limit:
+                break
+        start = reader.position
     return header_end, cuts
 
 
 def _jsonl_marks(stream: Any, every: int, limit: int | None
                  ) -> tuple[int, list[tuple[int, int]]]:
     position, row, cuts = 0, 0, []
-    for line in io.BufferedReader(stream, READ_BUFFER):
-        if line.strip():  # as the reader: a blank line is not a row
+    for line in bounded_lines(stream):
+        overlong = isinstance(line, Overlong)
+        if overlong or line.strip():  # as the reader: a blank line is not a row
             if row and row % every == 0:
                 cuts.append((position, row))
             row += 1
             if limit is not None and row >= limit:
                 break
-        position += len(line)
+        position += line.size if overlong else len(line)
     return 0, cuts
 
 
 def read_split(uri: str, fmt: str, split: Split, *, limit: int | None = None,
-               s3_options: S3Options | None = None, catalog: CatalogOptions | None = None
-               ) -> Iterator[pa.Table]:
-    """One split's rows as Arrow tables of ``CHUNK_ROWS`` rows."""
+               s3_options: S3Options | None = None, catalog: CatalogOptions | None = None,
+               pin: ManifestPin | None = None) -> Iterator[pa.Table]:
+    """One split's rows as Arrow tables of ``CHUNK_ROWS`` rows.
+
+    With a ``pin`` the manifest is checked against it before the first row and after the last
+    (``check_pin``): a manifest changed since the scan is a ``ManifestError``, never rows the
+    scan did not count.
+    """
+    if pin is not None:
+        check_pin(uri, pin, s3_options)
+    yield from _split_tables(uri, fmt, split, limit, s3_options, catalog)
+    if pin is not None:
+        check_pin(uri, pin, s3_options)
+
+
+def _split_tables(uri: str, fmt: str, split: Split, limit: int | None,
+                  s3_options: S3Options | None, catalog: CatalogOptions | None
+                  ) -> Iterator[pa.Table]:
     chunk: list[Record] = []
     for record in iter_records(uri, fmt, s3_options, split=split, catalog=catalog):
         if limit is not None and record.row > limit:
@@ -450,20 +563,27 @@ class ManifestDatasource(Datasource):
     lines) give every block the same schema; the row validator decodes them. A large manifest
     is read by several tasks, one per ``Split`` (``plan_splits``); the file decides how many,
     not Ray's requested parallelism, so pass ``override_num_blocks=num_read_tasks()``.
+
+    Every read task checks the manifest against ``pin`` (pass the scan's, ``ManifestInfo.pin``;
+    without one the source pins the file when it plans its splits).
     """
 
     def __init__(self, uri: str, fmt: str, *, limit: int | None = None,
                  s3_options: S3Options | None = None,
                  rows_per_task: int = READ_TASK_ROWS,
-                 catalog: CatalogOptions | None = None) -> None:
+                 catalog: CatalogOptions | None = None,
+                 pin: ManifestPin | None = None) -> None:
         self.uri, self.fmt, self.limit, self.s3_options = uri, fmt, limit, s3_options
         self.catalog = catalog
         self.rows_per_task = rows_per_task
+        self.pin = pin
         self._splits: list[Split] | None = None
 
     def splits(self) -> list[Split]:
         """The read tasks' splits, planned once (Ray asks for the read tasks several times)."""
         if self._splits is None:
+            if self.pin is None:
+                self.pin = pin_manifest(self.uri, self.s3_options)
             self._splits = plan_splits(self.uri, self.fmt, rows_per_split=self.rows_per_task,
                                        limit=self.limit, s3_options=self.s3_options)
         return self._splits
@@ -479,7 +599,8 @@ class ManifestDatasource(Datasource):
         tasks = []
         for split in self.splits():
             read = functools.partial(read_split, self.uri, self.fmt, split, limit=self.limit,
-                                     s3_options=self.s3_options, catalog=self.catalog)
+                                     s3_options=self.s3_options, catalog=self.catalog,
+                                     pin=self.pin)
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
                                  input_files=(self.uri,))
             tasks.append(ReadTask(read, meta, schema=_SCHEMA))

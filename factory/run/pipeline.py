@@ -93,7 +93,7 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
     the object store, not the driver): each row's fate is decided exactly once, so no row can
     fall between the finished and the to-render plans, even while another run writes."""
     source = ManifestDatasource(job.manifest_uri, job.manifest_format, limit=limit,
-                                s3_options=job.s3, catalog=job.catalog)
+                                s3_options=job.s3, catalog=job.catalog, pin=info.pin)
     # A local manifest is where the driver is: on a multi-node Ray its read stays there.
     pinned = driver_node_label() if nodes > 1 and not is_s3(job.manifest_uri) else None
     # One read task per split of the file (row groups, or runs of ~64k records): Ray's own

@@ -33,6 +33,7 @@ from factory.spec.seasons import ScheduleSpec, SeasonSpec, check_seasons, season
 from factory.spec.templating import TemplateError, template_fields
 from stages.base import StagePlan
 from stages.chain import Pool, pool_layout
+from stages.precision import Dtype
 from stages.source_photo import SOURCE_URI
 from stages.registry import UnknownModelError, get_card
 from stages.weights import resolve_source, weights_identity
@@ -133,6 +134,9 @@ class JobSpec(Strict):
     keep_intermediates: list[str] = Field(default_factory=list)
     #: Consecutive CPU stages run in one actor pool (``stages.chain``); false: a pool each.
     fuse_cpu_stages: bool = True
+    #: The precision of every torch stage that does not set its own ``params.dtype``
+    #: (``stages.precision``): ``auto`` resolves per device; ``float32`` pins full precision.
+    dtype: Dtype = "auto"
     seasons: list[SeasonSpec] = Field(default_factory=list)
     schedules: list[ScheduleSpec] = Field(default_factory=list)
     stages: list[StageSpec] = Field(min_length=1)
@@ -377,8 +381,11 @@ def _plan_stages(spec: JobSpec, problems: list[str], s3_options: S3Options) -> l
         if name in names:
             problems.append(f"{where}.name: stage name '{name}' is used twice; give each a name")
         names.add(name)
+        given = stage.params
+        if spec.dtype != "auto" and "dtype" in card.params.model_fields:
+            given = {"dtype": spec.dtype, **stage.params}  # the stage's own dtype wins
         try:
-            params = card.make_params(stage.params)  # the card's defaults, key by key
+            params = card.make_params(given)  # the card's defaults, key by key
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, prefix=f"{where}.params"))
             continue

@@ -42,7 +42,9 @@ def chain_fingerprint(plans: tuple[StagePlan, ...], *, encoding: str = "") -> st
     parts = [{"name": p.name, "model": p.card.name, "source": p.source_ref,
               "revision": p.revision, "params": params_hash(p),
               # what the weights hold, where it says more than the revision does
-              **({"weights": p.weights} if p.weights and p.weights != p.revision else {})}
+              **({"weights": p.weights} if p.weights and p.weights != p.revision else {}),
+              # the precision rule a torch stage follows (stages.precision), not the device's pick
+              **({"precision": p.precision} if p.precision else {})}
              for p in plans]
     text = json.dumps({"chain": parts, "encoding": encoding}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -197,11 +197,15 @@ def test_under_cuda_each_family_loads_in_its_cards_dtype(card, models_dir, monke
 
 
 @pytest.mark.parametrize("card", TORCH_CARDS, ids=[c.name for c in TORCH_CARDS])
-def test_on_a_cpu_every_family_stays_float32(card, models_dir):
+def test_on_a_cpu_every_family_loads_in_the_cpu_dtype(card, models_dir):
+    """bfloat16 on a CPU with AMX-BF16 or AVX512-BF16, float32 on others (stages.precision)."""
+    from stages.precision import cpu_bf16
+
+    expected = torch.bfloat16 if cpu_bf16() else torch.float32
     stage = card.runtime(plan=plan_for(card, models_dir, num_gpus=0))
-    assert stage.device == "cpu" and stage.dtype is torch.float32
+    assert stage.device == "cpu" and stage.dtype is expected
     for name, module in _modules(stage).items():
-        assert {p.dtype for p in module.parameters()} == {torch.float32}, name
+        assert {p.dtype for p in module.parameters()} == {expected}, name
 
 
 def test_the_flux_size_rule_holds_for_rows_too(models_dir):

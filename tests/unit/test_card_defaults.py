@@ -54,13 +54,6 @@ def test_diffusion_and_upscale_cards_name_a_half_precision_for_cuda():
     assert REGISTRY["generate/flux-schnell"].cuda_dtype == "bfloat16"
 
 
-@pytest.mark.parametrize("device, expected", [("cpu", torch.float32),
-                                              ("cuda", torch.bfloat16)])
-def test_auto_dtype_is_half_on_cuda_and_float32_on_cpu(device, expected):
-    assert weights.torch_dtype("auto", device=device, cuda_dtype="bfloat16") is expected
-    assert weights.torch_dtype("float16", device="cpu", cuda_dtype="bfloat16") is torch.float16
-
-
 @pytest.fixture
 def tf32_off():
     """TF32 off for the test, and as it was afterwards (the flags are process-wide)."""

@@ -127,9 +127,10 @@ def test_tiled_run_matches_untiled_without_seams(tiny_x2, tile, overlap, tiles, 
     edge mean 5.9 vs 1.7 elsewhere); a ramp that trusts tile edges (mean 0.9); tiles 3 px off
     the window grid (mean 0.8, p99 6; the window grid alone moves the untiled output by 0.7).
     """
-    image = noise(96, 120)
-    untiled = _amplified(swin(tiny_x2, tile=0)).upscale(image).astype(int)
-    tiled_stage = _amplified(swin(tiny_x2, tile=tile, overlap=overlap, min_tile=16))
+    image = noise(96, 120)  # float32: the bounds are the blend's, not bf16 rounding's
+    untiled = _amplified(swin(tiny_x2, tile=0, dtype="float32")).upscale(image).astype(int)
+    tiled_stage = _amplified(swin(tiny_x2, tile=tile, overlap=overlap, min_tile=16,
+                                  dtype="float32"))
     shapes = []
     forward = tiled_stage.model.forward
     tiled_stage.model.forward = lambda pixel_values, **kw: (
