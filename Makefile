@@ -47,6 +47,11 @@ image:
 demo: $(STAMP)
 	$(VENV)/bin/factory demo
 
+# Test modules run in TEST_WORKERS processes (pytest-xdist), a module's tests together in one
+# (their module fixtures, a local Ray, an S3 server, are made once). Two keep two cores busy
+# while the other waits on a Ray start, a subprocess or a kill.
+TEST_WORKERS ?= 2
+
 # The report's browser test needs Chromium: installed where missing and the machine allows
 # (root with apt-get); elsewhere that test is skipped and says why.
 test: $(STAMP)
@@ -54,7 +59,7 @@ test: $(STAMP)
 	  && [ "$$(id -u)" = 0 ] && { apt-get install -y --no-install-recommends chromium \
 	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }; }; } \
 	  >/dev/null 2>&1 || echo "chromium not installed: the report's browser test will be skipped"
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
 
 # The documentation site (docs/, mkdocs.yml) into site/; `make test` builds it too (strict).
 docs: $(STAMP)

@@ -52,6 +52,22 @@ def quiet_ray_worker() -> None:
 
     quiet_ray_data()
     logging.getLogger(TRAIN_PG_CLEANER).addFilter(drop_state_api_polls)
+    pin_state_api_address()
+
+
+def pin_state_api_address() -> None:
+    """In a Ray worker: ``RAY_ADDRESS`` names the cluster the worker runs in, unless set.
+
+    Ray's State API client (Ray Train's placement-group cleaner calls it in a worker) finds its
+    cluster by ``RAY_ADDRESS`` or else by looking for Ray instances on the machine, and gives
+    up when it finds two: two local runs side by side on one machine. The worker's own GCS
+    address is the one it means."""
+    import ray
+
+    if "RAY_ADDRESS" not in os.environ and ray.is_initialized():
+        address = ray.get_runtime_context().gcs_address
+        if address:
+            os.environ["RAY_ADDRESS"] = address
 
 
 #: Ray Train's detached placement-group cleaner: it polls the controller actor's state through

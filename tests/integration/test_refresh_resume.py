@@ -133,7 +133,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
              "resources": {"batch_size": 4, "num_cpus": 0.5}},
             {"kind": "recolor", "model": "lab", "params": {"palette": ["#C8553D"]},
              "resources": {"batch_size": 4, "num_cpus": 0.5}}]}))
-    command = [sys.executable, "-m", "factory.cli.main", "run", str(spec), "--run-id", "r"]
+    command = [sys.executable, "-m", "factory.cli.main", "run", str(spec), "--run-id", "r",
+               "--no-dashboard"]
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=log,
                              stderr=subprocess.STDOUT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 from factory.core.console import RunProgress, dashboard_line, quiet_ray, slowest_stage
 from factory.run.recorder import Counts
@@ -67,9 +68,11 @@ def test_ray_notices_nobody_can_act_on_are_dropped():
     assert seen == ["something else"]
 
 
-def test_ray_train_cleaner_polls_without_a_state_api_are_dropped_and_its_cleanups_shown():
+def test_ray_train_cleaner_polls_without_a_state_api_are_dropped_and_its_cleanups_shown(
+        monkeypatch):
     from factory.core.console import TRAIN_PG_CLEANER, quiet_ray_worker
 
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # as in a worker: its cluster is named
     quiet_ray_worker()
     out = io.StringIO()
     cleaner = logging.getLogger(TRAIN_PG_CLEANER)
@@ -85,3 +88,20 @@ def test_ray_train_cleaner_polls_without_a_state_api_are_dropped_and_its_cleanup
     assert out.getvalue().splitlines() == [
         "Detected that the Ray Train controller actor (a1) is dead. Cleaning up placement "
         "group = [pg1] created by this run."]
+
+
+def test_a_worker_names_its_own_cluster_for_the_state_api(monkeypatch):
+    """Two local Rays on one machine: the State API in a worker must not have to guess."""
+    import ray
+
+    from factory.core.console import pin_state_api_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: type("Context", (), {"gcs_address": "10.0.0.5:6379"})())
+    pin_state_api_address()
+    assert os.environ["RAY_ADDRESS"] == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a user's own setting stays
+    pin_state_api_address()
+    assert os.environ["RAY_ADDRESS"] == "ray://head:10001"
