@@ -23,7 +23,7 @@ from factory.store.storage import Store
 
 pytestmark = pytest.mark.integration
 
-ROWS = 160
+ROWS = 112
 STAGES = {  # target -> what the actor's Ray class name holds
     "generate": "DiffusersGenerator_generate", "segment": "RembgSegmenter_segment",
     "lora": "LoraImg2Img_lora", "recolor": "LabRecolor_recolor",

@@ -59,9 +59,15 @@ def parse(placement: str) -> tuple[str, str, tuple[str, ...]]:
     return node, actor, tuple(g for g in gpus.split(",") if g)
 
 
-def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path):
+def test_five_stage_job_pins_gpus_as_asked(cluster, models_dir, tmp_path, monkeypatch):
+    import ray
+
     from factory.run.pipeline import run_job
 
+    # Every pool's actors up before its first block: on a busy machine the first actor of a
+    # pool could otherwise render all five blocks before the second has loaded its model, and
+    # the placements below are read from the rows each actor rendered.
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 600)
     catalog = write_catalog(tmp_path / "catalog.csv", 160)  # five blocks: work for every actor
     job = parse_job({"name": "gpus", "manifest": {"uri": str(catalog)},
                      # one machine: every node writes to the same directory
