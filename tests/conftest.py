@@ -26,6 +26,15 @@ if settings is not None:
     settings.load_profile("default")
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each test process gets one core's share: torch's threads in one process spinning on the
+    # core the other process is using slow both (see ``one_torch_thread``).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """All tiny models, built once; ``tiny:NAME`` sources resolve here for the session."""

@@ -121,7 +121,7 @@ def test_season_is_chosen_by_date(tmp_path):
 def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
     """SIGKILL the driver mid-run; run the same run id again: exact accounting, and the SKUs
     finished before the kill get no model call."""
-    catalog = write_catalog(tmp_path / "catalog.csv", 80)  # 3 bad rows
+    catalog = write_catalog(tmp_path / "catalog.csv", 48)  # 3 bad rows
     out = tmp_path / "out"
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump({
@@ -140,25 +140,25 @@ def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
                              stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None:
-        if len(list((out / "assets").glob("*/*.png"))) >= 15 if (out / "assets").exists() else False:
+        if len(list((out / "assets").glob("*/*.png"))) >= 10 if (out / "assets").exists() else False:
             break
         time.sleep(0.2)
     assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
     first.wait()
     done_before = {p.parent.name for p in (out / "assets").glob("*/*.png")}
-    assert 15 <= len(done_before) < 77
+    assert 10 <= len(done_before) < 45
     assert not (out / "runs" / "r" / "lineage.parquet").exists()  # never committed
 
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1, again.stderr[-2000:]  # partial: the 3 bad rows
     lineage, summary = read_lineage(Store(str(out)), "r")
     rejects = read_rejects(Store(str(out)), "r")
-    assert lineage.num_rows + rejects.num_rows == 80 and summary["assets"] == 77
+    assert lineage.num_rows + rejects.num_rows == 48 and summary["assets"] == 45
     rows = {r["sku"]: r for r in lineage.to_pylist()}
     for sku in done_before:
         assert rows[sku]["written"] is False
         assert not rows[sku]["generate_placement"] and not rows[sku]["ms_generate"]
-    assert summary["written"] == 77 - len(done_before)
+    assert summary["written"] == 45 - len(done_before)
     files = sorted(p.relative_to(out).as_posix() for p in (out / "assets").glob("*/*.png"))
     assert files == sorted(r["output_key"] for r in rows.values())

@@ -96,7 +96,8 @@ def test_a_worker_names_its_own_cluster_for_the_state_api(monkeypatch):
 
     from factory.core.console import pin_state_api_address
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "")  # recorded, so the test leaves the variable as it was
+    monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "get_runtime_context",
                         lambda: type("Context", (), {"gcs_address": "10.0.0.5:6379"})())
