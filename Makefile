@@ -59,7 +59,7 @@ test: $(STAMP)
 	  && [ "$$(id -u)" = 0 ] && { apt-get install -y --no-install-recommends chromium \
 	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }; }; } \
 	  >/dev/null 2>&1 || echo "chromium not installed: the report's browser test will be skipped"
-	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The documentation site (docs/, mkdocs.yml) into site/; `make test` builds it too (strict).
 docs: $(STAMP)

@@ -33,6 +33,7 @@ from factory.core.status import STATUS_FAILED, STATUS_OK
 from factory.core.strict import Strict
 from factory.core.metrics import RunLabels
 from factory.store.s3 import S3Options, StorageError
+from stages.device_faults import DeviceFault, is_device_fault
 from stages.precision import policy_key
 from stages.product import FIDELITY, PRODUCT, composite, fidelity_delta_e, resize_layer
 
@@ -194,57 +195,6 @@ class StagePlan:
 
 class StageInputError(RuntimeError):
     """A batch lacks a column the stage needs: a bug in chain validation, not a row fault."""
-
-
-class DeviceFault(RuntimeError):
-    """A stage's device failed (``is_device_fault``): no row's failure. Its message names the
-    stage, the model and where it ran (node, GPUs, device); the run stops uncommitted."""
-
-
-#: Words of a ``RuntimeError`` that the CUDA runtime, cuDNN or NCCL raised (torch's own
-#: wording): ``CUDA error: an illegal memory access was encountered`` leaves the device's
-#: context unusable, and an out-of-memory batch is not a row's fault.
-_DEVICE_ERROR_STARTS = ("CUDA error",)
-_DEVICE_ERROR_WORDS = ("CUDA out of memory", "cuDNN error", "NCCL")
-#: ONNX Runtime's words for its CUDA provider's failures (its own exception types, which are
-#: no ``RuntimeError``): a rembg session on a GPU.
-_ORT_DEVICE_WORDS = ("CUDA failure", "CUDA error", "CUDNN failure", "CUBLAS failure",
-                     "Failed to allocate memory")
-
-
-def _device_error_types() -> tuple[type[BaseException], ...]:
-    """torch's out-of-memory and accelerator error types, where torch is loaded (an
-    exception of its types cannot exist before it is)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return ()
-    found = (getattr(torch, "OutOfMemoryError", None),
-             getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None),
-             getattr(torch, "AcceleratorError", None))  # torch >= 2.8
-    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
-
-
-def is_device_fault(exc: BaseException) -> bool:
-    """Whether ``exc``, or an exception it was raised from, is a device fault: torch's
-    ``OutOfMemoryError`` or ``AcceleratorError``, a ``RuntimeError`` whose message starts
-    with ``CUDA error`` or holds ``CUDA out of memory``, ``cuDNN error`` or ``NCCL``, or an
-    ONNX Runtime error from its CUDA provider."""
-    types = _device_error_types()
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DeviceFault) or (types and isinstance(exc, types)):
-            return True
-        if isinstance(exc, RuntimeError):
-            text = str(exc).lstrip()
-            if text.startswith(_DEVICE_ERROR_STARTS) or any(w in text for w in _DEVICE_ERROR_WORDS):
-                return True
-        if type(exc).__module__.startswith("onnxruntime") and any(
-                w in str(exc) for w in _ORT_DEVICE_WORDS):
-            return True
-        exc = exc.__cause__ if exc.__cause__ is not None else (
-            None if exc.__suppress_context__ else exc.__context__)
-    return False
 
 
 class Stage(ABC):

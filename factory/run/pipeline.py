@@ -45,7 +45,8 @@ from factory.sink.assets import (
 )
 from factory.spec.job import Job
 from factory.store.storage import Store
-from stages.base import DeviceFault, StagePlan
+from stages.base import StagePlan
+from stages.device_faults import DeviceFault
 from stages.chain import StageChain
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def run_job(job: Job, *, limit: int | None = None,
     committed from the same inputs is reported and nothing is written; from other inputs it
     raises ``RunInputsMismatch``. A store that fails for good (after botocore's retries) stops
     the run uncommitted with ``StorageError``, and a device fault in a stage (a CUDA error,
-    out of memory: ``stages.base.is_device_fault``) with ``DeviceFault``, naming the stage,
+    out of memory: ``stages.device_faults.is_device_fault``) with ``DeviceFault``, naming the stage,
     model and device; running the same run id again resumes it.
     """
     started = time.perf_counter()

@@ -1,5 +1,5 @@
 """A device fault (CUDA error, out of memory, a lost GPU) is not a SKU's failure
-(``stages.base.is_device_fault``): it escapes the stage's ``__call__`` as a ``DeviceFault``
+(``stages.device_faults.is_device_fault``): it escapes the stage's ``__call__`` as a ``DeviceFault``
 naming the stage, model and device, so the run stops uncommitted; a batch that runs out of
 memory is not split into rows that each run out of memory again. Hermetic: no Ray, no GPU."""
 
@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from factory.core import images
-from stages.base import (
-    DeviceFault, Resources, Stage, StageCard, StagePlan, StageParams, is_device_fault,
-)
+from stages.base import Resources, Stage, StageCard, StagePlan, StageParams
+from stages.device_faults import DeviceFault, is_device_fault
 from stages.chain import StageChain
 
 
@@ -171,7 +170,7 @@ def test_the_driver_finds_the_fault_in_the_text_ray_hands_it() -> None:
     line = ("stage 'gen': model 'generate/sd' hit a device fault on node=ab gpus=[0] "
             "device=cuda: OutOfMemoryError: CUDA out of memory")
     wrapped = RuntimeError("ray::MapWorker(MapBatches(Gen)).submit() (pid=1)\n  File \"x\", "
-                           f"line 1\nstages.base.DeviceFault: {line}\n\nThe above exception "
+                           f"line 1\nstages.device_faults.DeviceFault: {line}\n\nThe above exception "
                            "was the direct cause of the following exception:\n"
                            "ray.exceptions.UserCodeException: UDF failed to process a data block.")
     assert device_fault(wrapped) == line

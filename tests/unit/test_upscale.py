@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from factory.core import images
 from stages.tiny.models import make_tiny_swin2sr
-from stages.base import DeviceFault, Resources, StagePlan
+from stages.base import Resources, StagePlan
+from stages.device_faults import DeviceFault
 from stages.upscale_swin2sr import (
     LanczosParams,
     LanczosUpscaler,
