@@ -88,7 +88,8 @@ def head(models_dir):
         finally:
             _stop_head(proc, temp_dir)
             log.close()
-    _reset_token_cache()  # the process-wide cache must not keep the throwaway token
+            _reset_token_cache()  # the process-wide cache must not keep the throwaway token,
+            # whether the head came up or not: a later local Ray would present it
 
 
 def _stop_head(proc: subprocess.Popen, temp_dir: Path) -> None:

@@ -21,14 +21,38 @@ from pathlib import Path
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+#: Ports ``free_ports`` has handed out in this process (never handed out twice).
+_HANDED_OUT: set[int] = set()
+#: Each test process's own block of ports (pytest-xdist names them gw0, gw1, ...).
+_BLOCK = 1500
+
+
 def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    """``n`` loopback ports free now, for processes this test starts later.
+
+    Taken below the OS's ephemeral range (which it hands out for port 0: Ray's own workers,
+    any client socket) and from this test process's own block of it, so that neither the OS
+    nor a parallel test process can take one between this check and the bind."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = 20000 + (int(worker) if worker.isdigit() else 0) * _BLOCK
+    ports: list[int] = []
+    for port in range(start, min(start + _BLOCK, low)):
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports in {start}-{start + _BLOCK}")
 
 
 @dataclass
