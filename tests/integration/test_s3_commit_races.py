@@ -9,7 +9,6 @@ the run uncommitted and the rerun resumes it.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -28,18 +27,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def server():
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
-    with start_s3_server() as s3:
-        s3.client().create_bucket(Bucket="assets")
-        yield s3
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                           ("AWS_DEFAULT_REGION", "us-east-1")):
+            env.setenv(key, value)
+        with start_s3_server() as s3:
+            s3.client().create_bucket(Bucket="assets")
+            yield s3
 
 
 @pytest.fixture(scope="module")
