@@ -70,10 +70,10 @@ class DiffusersGenerator(Stage):
 
     def _from_pretrained(self, dtype: Any) -> Any:
         """The pipeline, on the CPU, in ``dtype``."""
-        from diffusers import AutoPipelineForText2Image
+        from stages.pipelines import load_pipeline
 
-        return AutoPipelineForText2Image.from_pretrained(
-            self.plan.source,
+        return load_pipeline(
+            "text2image", self.plan.source,
             revision=None if self.plan.revision in ("", "local") else self.plan.revision,
             dtype=dtype,
             use_safetensors=True if not self.plan.allow_pickle else None,  # None: prefer safetensors

@@ -111,10 +111,10 @@ class LoraImg2Img(Stage):
 
     def _from_pretrained(self, dtype: Any, use_safetensors: bool | None) -> Any:
         """The base pipeline, on the CPU, in ``dtype``."""
-        from diffusers import AutoPipelineForImage2Image
+        from stages.pipelines import load_pipeline
 
-        return AutoPipelineForImage2Image.from_pretrained(
-            self.plan.source,
+        return load_pipeline(
+            "image2image", self.plan.source,
             revision=None if self.plan.revision in ("", "local") else self.plan.revision,
             dtype=dtype,
             use_safetensors=use_safetensors,

@@ -248,20 +248,22 @@ class DiffusersScene(DiffusersGenerator):
 
     def _from_pretrained(self, dtype: Any) -> Any:
         """The pipeline, on the CPU, in ``dtype``: the class the weights' ``model_index.json``
-        names. diffusers' ``AutoPipelineForInpainting`` maps SD and SDXL inpainting (and turns
-        a text-to-image checkpoint into its inpainting pipeline) but has no entry for
-        ``FluxFillPipeline``, which is loaded by name."""
-        from diffusers import AutoPipelineForInpainting, DiffusionPipeline, FluxFillPipeline
+        names. The inpainting task's class maps SD and SDXL inpainting (and turns a
+        text-to-image checkpoint into its inpainting pipeline: ``stages.pipelines``); diffusers
+        has no inpainting entry for ``FluxFillPipeline``, which is loaded by name."""
+        from stages.pipelines import checkpoint_class, pipeline_loader
 
         options = {
             "revision": None if self.plan.revision in ("", "local") else self.plan.revision,
             "use_safetensors": True if not self.plan.allow_pickle else None,  # None: prefer
         }
-        name = DiffusionPipeline.load_config(self.plan.source,
-                                             revision=options["revision"])["_class_name"]
-        loader = AutoPipelineForInpainting
-        if name == FluxFillPipeline.__name__:
-            loader = FluxFillPipeline
+        name = checkpoint_class(self.plan.source, revision=options["revision"])
+        if name == "FluxFillPipeline":
+            import diffusers
+
+            loader = diffusers.FluxFillPipeline
+        else:
+            loader = pipeline_loader("inpainting", name)
         return loader.from_pretrained(self.plan.source, dtype=dtype, **options)
 
     def _predict(self, rows: dict[str, Any]) -> dict[str, Sequence[Any]]:

@@ -53,8 +53,13 @@ log = logging.getLogger(__name__)
 
 #: Rows per sink task: encoding is the sink's real cost, so small batches spread it.
 SINK_BATCH = 8
-#: Rows per block while reading, validating and looking up existing work: cheap per row.
+#: Rows per block while reading, validating and looking up existing work: cheap per row, so
+#: a block's cost is mostly its task's. A small catalog gets blocks of ``PREPARE_ROWS``; a
+#: large one at most ``PREPARE_BLOCKS`` blocks of up to ``PREPARE_MAX_ROWS`` rows
+#: (``prepare_rows``). Photo fetches are network waits: their blocks stay small.
 PREPARE_ROWS = 256
+PREPARE_BLOCKS = 64
+PREPARE_MAX_ROWS = 32_768
 
 
 def fingerprint(job: Job, *, route: str | None = None) -> str:
@@ -101,7 +106,8 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
     # block count would cut every task's output again into pieces.
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(),
                                   label_selector=pinned)
-    ds = ds.repartition(target_num_rows_per_block=PREPARE_ROWS)
+    ds = ds.repartition(target_num_rows_per_block=prepare_rows(
+        info.rows if limit is None else min(limit, info.rows), sources=source_plan(job) is not None))
     rules = row_rules(job, info)
     ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules},
                         batch_size=None, batch_format="numpy", num_cpus=0.25)
@@ -115,6 +121,16 @@ def _work_list(job: Job, info: ManifestInfo, store: Store, *,
     ds = ds.map_batches(mark_existing, fn_kwargs={"store": store, "existing": existing},
                         batch_size=None, batch_format="numpy", num_cpus=0.25)
     return ds.materialize()
+
+
+def prepare_rows(rows: int, *, sources: bool = False) -> int:
+    """Rows per work-list block for a catalog of ``rows``: ``PREPARE_ROWS``, or for a large
+    catalog without photos to fetch, enough that it makes at most ``PREPARE_BLOCKS`` blocks
+    (each one read → validate → existence-check task), capped at ``PREPARE_MAX_ROWS``. The
+    render path cuts its own blocks (``block_rows``), so this sets no batch of any stage."""
+    if sources:
+        return PREPARE_ROWS
+    return max(PREPARE_ROWS, min(PREPARE_MAX_ROWS, -(-rows // PREPARE_BLOCKS)))
 
 
 def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bool = True,

@@ -19,6 +19,7 @@ import json
 import os
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, Mapping
 from urllib.parse import quote
 
@@ -157,9 +158,30 @@ class KeyRoom:
         return ([asset_key("", ext, row) for ext in self.exts]
                 + [intermediate_key(stage, "", row) for stage in self.intermediates])
 
+    @cached_property
+    def _room(self) -> int:
+        """Bytes a key may take here before any limit binds (the tightest of them, for a whole
+        key: every part of a key is shorter than the key)."""
+        if self.store == "s3":
+            return S3_KEY_BYTES - (len(self.prefix.encode("utf-8")) + 1 if self.prefix else 0)
+        return min(LOCAL_NAME_BYTES - LOCAL_STAGING_BYTES,
+                   LOCAL_PATH_BYTES - len(os.fsencode(self.prefix.rstrip("/") or ".")) - 1
+                   - LOCAL_STAGING_BYTES)
+
+    @cached_property
+    def _fixed(self) -> int:
+        """Bytes of this job's longest key without its SKU and variant."""
+        return max(len(key.encode("utf-8")) for key in self.keys("", ""))
+
     def problem(self, sku: str, variant: str) -> str | None:
         """Why the row's keys do not fit this store, naming the limit and the store; None if
         they fit."""
+        try:  # percent-encoding takes at most 3 bytes per byte: most rows fit by arithmetic
+            if self._fixed + 3 * (len(sku.encode("utf-8")) + len(variant.encode("utf-8"))) \
+                    <= self._room:
+                return None
+        except UnicodeEncodeError:
+            pass
         for key in self.keys(sku, variant):
             if self.store == "s3":
                 full = f"{self.prefix}/{key}" if self.prefix else key

@@ -85,6 +85,33 @@ def test_every_key_built_from_a_sku_is_checked():
         row["sku"], row["variant"]) is None
 
 
+def _fits(room: KeyRoom, sku: str, variant: str) -> bool:
+    """Every key fits, checked key by key and part by part (what ``problem`` promises)."""
+    for key in room.keys(sku, variant):
+        if room.store == "s3":
+            full = f"{room.prefix}/{key}" if room.prefix else key
+            if len(full.encode()) > S3_KEY_BYTES:
+                return False
+            continue
+        parts = key.split("/")
+        if any(len(part.encode()) > 255 - (34 if i == len(parts) - 1 else 0)
+               for i, part in enumerate(parts)):
+            return False
+        if len((room.prefix.rstrip("/") or ".").encode()) + 1 + len(key.encode()) + 34 > 4095:
+            return False
+    return True
+
+
+@settings(max_examples=300)
+@given(sku=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=120),
+       variant=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True),
+       room=st.sampled_from([KeyRoom(), KeyRoom(exts=("meta-square.jpg", "pinterest.jpg"),
+                                                intermediates=("segment",)),
+                             KeyRoom(store="s3", prefix="p" * 800, exts=("png",))]))
+def test_the_arithmetic_shortcut_agrees_with_the_key_by_key_check(sku, variant, room):
+    assert (room.problem(sku, variant) is None) == _fits(room, sku, variant)
+
+
 def test_the_rules_take_the_room_from_the_job():
     job = load_job(FIXTURES / "good.yaml").with_overrides(output_uri="s3://bucket/out/put")
     room = key_room(job)
