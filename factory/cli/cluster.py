@@ -11,8 +11,9 @@ from typing import Any, Callable, TypeVar
 import click
 
 from factory.cli.common import load_spec, parse_usd, seasoned
-from factory.cli.exits import EXIT_PARTIAL, EXIT_RUN
+from factory.cli.exits import EXIT_OK, EXIT_PARTIAL, EXIT_RUN
 from factory.core import settings
+from factory.spec.cron import OVERLAPS, Overlap
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,13 +48,25 @@ def _jobs_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 @click.option("--working-dir", default=".", show_default=True,
               type=click.Path(file_okay=False, exists=True),
               help="Directory uploaded as the job's working directory; JOB_PATH must be in it.")
+@click.option("--overlap", type=click.Choice(OVERLAPS), default="allow", show_default=True,
+              help="While a run of this job is PENDING or RUNNING on the cluster: skip "
+                   "(submit nothing, exit 0), queue (wait for it to end, then submit) or allow.")
 def submit(job_path: str, address: str, run_id: str | None, season: str | None, refresh: bool,
-           budget_usd: Decimal | None, working_dir: str) -> None:
+           budget_usd: Decimal | None, working_dir: str, overlap: Overlap) -> None:
     """Validate JOB_PATH here, then run it on a Ray cluster as a Ray job (id = run id)."""
     from factory.deploy import ray_jobs as jobs
+    from factory.deploy.overlap import await_turn
 
     # a bad spec, season or budget: exit 2, nothing uploaded
-    seasoned(load_spec(job_path), season, run_id, budget_usd)
+    job = seasoned(load_spec(job_path), season, run_id, budget_usd)
+    in_the_way = _jobs_call(await_turn, lambda: jobs.running(job.name, address=address),
+                            overlap=overlap, on_wait=lambda runs: click.echo(
+                                f"queued: job {job.name} has {', '.join(runs)} running on "
+                                f"{address}; submitting when it ends", err=True))
+    if in_the_way:
+        click.echo(f"skipped: job {job.name} still has {', '.join(in_the_way)} running on "
+                   f"{address} (--overlap skip); nothing submitted")
+        sys.exit(EXIT_OK)
     submitted = _jobs_call(jobs.submit, job_path, address=address, run_id=run_id, season=season,
                            refresh=refresh, working_dir=working_dir, budget_usd=budget_usd)
     click.echo(f"submitted run {submitted} to {address}\n"

@@ -14,8 +14,10 @@ import click
 from factory.cli.common import echo, load_spec, parse_usd, seasoned
 from factory.cli.exits import EXIT_MANIFEST, EXIT_OK, EXIT_PARTIAL, EXIT_RUN, EXIT_SPEC
 from factory.core import settings
+from factory.spec.cron import OVERLAPS, Overlap
 
 if TYPE_CHECKING:
+    from factory.deploy.overlap import RunLease
     from factory.run.refresh import RefreshReport
     from factory.run.result import WorkCount
     from factory.spec.job import Job
@@ -42,6 +44,10 @@ def validate(job_path: str) -> None:
         for line in describe(job.routes):
             echo(f"  {line}")
     for line in job.qa.describe() if job.qa is not None else ():  # factory.spec.qa
+        echo(f"  {line}")
+    for line in job.notify.describe() if job.notify is not None else ():  # factory.spec.notify
+        echo(f"  {line}")
+    for line in job.publish.describe() if job.publish is not None else ():  # factory.spec.publish
         echo(f"  {line}")
 
 
@@ -82,16 +88,53 @@ def run(job_path: str, output_uri: str | None, limit: int | None, run_id: str | 
               help="Cap the refresh's dollars (see `factory run --budget`).")
 @click.option("--address", envvar=settings.RAY_ADDRESS, help="Ray address; default: local.")
 @click.option("--no-dashboard", is_flag=True, help="A local Ray without its dashboard.")
+@click.option("--overlap", type=click.Choice(OVERLAPS), default="allow", show_default=True,
+              help="skip or queue: first take the job's run lease in the output store; while "
+                   "another run holds it, skip (exit 0) or wait. What a RayCronJob firing runs.")
+@click.option("--lease-ttl", "lease_ttl_s", type=click.IntRange(min=60), default=6 * 3600,
+              show_default=True, help="Seconds from now after which the lease lapses, held or "
+                                      "not (a killed run's lease must not keep others out).")
 def refresh(job_path: str, output_uri: str | None, limit: int | None, run_id: str | None,
             season: str | None, budget_usd: Decimal | None, address: str | None,
-            no_dashboard: bool) -> None:
+            no_dashboard: bool, overlap: Overlap, lease_ttl_s: int) -> None:
     """Render only new and changed SKUs since the job's latest committed run."""
     from factory.run.refresh import refresh as run_refresh
 
     job = seasoned(load_spec(job_path, output_uri=output_uri), season, None, budget_usd)
-    report = _execute(job, limit=limit, address=address, dashboard=not no_dashboard,
-                      runner=lambda j, **kw: run_refresh(j, run_id=run_id, **kw))
+    lease = _take_lease(job, overlap, lease_ttl_s) if overlap != "allow" else None
+    try:
+        report = _execute(job, limit=limit, address=address, dashboard=not no_dashboard,
+                          runner=lambda j, **kw: run_refresh(j, run_id=run_id, **kw))
+    finally:
+        if lease is not None:
+            lease.release()
     sys.exit(report)
+
+
+def _take_lease(job: Job, overlap: Overlap, ttl_s: int) -> RunLease:
+    """The job's run lease (``factory.deploy.overlap``), or exit: 0 when skipped, 4 when the
+    store cannot be reached."""
+    from factory.deploy.overlap import RunLease, await_turn
+    from factory.store.s3 import StorageError
+    from factory.store.storage import Store
+
+    lease = RunLease.for_seconds(Store(job.output.uri, job.s3), job.name, ttl_s)
+
+    def in_the_way() -> list[str]:
+        holder = lease.acquire()
+        return [holder.describe()] if holder else []
+
+    try:
+        held_by = await_turn(in_the_way, overlap=overlap, on_wait=lambda who: echo(
+            f"queued: a run of job {job.name} holds its lease: {who[0]}; waiting", err=True))
+    except StorageError as exc:
+        echo(f"error: cannot take the run lease of job {job.name}: {exc}", err=True)
+        sys.exit(EXIT_RUN)
+    if held_by:
+        echo(f"skipped: a run of job {job.name} holds its lease: {held_by[0]} (--overlap "
+             "skip); nothing was run")
+        sys.exit(EXIT_OK)
+    return lease
 
 
 @click.command()
@@ -128,12 +171,15 @@ def _execute(job: Job, *, limit: int | None, address: str | None,
     from factory.run.identity import RunInputsMismatch
     from factory.run.pipeline import init_ray, run_job
     from factory.run.placement import OutputNotShared, logical_cpus_needed
+    from factory.spec.notify import NotifySecretMissing
 
     season = f" (season {job.season})" if job.season else ""
     echo(f"job {job.name}{season}: {' → '.join(p.name for p in job.stages)} "
          f"→ {job.output.uri}", err=True)
     report = None
     try:
+        if job.notify is not None:  # a webhook secret that is not set: stop before Ray starts
+            job.notify.secrets()
         url = init_ray(address, logical_cpus=logical_cpus_needed(job), dashboard=dashboard)
         if line := dashboard_line(url, token_auth=os.environ.get("RAY_AUTH_MODE") == "token"):
             echo(line, err=True)
@@ -147,7 +193,7 @@ def _execute(job: Job, *, limit: int | None, address: str | None,
     except ManifestError as exc:
         echo(f"error: {exc}", err=True)
         return EXIT_MANIFEST
-    except (RunInputsMismatch, OutputNotShared) as exc:
+    except (RunInputsMismatch, OutputNotShared, NotifySecretMissing) as exc:
         echo(f"error: {exc}", err=True)
         return EXIT_SPEC
     except Exception as exc:  # noqa: BLE001 - reported with its cause; nothing was committed
@@ -183,9 +229,20 @@ def _execute(job: Job, *, limit: int | None, address: str | None,
         from factory.spec.qa import qa_line
 
         echo(f"  qa gate: {qa_line(result.qa)}")
+    for note in result.notifications:  # factory.run.notified: sent after the commit
+        echo(f"  notify:  {note.line()}")
+    for path in result.published:  # factory.run.published: written after the commit
+        echo(f"  publish: {path}")
+    for line in result.publish_warnings:
+        echo(f"  publish: warning: {line}")
+    if result.publish_error:  # the run stays committed; a scheduler sees exit code 1
+        echo(f"  publish failed (run {result.run_id} is committed): {result.publish_error}; "
+             f"`factory publish {result.run_id} --output {result.output_uri}` tries again",
+             err=True)
     if report is not None:
         echo(f"  {report.line()}")
-    return EXIT_OK if c.failed == 0 and c.rejected == 0 and c.deferred == 0 else EXIT_PARTIAL
+    clean = c.failed == 0 and c.rejected == 0 and c.deferred == 0 and not result.publish_error
+    return EXIT_OK if clean else EXIT_PARTIAL
 
 
 def _count_line(counted: WorkCount) -> None:

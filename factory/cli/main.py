@@ -15,6 +15,7 @@ from factory.cli.forecast import plan
 from factory.cli.job import demo, refresh, run, validate
 from factory.cli.lora import lora
 from factory.cli.models import models
+from factory.cli.publish import publish
 from factory.cli.runs import runs
 from factory.cli.schedule import schedule
 from factory.core import settings
@@ -23,7 +24,7 @@ from factory.core import settings
 COMMANDS: tuple[click.Command, ...] = (
     validate, run, refresh, demo, plan,  # a job spec, run by this process
     submit, status_, logs, stop, list_,  # runs on a Ray cluster
-    runs, schedule, models, lora,
+    runs, publish, schedule, models, lora,
 )
 
 

@@ -30,22 +30,34 @@ def _scheduled(job_path: str):
 @click.option("--address", envvar=settings.JOBS_ADDRESS, default=settings.DEFAULT_JOBS_ADDRESS,
               show_default=True, help="The Ray cluster's job server (dashboard address).")
 @click.option("--once", is_flag=True, help="Check every schedule once, fire what is due, exit.")
-def schedule_run(job_path: str, address: str, once: bool) -> None:
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535),
+              help="Serve the scheduler's Prometheus metrics on this port (/metrics).")
+def schedule_run(job_path: str, address: str, once: bool, metrics_port: int | None) -> None:
     """Fire JOB_PATH's schedules: each due slot submits one refresh to the Ray cluster.
 
     Fires are recorded in the job's output store: a restart, here or on another machine, never
-    fires a slot twice, and slots missed while nothing ran fire once, for the latest.
+    fires a slot twice, and slots missed while nothing ran fire once, for the latest. A slot
+    due while a run of the job is still running on the cluster is skipped, held or submitted
+    as its schedule's overlap says.
     """
-    from factory.deploy.schedule import Scheduler, jobs_submitter
+    from factory.core import metrics
+    from factory.deploy.schedule import Scheduler, jobs_running, jobs_submitter
     from factory.store.storage import Store
 
     job = _scheduled(job_path)
     scheduler = Scheduler(store=Store(job.output.uri, job.s3), job_name=job.name,
                           schedules=job.schedules,
-                          submit=jobs_submitter(job_path, address=address))
+                          submit=jobs_submitter(job_path, address=address),
+                          running=jobs_running(address))
+    if metrics_port:
+        metrics.serve_scheduler_metrics(metrics_port)
     if once:
         for fire in scheduler.tick():
             click.echo(f"fired {fire.schedule} ({fire.slot:%Y-%m-%d %H:%M} UTC): {fire.run_id}")
+        for skip in scheduler.last_skipped:
+            what = "held until they end" if skip.held else "skipped"
+            click.echo(f"{what}: {skip.schedule} ({skip.slot:%Y-%m-%d %H:%M} UTC), "
+                       f"still running: {', '.join(skip.running)}")
         for error in scheduler.last_errors:
             click.echo(f"error: {error}", err=True)
         sys.exit(EXIT_RUN if scheduler.last_errors else EXIT_OK)
@@ -55,6 +67,28 @@ def schedule_run(job_path: str, address: str, once: bool) -> None:
         scheduler.run()
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
+
+
+@schedule.command("history")
+@click.argument("job_path", type=click.Path(dir_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Slots per schedule, newest first.")
+def schedule_history(job_path: str, limit: int) -> None:
+    """The slots each of JOB_PATH's schedules fired or skipped, from the job's output store."""
+    from factory.deploy.schedule import history
+    from factory.store.storage import Store
+
+    job = _scheduled(job_path)
+    store = Store(job.output.uri, job.s3)
+    for sched in job.schedules:
+        click.echo(f"{sched.name} ({sched.cron}, overlap: {sched.overlap}):")
+        records = history(store, job.name, sched.name, limit=limit)
+        if not records:
+            click.echo("  nothing fired yet")
+        for r in records:
+            why = f"  (running: {', '.join(r['running'])})" if r.get("running") else ""
+            click.echo(f"  {r['slot'][:16].replace('T', ' ')} UTC  {r['outcome']:8} "
+                       f"{r['run_id']}{why}")
 
 
 @schedule.command("export")

@@ -8,13 +8,19 @@ Ray prefixes names with ``ray_`` and gives counters a ``_total`` suffix: the cou
 ``factory_stage_rows_in`` is scraped as ``ray_factory_stage_rows_in_total``, the histogram
 ``factory_stage_asset_seconds`` as ``ray_factory_stage_asset_seconds_bucket`` / ``_sum`` /
 ``_count``. ``EXPORTED`` lists every scraped name (the Grafana dashboard's queries use them).
+
+``factory schedule run`` is not a Ray process: its ``SCHEDULER_METRICS`` go through
+``prometheus_client`` on a port of its own instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter
 
 # "job_name", not "job": Prometheus renames a scraped "job" label (its own scrape job wins).
 STAGE_TAGS = ("job_name", "run_id", "stage", "model", "device")
@@ -40,6 +46,16 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
 #: Histogram bucket bounds, seconds per asset (tiny CPU models to large GPU diffusion).
 LATENCY_BOUNDARIES = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                       30.0, 60.0]
+
+
+#: Metrics of ``factory schedule run``, a process outside Ray: it serves them itself on
+#: ``--metrics-port`` (``prometheus_client``), so they are scraped as named here plus
+#: ``_total``, with no ``ray_`` prefix. name -> (tag keys, description); all counters.
+SCHEDULER_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
+    "factory_schedule_skipped": (("job_name", "schedule"),
+                                 "Due slots not submitted because a run of the job was still "
+                                 "running (overlap: skip)."),
+}
 
 
 def exported(name: str) -> list[str]:
@@ -84,3 +100,29 @@ def inc(name: str, value: float, tags: Mapping[str, str]) -> None:
 def observe(name: str, value: float, tags: Mapping[str, str]) -> None:
     """Record one histogram observation."""
     _metric(name).observe(value, tags=dict(tags))
+
+
+@lru_cache(maxsize=None)
+def _scheduler_counters() -> tuple[CollectorRegistry, dict[str, Counter]]:
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry(auto_describe=True)
+    return registry, {name: Counter(name, description, labelnames=tags, registry=registry)
+                      for name, (tags, description) in SCHEDULER_METRICS.items()}
+
+
+def scheduler_registry() -> CollectorRegistry:
+    """The ``prometheus_client`` registry of ``SCHEDULER_METRICS`` (one per process)."""
+    return _scheduler_counters()[0]
+
+
+def scheduler_inc(name: str, tags: Mapping[str, str]) -> None:
+    """Add one to a counter of ``SCHEDULER_METRICS``."""
+    _scheduler_counters()[1][name].labels(**tags).inc()
+
+
+def serve_scheduler_metrics(port: int) -> None:
+    """Serve ``SCHEDULER_METRICS`` for Prometheus on ``port`` (``/metrics``), in a thread."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, registry=scheduler_registry())

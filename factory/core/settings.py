@@ -70,3 +70,10 @@ def s3_defaults() -> dict:
 def cache_dir() -> Path:
     """Where s3:// model directories are copied before loading."""
     return Path(os.environ.get(CACHE_DIR, "~/.cache/asset-factory")).expanduser().resolve()
+
+
+def named_secret(variable: str) -> str | None:
+    """The value of the environment variable a spec names for a secret (``notify``'s
+    ``secret_env``: a webhook's signing secret), or None when it is unset or empty. The spec
+    holds the variable's name only; the value is read on the driver, when the run starts."""
+    return os.environ.get(variable) or None

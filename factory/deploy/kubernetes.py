@@ -13,6 +13,19 @@
   ``batch/v1`` CronJob whose pod runs ``factory submit --refresh`` against the long-lived
   RayCluster. Apply one of the two per schedule, not both (nor ``factory schedule run``).
 
+A schedule's ``overlap`` (skip, queue, allow) holds on both, each in its own way. A RayCronJob
+has no concurrency policy, and each firing is a Ray cluster of its own, so no Jobs API sees
+another firing's run: its entrypoint is ``factory refresh --overlap ... --lease-ttl
+<activeDeadlineSeconds>``, whose driver takes the job's lease in the output store first
+(``factory.deploy.overlap``): ``skip`` exits 0 at once while another run holds it, ``queue``
+waits for it (the wait counts against the RayJob's deadline; each waiting firing keeps its
+CPU-only head up, and the waiting firings run one after another). The CronJob's pods submit to
+one long-lived RayCluster, whose Jobs API lists every run of the job: ``factory submit
+--overlap ...`` checks it before submitting. Its ``concurrencyPolicy`` (``CONCURRENCY``)
+alone would not do, since a pod ends once it has submitted, long before the run; ``Forbid``
+keeps a queued pod's later slots from piling up behind it (Kubernetes has no queue: they are
+dropped, and the waiting pod submits the current catalog once the run in its way ends).
+
 The job spec is shipped in the image (``APP_DIR``, the Dockerfile's ``WORKDIR``), so it must
 be a path relative to the repository root. Ray token auth stays on: the RayCluster names the
 token's Secret in ``authOptions``, KubeRay passes it to Ray's containers and to RayJob
@@ -32,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from factory.core import settings
-from factory.spec.cron import validate_cron
+from factory.spec.cron import Overlap, validate_cron
 
 if TYPE_CHECKING:  # typing only: this module reads a schedule's name, cron and season
     from factory.spec.seasons import ScheduleSpec
@@ -52,6 +65,12 @@ JOB_ENV = {settings.RAY_ADDRESS: "auto", "PYTHONUNBUFFERED": "1"}
 DEFAULT_DEADLINE_S = 6 * 3600
 DEFAULT_TTL_S = 600
 PART_OF = "asset-factory"
+#: The fallback CronJob's ``concurrencyPolicy`` per overlap: its pods end once they have
+#: submitted, so ``factory submit --overlap`` does the check; ``Forbid`` keeps at most one
+#: queued pod waiting.
+CONCURRENCY: dict[str, str] = {"skip": "Forbid", "queue": "Forbid", "allow": "Allow"}
+#: How long the fallback CronJob's pod may take when it does not wait (``skip``, ``allow``).
+SUBMIT_DEADLINE_S = 900
 
 
 class ExportError(ValueError):
@@ -96,7 +115,7 @@ def jobs_address(cluster: dict[str, Any]) -> str:
 
 
 def rayjob_spec(job_path: str, *, cluster: dict[str, Any], image: str | None = None,
-                refresh: bool = False, season: str | None = None,
+                refresh: bool = False, season: str | None = None, overlap: Overlap = "allow",
                 deadline_s: int = DEFAULT_DEADLINE_S,
                 ttl_s: int = DEFAULT_TTL_S) -> dict[str, Any]:
     """A RayJobSpec that runs (or refreshes) ``job_path`` on a Ray cluster of its own.
@@ -107,11 +126,15 @@ def rayjob_spec(job_path: str, *, cluster: dict[str, Any], image: str | None = N
         image: Overrides every Ray container's image.
         refresh: ``factory refresh`` instead of ``factory run``.
         season: Pins a season (``--season``); None picks it by date.
+        overlap: ``skip`` or ``queue``: the driver takes the job's lease in the output store
+            first (``--overlap``), which expires after ``deadline_s``.
         deadline_s: ``activeDeadlineSeconds``: the run is stopped after this.
         ttl_s: ``ttlSecondsAfterFinished``: how long the finished cluster stays for a look.
     """
     args = ["python", "-m", "factory.cli.main", "refresh" if refresh else "run",
             in_image(job_path)] + (["--season", season] if season else [])
+    if overlap != "allow":
+        args += ["--overlap", overlap, "--lease-ttl", str(deadline_s)]
     return {"entrypoint": shlex.join(args),
             "runtimeEnvYAML": yaml.safe_dump({"env_vars": dict(JOB_ENV)}, sort_keys=True),
             "shutdownAfterJobFinishes": True,
@@ -144,30 +167,39 @@ def raycronjob(job_path: str, job_name: str, schedule: ScheduleSpec, *,
             "spec": {"schedule": schedule.cron, "timeZone": "Etc/UTC",
                      "jobTemplate": rayjob_spec(job_path, cluster=cluster, image=image,
                                                 refresh=True, season=schedule.season,
+                                                overlap=schedule.overlap,
                                                 deadline_s=deadline_s, ttl_s=ttl_s)}}
 
 
 def submitter_cronjob(job_path: str, job_name: str, schedule: ScheduleSpec, *, image: str,
-                      address: str, starting_deadline_s: int = 3600) -> dict[str, Any]:
-    """A batch/v1 CronJob whose pod submits one refresh per slot to a running RayCluster."""
+                      address: str, starting_deadline_s: int = 3600,
+                      queue_wait_s: int = DEFAULT_DEADLINE_S) -> dict[str, Any]:
+    """A batch/v1 CronJob whose pod submits one refresh per slot to a running RayCluster.
+
+    With ``overlap`` skip or queue the pod asks the cluster's Jobs API first (``factory submit
+    --overlap``); a queued pod waits at most ``queue_wait_s`` (``activeDeadlineSeconds``).
+    """
     _check_cron(schedule)
     in_image(job_path)
     labels = _labels(job_name, schedule.name)
     season = ["--season", schedule.season] if schedule.season else []
+    overlap = ["--overlap", schedule.overlap] if schedule.overlap != "allow" else []
     container = {"name": "submit", "image": image, "workingDir": APP_DIR,
                  "command": ["factory", "submit", job_path, "--address", address, "--refresh",
-                             *season],
+                             *season, *overlap],
                  "env": [dict(e) for e in AUTH_ENV],
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                                "limits": {"memory": "1Gi"}}}
     return {"apiVersion": "batch/v1", "kind": "CronJob",
             "metadata": {"name": k8s_name(job_name, schedule.name, limit=52), "labels": labels},
             "spec": {"schedule": schedule.cron, "timeZone": "Etc/UTC",
-                     "concurrencyPolicy": "Forbid",
+                     "concurrencyPolicy": CONCURRENCY[schedule.overlap],
                      "startingDeadlineSeconds": starting_deadline_s,
                      "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
                      "jobTemplate": {"spec": {
-                         "backoffLimit": 2, "activeDeadlineSeconds": 900,
+                         "backoffLimit": 2,
+                         "activeDeadlineSeconds": (queue_wait_s if schedule.overlap == "queue"
+                                                   else SUBMIT_DEADLINE_S),
                          "template": {"metadata": {"labels": dict(labels)},
                                       "spec": {"restartPolicy": "Never",
                                                "containers": [container]}}}}}}
@@ -188,7 +220,8 @@ def export(job_path: str, job_name: str, schedules: Sequence[ScheduleSpec], out_
             spec, and the CronJob submits to it.
         image: The image with the factory; default: the RayCluster's head image.
         address: The job server the CronJob submits to; default: the RayCluster's head Service.
-        deadline_s: ``activeDeadlineSeconds`` of every RayJob.
+        deadline_s: ``activeDeadlineSeconds`` of every RayJob, the expiry of a RayCronJob
+            firing's lease, and how long a queued CronJob pod waits.
         ttl_s: ``ttlSecondsAfterFinished`` of every RayJob.
         starting_deadline_s: How late a missed CronJob slot may still start (once).
 
@@ -218,14 +251,17 @@ def export(job_path: str, job_name: str, schedules: Sequence[ScheduleSpec], out_
                      _RAYCRONJOB_HEADER, schedule))
         docs.append((f"{base}-cronjob.yaml",
                      submitter_cronjob(job_path, job_name, schedule, image=image,
-                                       address=address, starting_deadline_s=starting_deadline_s),
+                                       address=address, starting_deadline_s=starting_deadline_s,
+                                       queue_wait_s=deadline_s),
                      _CRONJOB_HEADER, schedule))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, doc, header, schedule in docs:
         text = header.format(job=job_name, path=job_path, app=APP_DIR, out=out_dir.as_posix(),
                              schedule=getattr(schedule, "name", ""),
-                             cron=getattr(schedule, "cron", ""))
+                             cron=getattr(schedule, "cron", ""),
+                             overlap=_OVERLAP_NOTES.get(
+                                 (doc["kind"], getattr(schedule, "overlap", "")), ""))
         path = out_dir / name
         path.write_text(text + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100),
                         encoding="utf-8")
@@ -277,13 +313,33 @@ _RAYCRONJOB_HEADER = _GENERATED + """\
 # `factory refresh` on a Ray cluster of its own. RayCronJob is alpha in KubeRay 1.6+: the
 # operator needs the feature gate (--feature-gates=RayCronJob=true). Without it, apply the
 # -cronjob.yaml beside this file instead, never both.
+# {overlap}
 """
 _CRONJOB_HEADER = _GENERATED + """\
 # Job {job}, schedule {schedule}: `{cron}` UTC. The fallback for a KubeRay without the
 # RayCronJob feature gate: each slot's pod submits one refresh (`factory submit --refresh`) to
 # the RayCluster of cluster/raycluster.yaml, with the token from its Secret, by reference.
 # Apply this OR the -raycronjob.yaml beside it, not both, and not with `factory schedule run`.
+# {overlap}
 """
+#: A header line per kind and overlap policy (the module docstring says why each works so).
+_OVERLAP_NOTES = {
+    ("RayCronJob", "skip"): "overlap: skip. The driver takes the job's run lease in the output "
+                            "store first;\n# while another run holds it, it exits 0 and runs "
+                            "nothing.",
+    ("RayCronJob", "queue"): "overlap: queue. The driver takes the job's run lease in the "
+                             "output store first;\n# while another run holds it, it waits "
+                             "(within activeDeadlineSeconds).",
+    ("RayCronJob", "allow"): "overlap: allow. Each slot runs, beside any run of the job still "
+                             "going.",
+    ("CronJob", "skip"): "overlap: skip. The pod asks the RayCluster's Jobs API first; while "
+                         "a run of the job\n# is PENDING or RUNNING, it submits nothing.",
+    ("CronJob", "queue"): "overlap: queue. The pod asks the RayCluster's Jobs API first and "
+                          "waits until no run of\n# the job is PENDING or RUNNING; Forbid "
+                          "drops the slots that come due meanwhile.",
+    ("CronJob", "allow"): "overlap: allow. Each slot submits, beside any run of the job still "
+                          "going.",
+}
 
 
 class _Dumper(yaml.SafeDumper):

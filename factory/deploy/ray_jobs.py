@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+#: A submission in one of these has not ended: it holds (or waits for) the job's resources.
+ACTIVE = frozenset({"PENDING", "RUNNING"})
+#: The metadata key ``submit`` tags each submission with: the job's name (``Job.name``), by
+#: which ``running`` finds a job's runs whoever submitted them.
+JOB_NAME_KEY = "job_name"
 AGENT_WAIT_S = 30.0
 #: Secrets never uploaded with the working directory, wherever they lie in it (gitignore
 #: syntax): env files, private keys and certificates, cloud and SSH credential folders.
@@ -104,7 +109,7 @@ def submit(job_path: str, *, address: str, run_id: str | None = None, season: st
     if _info(client, job.run_id, address, missing_ok=True) is not None:
         raise AlreadySubmittedError(duplicate)
     runtime_env = {"working_dir": str(root), "excludes": excludes, "env_vars": _job_env()}
-    metadata = {"job_name": job.name, "catalog": job.manifest_uri, "season": job.season or "",
+    metadata = {JOB_NAME_KEY: job.name, "catalog": job.manifest_uri, "season": job.season or "",
                 "run_id": job.run_id}
     command = entrypoint(spec_rel, job.run_id, season=pinned, refresh=refresh,
                          budget_usd=budget_usd)
@@ -194,9 +199,17 @@ def list_jobs(*, address: str) -> list[dict[str, Any]]:
         found = [info for info in client.list_jobs() if info.submission_id]  # not ray.init()s
     found.sort(key=lambda info: info.start_time or 0)
     return [{"run_id": info.submission_id, "status": str(info.status.value),
-             "job_name": (info.metadata or {}).get("job_name", ""),
+             "job_name": (info.metadata or {}).get(JOB_NAME_KEY, ""),
              "season": (info.metadata or {}).get("season", ""),
              "start_time": _iso(info.start_time)} for info in found]
+
+
+def running(job_name: str, *, address: str) -> list[str]:
+    """The run ids of ``job_name``'s submissions that have not ended (PENDING or RUNNING),
+    oldest first: every run ``submit`` sent to this cluster, from any machine or scheduler.
+    Ray jobs submitted some other way carry no job name and are not counted."""
+    return [j["run_id"] for j in list_jobs(address=address)
+            if j["job_name"] == job_name and j["status"] in ACTIVE]
 
 
 def wait(run_id: str, *, address: str, timeout_s: float, poll_s: float = 1.0) -> str:

@@ -13,6 +13,7 @@ seen fires: adding ``0 2 * * *`` at 14:00 means "from tonight", not "now".
 State lives in the job's output store, so a scheduler restarted elsewhere carries on::
 
     schedules/<job>/<schedule>/<slot>/fired.json      one create-only object per fire
+    schedules/<job>/<schedule>/<slot>/skipped.json    one per slot skipped for an overlap
     schedules/<job>/<schedule>/seen-<cron hash>.json  when this cron expression was first seen
 
 Create-only objects, not one ``state.json`` replaced per fire: a replace is read-modify-write, so
@@ -24,6 +25,30 @@ Per due slot: skip it if its marker exists; submit with a run id derived from th
 duplicate submission counts as success); then create the marker. A crash in between re-submits
 the same id on restart, which Ray refuses as a duplicate: no fire is lost, each is recorded once.
 (A Ray head that lost its job table would run it again; a rerun of a run id resumes that run.)
+
+Overlap: a schedule's ``overlap`` says what its due slot does while a run of the same job is
+still running. Any run of the job counts, fired by any of its schedules or submitted by hand:
+every run of a job holds the same GPUs and writes the same output. ``running(job_name)`` names
+those runs; ``factory schedule run`` asks the Ray Jobs API (``ray_jobs.running``: submissions
+tagged with the job's name, PENDING or RUNNING), which every driver and scheduler submitting to
+that cluster sees alike. The slot's own run id does not count: a crash between submit and
+marker finds its own run running, and records the fire as above.
+
+- ``skip`` (the default): nothing is submitted; the slot is recorded as skipped (a create-only
+  ``skipped.json`` beside where ``fired.json`` would be, so it counts as handled: it is never
+  retried, by this process or a restarted one, and ``history`` shows it), logged once and
+  counted (``factory_schedule_skipped``, ``factory.core.metrics.SCHEDULER_METRICS``).
+- ``queue``: nothing is recorded and the slot stays due; each tick (at most ``max_sleep_s``
+  apart) asks again, and submits once the run in the way has ended. A later slot that comes
+  due while one waits takes its place (the catch-up policy above: one run, for the latest
+  slot, never one per waiting slot). Nothing of the wait is stored, nor needs to be: a
+  restarted scheduler finds the same slot due and waits for the same run.
+- ``allow``: submitted regardless. Each slot's run has its own run id, and every asset's key
+  is derived from its work, so two runs at once commit separately and hold the same assets.
+
+Two schedules of one job due in the same tick fire in spec order: the second finds the first's
+run PENDING. The check and the submission are two requests, so two schedulers submitting to
+one cluster at once (which a deployment should not have) could both pass it.
 """
 
 from __future__ import annotations
@@ -41,19 +66,22 @@ from typing import Any, Protocol
 
 from croniter import croniter
 
-from factory.spec.cron import MACROS, validate_cron
+from factory.core import metrics
+from factory.spec.cron import MACROS, OVERLAPS, Overlap, validate_cron
 from factory.store.storage import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MACROS", "AlreadySubmitted", "Fire", "Scheduler", "due_slot", "jobs_submitter",
-           "run_id_for", "validate_cron"]
+__all__ = ["MACROS", "AlreadySubmitted", "Fire", "Scheduler", "Skip", "due_slot", "jobs_running",
+           "jobs_submitter", "run_id_for", "validate_cron"]
 
 SLOT_FORMAT = "%Y%m%dT%H%MZ"
 _SLOT = re.compile(r"^\d{8}T\d{4}Z$")
 
 #: ``submit(schedule_name, run_id, season, slot)``; raises ``AlreadySubmitted`` for a duplicate.
 SubmitFn = Callable[[str, str, str | None, datetime], None]
+#: ``running(job_name)``: the run ids of the job's runs that are still running (or pending).
+RunningFn = Callable[[str], list[str]]
 
 
 class AlreadySubmitted(Exception):
@@ -69,6 +97,8 @@ class ScheduleLike(Protocol):
     def cron(self) -> str: ...
     @property
     def season(self) -> str | None: ...
+    @property
+    def overlap(self) -> Overlap: ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,21 @@ class Fire:
     slot: datetime
     run_id: str
     season: str | None = None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """One slot this process did not submit: runs of the job were in the way.
+
+    ``held`` is True for ``overlap: queue`` (still due: submitted once they end), False for
+    ``skip`` (recorded as skipped, never submitted).
+    """
+
+    schedule: str
+    slot: datetime
+    run_id: str
+    running: tuple[str, ...]
+    held: bool = False
 
 
 def due_slot(cron: str, last_fired: datetime | None, now: datetime, *,
@@ -129,31 +174,38 @@ class Scheduler:
         schedules: The job's schedules (``Job.schedules``), names unique.
         submit: ``submit(schedule_name, run_id, season, slot)``; raises ``AlreadySubmitted``
             when ``run_id`` was submitted before, anything else when the fire failed.
+        running: ``running(job_name)``: run ids of the job still running anywhere (for
+            ``overlap``); anything it raises fails the tick's check, retried on the next.
         clock: The current time, timezone-aware.
         sleep: Sleeps for the given seconds (``run`` only).
         max_sleep_s: The longest ``run`` sleeps between ticks.
     """
 
     def __init__(self, *, store: Store, job_name: str, schedules: Sequence[ScheduleLike],
-                 submit: SubmitFn, clock: Callable[[], datetime] = _utcnow,
+                 submit: SubmitFn, running: RunningFn, clock: Callable[[], datetime] = _utcnow,
                  sleep: Callable[[float], None] = time.sleep, max_sleep_s: float = 60.0) -> None:
         problems = [f"{s.name}: {why}" for s in schedules if (why := validate_cron(s.cron))]
+        problems += [f"{s.name}: overlap '{s.overlap}' is not one of {', '.join(OVERLAPS)}"
+                     for s in schedules if s.overlap not in OVERLAPS]
         if len({_slug(s.name) for s in schedules}) != len(schedules):
             problems.append("schedule names must be unique")
         if problems:
             raise ValueError(f"job {job_name}: bad schedules: " + "; ".join(problems))
         self.store, self.job_name, self.schedules = store, job_name, tuple(schedules)
-        self._submit, self._clock, self._sleep = submit, clock, sleep
+        self._submit, self._running, self._clock, self._sleep = submit, running, clock, sleep
         self._max_sleep_s = max_sleep_s
         self._last: dict[str, datetime | None] = {}
         self._first: dict[str, datetime] = {}
+        self._held: dict[str, datetime] = {}  # schedule -> the queued slot already logged
         #: ``schedule: error`` for each schedule the last ``tick`` could not check or fire.
         self.last_errors: list[str] = []
+        #: The slots the last ``tick`` skipped or held because runs of the job were running.
+        self.last_skipped: list[Skip] = []
 
     def tick(self) -> list[Fire]:
         """Check every schedule once and fire what is due; a failure is logged and retried."""
         now = _utc(self._clock())
-        fired, self.last_errors = [], []
+        fired, self.last_errors, self.last_skipped = [], [], []
         for schedule in self.schedules:
             try:
                 fire = self._fire_if_due(schedule, now)
@@ -181,22 +233,16 @@ class Scheduler:
         return min(max(min(waits, default=self._max_sleep_s), 0.05), self._max_sleep_s)
 
     def history(self, schedule: str, *, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest ``limit`` recorded fires of ``schedule``, newest first."""
-        prefix = self._prefix(schedule)
-        records = []
-        for slot in sorted(filter(_SLOT.match, self.store.children(prefix)), reverse=True):
-            if len(records) == limit:
-                break
-            key = f"{prefix}/{slot}/fired.json"
-            if self.store.exists(key):  # a local crash can leave an empty slot folder
-                records.append(json.loads(self.store.read_bytes(key)))
-        return records
+        """The newest ``limit`` recorded slots of ``schedule``, newest first: fired and skipped
+        (``outcome``), each with its slot and run id."""
+        return history(self.store, self.job_name, schedule, limit=limit)
 
     def state(self, schedule: str, *, limit: int = 20) -> dict[str, Any]:
-        """``{"last_fired", "run_id", "history"}`` for ``schedule``, derived from its fires."""
-        fires = self.history(schedule, limit=limit)
+        """``{"last_fired", "run_id", "history"}`` for ``schedule``, derived from its records."""
+        records = self.history(schedule, limit=limit)
+        fires = [r for r in records if r["outcome"] == "fired"]
         return {"last_fired": fires[0]["slot"] if fires else None,
-                "run_id": fires[0]["run_id"] if fires else None, "history": fires}
+                "run_id": fires[0]["run_id"] if fires else None, "history": records}
 
     def _fire_if_due(self, schedule: ScheduleLike, now: datetime) -> Fire | None:
         name, prefix = schedule.name, self._prefix(schedule.name)
@@ -208,17 +254,21 @@ class Scheduler:
         if slot is None:
             return None
         key = f"{prefix}/{slot:{SLOT_FORMAT}}/fired.json"
-        if self.store.exists(key):  # recorded by an earlier process or a peer
+        skipped_key = f"{prefix}/{slot:{SLOT_FORMAT}}/skipped.json"
+        if self.store.exists(key) or self.store.exists(skipped_key):  # an earlier process, a peer
             self._last[name] = slot
             return None
         run_id = run_id_for(self.job_name, name, slot)
+        if schedule.overlap != "allow" and self._in_the_way(schedule, slot, run_id, now):
+            return None
+        self._held.pop(name, None)
         try:
             self._submit(name, run_id, schedule.season, slot)
         except AlreadySubmitted:
             log.info("%s was submitted before (a restart after a crash?); recording it", run_id)
         record = {"job": self.job_name, "schedule": name, "cron": schedule.cron,
                   "season": schedule.season, "slot": slot.isoformat(), "run_id": run_id,
-                  "fired_at": now.isoformat()}
+                  "outcome": "fired", "fired_at": now.isoformat()}
         wrote = self.store.put_if_absent(key, json.dumps(record, indent=2).encode(),
                                          content_type="application/json")
         self._last[name] = slot
@@ -226,6 +276,37 @@ class Scheduler:
             return None
         log.info("schedule %s of job %s: fired %s for slot %s", name, self.job_name, run_id, slot)
         return Fire(schedule=name, slot=slot, run_id=run_id, season=schedule.season)
+
+    def _in_the_way(self, schedule: ScheduleLike, slot: datetime, run_id: str,
+                    now: datetime) -> bool:
+        """Whether runs of the job keep ``slot`` from firing now; records and logs a skip."""
+        name = schedule.name
+        # the slot's own run id: submitted before a crash, its marker not yet written
+        busy = tuple(r for r in self._running(self.job_name) if r != run_id)
+        if not busy:
+            return False
+        shown = ", ".join(busy)
+        if schedule.overlap == "queue":
+            self.last_skipped.append(Skip(name, slot, run_id, busy, held=True))
+            if self._held.get(name) != slot:  # one line per held slot, not one per tick
+                self._held[name] = slot
+                log.warning("schedule %s of job %s: slot %s held until %s ends (overlap: "
+                            "queue)", name, self.job_name, f"{slot:%Y-%m-%d %H:%M}", shown)
+            return True
+        record = {"job": self.job_name, "schedule": name, "cron": schedule.cron,
+                  "season": schedule.season, "slot": slot.isoformat(), "run_id": run_id,
+                  "outcome": "skipped", "skipped_at": now.isoformat(), "running": list(busy)}
+        key = f"{self._prefix(name)}/{slot:{SLOT_FORMAT}}/skipped.json"
+        wrote = self.store.put_if_absent(key, json.dumps(record, indent=2).encode(),
+                                         content_type="application/json")
+        self._last[name] = slot
+        if wrote:  # a peer that recorded it first has logged and counted it
+            self.last_skipped.append(Skip(name, slot, run_id, busy))
+            log.warning("schedule %s of job %s: skipped slot %s, %s still running (overlap: "
+                        "skip)", name, self.job_name, f"{slot:%Y-%m-%d %H:%M}", shown)
+            metrics.scheduler_inc("factory_schedule_skipped",
+                                  {"job_name": self.job_name, "schedule": name})
+        return True
 
     def _first_seen(self, schedule: ScheduleLike, now: datetime) -> datetime:
         cron_hash = hashlib.sha256(schedule.cron.strip().encode()).hexdigest()[:12]
@@ -239,7 +320,41 @@ class Scheduler:
         return self._first[key]
 
     def _prefix(self, schedule: str) -> str:
-        return f"schedules/{_slug(self.job_name)}/{_slug(schedule)}"
+        return _prefix(self.job_name, schedule)
+
+
+def history(store: Store, job_name: str, schedule: str, *,
+            limit: int = 20) -> list[dict[str, Any]]:
+    """The newest ``limit`` recorded slots of one schedule, newest first.
+
+    Each record has ``outcome`` (``fired`` or ``skipped``), ``slot`` and ``run_id`` (the id
+    the slot's run has, or would have had); a skipped one also names the runs in the way.
+    """
+    prefix = _prefix(job_name, schedule)
+    records = []
+    for slot in sorted(filter(_SLOT.match, store.children(prefix)), reverse=True):
+        if len(records) == limit:
+            break
+        for name, outcome in (("fired.json", "fired"), ("skipped.json", "skipped")):
+            key = f"{prefix}/{slot}/{name}"
+            if store.exists(key):  # a local crash can leave an empty slot folder
+                records.append({"outcome": outcome, **json.loads(store.read_bytes(key))})
+                break
+    return records
+
+
+def _prefix(job_name: str, schedule: str) -> str:
+    return f"schedules/{_slug(job_name)}/{_slug(schedule)}"
+
+
+def jobs_running(address: str) -> RunningFn:
+    """A ``running`` for ``Scheduler``: the job's runs PENDING or RUNNING on the cluster."""
+    jobs = importlib.import_module("factory.deploy.ray_jobs")  # late: this module needs no Ray
+
+    def running(job_name: str) -> list[str]:
+        return jobs.running(job_name, address=address)
+
+    return running
 
 
 def jobs_submitter(job_path: str, *, address: str | None, working_dir: str = ".") -> SubmitFn:

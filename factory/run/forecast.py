@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -140,7 +140,8 @@ def probe(job: Job, *, rows: int = PROBE_ROWS) -> Calibration:
     from factory.run.pipeline import run_job
 
     with tempfile.TemporaryDirectory(prefix="factory-probe-") as scratch:
-        probe_job = job.with_overrides(output_uri=scratch, run_id="probe")
+        # a probe is no run of the job's: its webhooks do not hear of it
+        probe_job = replace(job.with_overrides(output_uri=scratch, run_id="probe"), notify=None)
         run_job(probe_job, limit=rows)
         return calibrate(Store(scratch), probe_job)
 

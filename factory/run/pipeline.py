@@ -45,6 +45,7 @@ from factory.sink.assets import (
 )
 from factory.spec.job import Job
 from factory.store.storage import Store
+from factory.publish.catalog import catalog_entry
 from stages.base import StagePlan
 from stages.device_faults import DeviceFault
 from stages.chain import StageChain
@@ -248,7 +249,15 @@ def run_job(job: Job, *, limit: int | None = None,
     the run uncommitted with ``StorageError``, and a device fault in a stage (a CUDA error,
     out of memory: ``stages.device_faults.is_device_fault``) with ``DeviceFault``, naming the stage,
     model and device; running the same run id again resumes it.
+
+    With ``notify:``, the run's end is announced to the job's webhooks after its commit (a
+    failure after it raised), and the result records each delivery (``factory.run.notified``).
     """
+    if job.notify is not None:  # this same run, announced once it ends
+        from factory.run.notified import run_notified
+
+        return run_notified(job, lambda: run_job(replace(job, notify=None), limit=limit,
+                                                 on_progress=on_progress, on_count=on_count))
     started = time.perf_counter()
     # Ordered execution keeps each stage's batches the same from run to run: batched float
     # maths is then bit-identical too, so the same job yields the same bytes on the same machine.
@@ -342,6 +351,7 @@ def run_job(job: Job, *, limit: int | None = None,
                                      **({"channels": [c.name for c in job.channels]}
                                         if job.channels else {}),
                                      "inputs": inputs.as_dict(),
+                                     "catalog": catalog_entry(job),  # what a publish reads
                                      "committed_at": datetime.now(timezone.utc).isoformat()})
     except BaseException as exc:
         recorder.abort()
@@ -356,7 +366,12 @@ def run_job(job: Job, *, limit: int | None = None,
         log.warning("run %s was committed by a concurrent run first; reporting its result",
                     run_id)
         return committed_result(job, run_id, inputs, store, paths)
-    return replace(result, report_path=_write_report(store, run_id))
+    result = replace(result, report_path=_write_report(store, run_id))
+    if job.publish is not None:  # the committed run in its catalog's formats (factory.publish)
+        from factory.run.published import publish_committed
+
+        result = publish_committed(job, store, result)
+    return result
 
 
 def device_fault(exc: BaseException) -> str | None:

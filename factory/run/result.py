@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import ray.data
 
 from factory.core.status import STATUS_OK, STATUS_REJECTED
+from factory.notify.delivery import Notification
 from factory.run.identity import RunInputs, RunInputsMismatch
 from factory.run.recorder import Counts
 from factory.sink.assets import STATUS_EXISTS
@@ -79,6 +80,16 @@ class RunResult:
     budget: Mapping[str, Any] = field(default_factory=dict)
     #: the summary's ``qa``: assets flagged for review, re-renders, their dollars (``factory.spec.qa``)
     qa: Mapping[str, Any] = field(default_factory=dict)
+    #: the webhooks told of the run's end, each delivered or not (``factory.run.notified``);
+    #: sent after the commit, so not in the run's summary
+    notifications: tuple[Notification, ...] = ()
+    #: the files ``publish:`` wrote after the commit (``factory.run.published``), or found
+    #: written before with the same content; not in the run's summary
+    published: tuple[str, ...] = ()
+    #: the publish's warnings (rows without alt text, images past Merchant Center's limit)
+    publish_warnings: tuple[str, ...] = ()
+    #: why ``publish:`` failed ("" when it did not); the run stays committed
+    publish_error: str = ""
 
     @property
     def assets_per_s(self) -> float:

@@ -1,4 +1,5 @@
-"""Cron expressions that both the factory's scheduler and Kubernetes accept.
+"""Cron expressions that both the factory's scheduler and Kubernetes accept, and the overlap
+policies a schedule may name.
 
 A leaf module (croniter only): the spec checks its schedules with it, and the scheduler
 (``factory.deploy.schedule``) and the Kubernetes export (``factory.deploy.kubernetes``) use it, so none of
@@ -8,8 +9,14 @@ them has to import another for it.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from croniter import croniter
+
+#: What a firing does while a run of the same job is still running: ``skip`` records the slot
+#: as skipped and submits nothing, ``queue`` holds it until that run ends, ``allow`` submits.
+Overlap = Literal["skip", "queue", "allow"]
+OVERLAPS: tuple[Overlap, ...] = ("skip", "queue", "allow")
 
 MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _NAMES = re.compile(r"(?i)\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|"

@@ -26,6 +26,8 @@ from factory.catalog.commerce_formats import CatalogOptions
 from factory.spec.channels import Channel, ChannelError
 from factory.spec.job_keys import JobKeys, job_keys
 from factory.spec.prices import Prices, PricingSpec, resolve_prices
+from factory.spec.publish import PublishConfig, PublishSpec, resolve_publish
+from factory.spec.notify import NotifyConfig, NotifySpec, resolve_notify
 from factory.spec.qa import QaConfig, QaSpec, resolve_qa
 from factory.spec.routes import Routes, RoutesSpec, resolve_routes
 from factory.store.s3 import S3Options
@@ -150,6 +152,11 @@ class JobSpec(Strict):
     budget: BudgetSpec | None = None
     #: A brand QA gate on what the stages measure (``factory.spec.qa``).
     qa: QaSpec | None = None
+    #: Webhooks told when a run ends (``factory.spec.notify``); not part of a run's identity.
+    notify: NotifySpec | None = None
+    #: Publishing each committed run back to its catalog's formats (``factory.spec.publish``);
+    #: not part of a run's identity.
+    publish: PublishSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,10 @@ class Job:
     budget_usd: Decimal | None = None
     #: The brand QA gate (``factory.spec.qa``); None: no gate, no extra pass.
     qa: QaConfig | None = None
+    #: The webhooks told when a run ends (``factory.spec.notify``); None: none.
+    notify: NotifyConfig | None = None
+    #: The formats each committed run is published in (``factory.spec.publish``); None: none.
+    publish: PublishConfig | None = None
     #: The assets' key fingerprints (``factory.spec.job_keys``), derived from the fields above.
     keys: JobKeys = field(init=False, repr=False, compare=False)
     #: The actor pools and what each asks Ray for (``stages.chain.pool_layout``), likewise.
@@ -327,11 +338,17 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
             problems.append(f"keep_intermediates[{i}]: no stage named '{name}' "
                             f"(stages: {', '.join(names)})")
     qa = resolve_qa(spec.qa, plans, routes, problems) if spec.qa is not None else None
+    notify = resolve_notify(spec.notify, problems) if spec.notify is not None else None
+    publish = resolve_publish(
+        spec.publish, channels=tuple(c.name for c in channels), manifest_format=manifest_format,
+        problems=problems, warnings=warnings) if spec.publish is not None else None
     if problems:
         raise SpecError(source, problems)
     # prices change what a run costs, not what it renders: they are not part of its identity;
-    # a budget is, as a run input of its own (``factory.run.identity``), whether spec or --budget
-    hashed = {k: v for k, v in data.items() if k not in ("pricing", "budget")}
+    # a budget is, as a run input of its own (``factory.run.identity``), whether spec or --budget;
+    # webhooks change who hears of a run, not what it renders; publishing, where it is written
+    hashed = {k: v for k, v in data.items()
+              if k not in ("pricing", "budget", "notify", "publish")}
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
     return Job(
         name=spec.name,
@@ -360,6 +377,8 @@ def parse_job(data: Any, *, source: str = "<spec>") -> Job:
         routes=routes,
         budget_usd=spec.budget.usd if spec.budget is not None else None,
         qa=qa,
+        notify=notify,
+        publish=publish,
     )
 
 
@@ -522,6 +541,8 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
                 parts.append(str(loc))
         key = ".".join(parts) or "top level"
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err['input']!r})"
+        # ``notify:`` may hold a secret pasted where it does not belong: never quoted back
+        quiet = err["type"] in ("extra_forbidden", "missing") or err["loc"][:1] == ("notify",)
+        got = "" if quiet else f" (got {err['input']!r})"
         problems.append(f"{key}: {message}{got}"[:500])
     return problems

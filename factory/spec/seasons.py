@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from factory.core.strict import Strict
+from factory.spec.cron import Overlap
 from factory.spec.templating import TemplateError, template_fields
 from stages.base import StagePlan
 
@@ -36,11 +37,17 @@ class SeasonSpec(Strict):
 
 
 class ScheduleSpec(Strict):
-    """A cron schedule that submits a refresh of this job."""
+    """A cron schedule that submits a refresh of this job.
+
+    ``overlap`` says what a due slot does while a run of the same job (from any schedule, or
+    submitted by hand) is still running: ``skip`` it, ``queue`` it until that run ends, or
+    ``allow`` a second run beside it (``factory.deploy.schedule`` has the details).
+    """
 
     name: str = Field(pattern=_NAME)
     cron: str
     season: str | None = None
+    overlap: Overlap = "skip"
 
 
 def check_seasons(seasons: Sequence[SeasonSpec], schedules: Sequence[ScheduleSpec],

@@ -6,7 +6,9 @@ connection goes to the checked address itself, so a DNS answer that changes betw
 connect (rebinding) reaches nothing unchecked. Redirects are followed here, each hop checked
 again; retries and backoff are urllib3's ``Retry``; bodies are streamed, bounded in size and
 time. ``s3://`` goes through ``factory.store.s3`` (botocore's retries); a path must stay inside the
-manifest's folder.
+manifest's folder. The URL check (``check_url``), its connection pool (``open_pool``) and the
+deadline-bound retry policy (``DeadlineRetry``) also serve webhook delivery
+(``factory.notify.delivery``).
 """
 
 from __future__ import annotations
@@ -140,13 +142,14 @@ def _release(response) -> None:
     response.release_conn()
 
 
-class _DeadlineRetry(Retry):
-    """urllib3's ``Retry``, whose waits and attempts also stop at the fetch's deadline (a
-    ``Retry-After: 3600`` would otherwise sleep an hour)."""
+class DeadlineRetry(Retry):
+    """urllib3's ``Retry``, whose waits and attempts also stop at ``deadline`` (a
+    ``time.monotonic()`` instant; a ``Retry-After: 3600`` would otherwise sleep an hour).
+    A photo fetch's deadline, and a webhook delivery's (``factory.notify.delivery``)."""
 
     deadline = math.inf
 
-    def new(self, **changes) -> _DeadlineRetry:  # urllib3's own signature
+    def new(self, **changes) -> DeadlineRetry:  # urllib3's own signature
         retry = super().new(**changes)
         retry.deadline = self.deadline
         return retry
@@ -163,7 +166,10 @@ class _DeadlineRetry(Retry):
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
+    """An HTTP(S) URL checked against a ``FetchPolicy`` (``check_url``): where its
+    connection goes, and what the request names."""
+
     shown: str  # the URL without query or credentials, for reasons
     scheme: str
     hostname: str  # IDNA-encoded, lower case
@@ -171,6 +177,75 @@ class _Target:
     address: str  # the checked address the connection goes to
     host_header: str
     path: str
+
+
+def check_url(url: str, policy: FetchPolicy) -> Target:
+    """Scheme, host and every address the host resolves to (once) checked against ``policy``:
+    the ``Target`` names the checked address, which is the one to connect to.
+
+    Raises:
+        PhotoError: the URL is refused (its ``reason`` says why) or its host does not resolve.
+    """
+    parts = _split(url)
+    shown, scheme = _shown(parts), parts.scheme.lower()
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+        literal = _literal(parts.hostname or "")
+        hostname = str(literal) if literal is not None else (
+            (parts.hostname or "").rstrip(".").encode("idna").decode("ascii"))
+    except (ValueError, UnicodeError) as exc:
+        raise PhotoError(f"refused: malformed URL {shown} ({exc})") from None
+    if scheme not in ("http", "https"):
+        raise PhotoError(f"refused: scheme {scheme}:// is not allowed ({shown})")
+    if not hostname:
+        raise PhotoError(f"refused: no host in {shown}")
+    if parts.username is not None or parts.password is not None:
+        raise PhotoError("refused: credentials in a photo URL")
+    if policy.allow_hosts and not any(
+            hostname == p or (p.startswith("*.") and hostname.endswith(p[1:]))
+            for p in (a.lower().rstrip(".") for a in policy.allow_hosts)):
+        raise PhotoError(f"refused: host {hostname} is not in allow_hosts")
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise PhotoError(f"cannot resolve {hostname}: {exc}") from None
+        addresses = list(dict.fromkeys(
+            ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+        if not addresses:
+            raise PhotoError(f"cannot resolve {hostname}: no addresses")
+    private = {h.lower().rstrip(".") for h in policy.allow_private}
+    allowed = hostname in private or (
+        literal is not None and literal in {_literal(h) for h in private})
+    for address in addresses:
+        kind = None if allowed else _not_public(address)
+        if kind:
+            said = (f"{address} is" if literal is not None
+                    else f"{hostname} resolves to {address},")
+            raise PhotoError(f"refused: {said} a {kind} address "
+                             "(allow it by name in allow_private)")
+    path = quote(parts.path or "/", safe=_SAFE)
+    if parts.query:
+        path += "?" + quote(parts.query, safe=_SAFE + "?")
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    return Target(shown=shown, scheme=scheme, hostname=hostname, port=port,
+                  address=str(addresses[0]),
+                  host_header=host if parts.port is None else f"{host}:{port}", path=path)
+
+
+def open_pool(target: Target, *, maxsize: int) -> urllib3.HTTPConnectionPool:
+    """A connection pool to ``target``'s checked address; over HTTPS, with SNI and the
+    certificate checked for the name in the URL."""
+    common = dict(host=target.address, port=target.port, maxsize=maxsize, block=False)
+    if target.scheme == "https":
+        # Connect to the checked address, but do TLS (SNI and certificate
+        # check) for the name in the URL.
+        return urllib3.HTTPSConnectionPool(
+            **common, server_hostname=target.hostname,
+            assert_hostname=target.hostname, cert_reqs="CERT_REQUIRED")
+    return urllib3.HTTPConnectionPool(**common)
 
 
 class PhotoFetcher:
@@ -189,8 +264,6 @@ class PhotoFetcher:
         self._s3_options = s3_options
         self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
-        self._private = {h.lower().rstrip(".") for h in policy.allow_private}
-        self._private_ips = {ip for ip in map(_literal, self._private) if ip is not None}
 
     def fetch(self, ref: str, *, validators: Validators | None = None) -> Fetched:
         """Fetch one reference; with ``validators``, conditionally (data None if unchanged).
@@ -220,69 +293,12 @@ class PhotoFetcher:
 
     # -- HTTP(S) -------------------------------------------------------------------------
 
-    def _check(self, url: str) -> _Target:
-        """Scheme, host and every resolved address checked against the policy."""
-        parts = _split(url)
-        shown, scheme = _shown(parts), parts.scheme.lower()
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-            literal = _literal(parts.hostname or "")
-            hostname = str(literal) if literal is not None else (
-                (parts.hostname or "").rstrip(".").encode("idna").decode("ascii"))
-        except (ValueError, UnicodeError) as exc:
-            raise PhotoError(f"refused: malformed URL {shown} ({exc})") from None
-        if scheme not in ("http", "https"):
-            raise PhotoError(f"refused: scheme {scheme}:// is not allowed ({shown})")
-        if not hostname:
-            raise PhotoError(f"refused: no host in {shown}")
-        if parts.username is not None or parts.password is not None:
-            raise PhotoError("refused: credentials in a photo URL")
-        if self.policy.allow_hosts and not any(
-                hostname == p or (p.startswith("*.") and hostname.endswith(p[1:]))
-                for p in (a.lower().rstrip(".") for a in self.policy.allow_hosts)):
-            raise PhotoError(f"refused: host {hostname} is not in allow_hosts")
-        if literal is not None:
-            addresses = [literal]
-        else:
-            try:
-                infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
-            except (OSError, UnicodeError) as exc:
-                raise PhotoError(f"cannot resolve {hostname}: {exc}") from None
-            addresses = list(dict.fromkeys(
-                ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
-            if not addresses:
-                raise PhotoError(f"cannot resolve {hostname}: no addresses")
-        allowed = hostname in self._private or literal in self._private_ips
-        for address in addresses:
-            kind = None if allowed else _not_public(address)
-            if kind:
-                said = (f"{address} is" if literal is not None
-                        else f"{hostname} resolves to {address},")
-                raise PhotoError(f"refused: {said} a {kind} address "
-                                 "(allow it by name in allow_private)")
-        path = quote(parts.path or "/", safe=_SAFE)
-        if parts.query:
-            path += "?" + quote(parts.query, safe=_SAFE + "?")
-        host = f"[{hostname}]" if ":" in hostname else hostname
-        return _Target(shown=shown, scheme=scheme, hostname=hostname, port=port,
-                       address=str(addresses[0]),
-                       host_header=host if parts.port is None else f"{host}:{port}", path=path)
-
-    def _pool(self, target: _Target) -> urllib3.HTTPConnectionPool:
+    def _pool(self, target: Target) -> urllib3.HTTPConnectionPool:
         key = (target.scheme, target.address, target.port, target.hostname)
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                common = dict(host=target.address, port=target.port,
-                              maxsize=self.policy.concurrency, block=False)
-                if target.scheme == "https":
-                    # Connect to the checked address, but do TLS (SNI and certificate
-                    # check) for the name in the URL.
-                    pool = urllib3.HTTPSConnectionPool(
-                        **common, server_hostname=target.hostname,
-                        assert_hostname=target.hostname, cert_reqs="CERT_REQUIRED")
-                else:
-                    pool = urllib3.HTTPConnectionPool(**common)
+                pool = open_pool(target, maxsize=self.policy.concurrency)
                 if len(self._pools) >= _MAX_POOLS:  # many hosts, or round-robin DNS
                     self._pools.pop(next(iter(self._pools))).close()  # in-use ones still finish
                 self._pools[key] = pool
@@ -298,7 +314,7 @@ class PhotoFetcher:
             headers["If-Modified-Since"] = validators.last_modified
         url = ref
         for _hop in range(policy.max_redirects + 1):
-            target = self._check(url)
+            target = check_url(url, self.policy)
             response = self._request(target, headers, deadline)
             try:
                 status = response.status
@@ -321,12 +337,12 @@ class PhotoFetcher:
                 _release(response)
         raise PhotoError(f"too many redirects (more than {policy.max_redirects})")
 
-    def _request(self, target: _Target, headers: dict[str, str], deadline: float):
+    def _request(self, target: Target, headers: dict[str, str], deadline: float):
         policy = self.policy
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise PhotoError(f"timed out after {policy.total_timeout_s} s")
-        retry = _DeadlineRetry(
+        retry = DeadlineRetry(
             total=policy.retries, status_forcelist=(429, 500, 502, 503, 504),
             allowed_methods=frozenset({"GET"}), backoff_factor=policy.backoff_s,
             backoff_max=policy.total_timeout_s, respect_retry_after_header=True,
@@ -346,7 +362,7 @@ class PhotoFetcher:
         except ValueError as exc:  # http.client refusing a header or path it cannot send
             raise PhotoError(f"refused: cannot request {target.shown}: {exc}") from None
 
-    def _explain(self, exc: BaseException, target: _Target, read_s: float) -> PhotoError:
+    def _explain(self, exc: BaseException, target: Target, read_s: float) -> PhotoError:
         if isinstance(exc, NewConnectionError):  # before ConnectTimeoutError: a subclass
             return PhotoError(f"cannot connect to {target.host_header}: {exc}")
         if isinstance(exc, ConnectTimeoutError):

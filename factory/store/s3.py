@@ -86,6 +86,9 @@ def client(options: S3Options) -> Any:
         read_timeout=options.read_timeout,
         s3={"addressing_style": options.addressing_style},
         region_name=options.region,
+        # named, so presigned URLs (``factory.publish.links``) are SigV4 as requests are:
+        # left unset, botocore presigns some endpoints with the deprecated SigV2
+        signature_version="s3v4",
     )
     s3 = boto3.session.Session().client("s3", endpoint_url=options.endpoint_url, config=config)
     s3.meta.events.register("needs-retry.s3.PutObject",

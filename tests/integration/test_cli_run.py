@@ -190,3 +190,45 @@ def test_two_runs_of_the_same_job_at_once_give_one_result(tmp_path, local_ray, m
     assert sorted(r.already_committed for r in results) == [False, True]
     assert [r.counts.assets for r in results] == [35, 35]
     assert len(list((out / "runs" / "twin").glob("lineage*"))) == 1
+
+
+def test_two_scheduled_runs_of_one_job_at_once_commit_the_same_assets(tmp_path, local_ray,
+                                                                       models_dir):
+    """``overlap: allow``: two slots' runs at once, each under its slot's run id, both commit;
+    the assets are content-addressed, so both name the same keys and each is written once."""
+    import threading
+    from datetime import datetime, timezone
+
+    from factory.deploy.schedule import run_id_for
+    from factory.run.pipeline import run_job
+    from factory.spec.job import load_job
+
+    catalog = write_catalog(tmp_path / "c.csv", 12)  # no bad rows below 30; one injected failure
+    out = tmp_path / "o"
+    job = load_job(job_spec(tmp_path, catalog, out, name="slots"))
+    run_ids = [run_id_for("slots", "hourly", datetime(2025, 3, 1, h, tzinfo=timezone.utc))
+               for h in (11, 12)]
+    results, errors = {}, []
+
+    def go(run_id: str) -> None:
+        try:
+            results[run_id] = run_job(job.with_overrides(run_id=run_id))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(rid,)) for rid in run_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert [results[rid].already_committed for rid in run_ids] == [False, False]  # both commit
+    keys = []
+    for rid in run_ids:
+        lineage, summary = read_lineage(Store(str(out)), rid)
+        keys.append(sorted(r["output_key"] for r in lineage.to_pylist() if r["status"] == "ok"))
+        assert summary["assets"] == 11
+    assert keys[0] == keys[1] and len(keys[0]) == 11
+    files = sorted(str(p.relative_to(out)) for p in (out / "assets").rglob("*") if p.is_file())
+    assert files == keys[0]  # one object per asset
+    assert sum(results[rid].counts.written for rid in run_ids) == 11  # create-only: one writer

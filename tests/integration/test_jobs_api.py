@@ -207,8 +207,10 @@ def test_stop_cancels_a_running_job(head, tmp_path):
             pytest.fail(f"{state}, no asset yet:\n{''.join(driver)[-3000:]}")
         time.sleep(0.5)
     assert jobs.status(run_id, address=head.address)["status"] == "RUNNING"
+    assert jobs.running("long", address=head.address) == ["long-1"]  # what overlap: asks
     assert jobs.stop(run_id, address=head.address) is True
     assert jobs.wait(run_id, address=head.address, timeout_s=60) == "STOPPED"
+    assert jobs.running("long", address=head.address) == []
     assert not is_committed(Store(str(out)), run_id)
     assert jobs.stop(run_id, address=head.address) is False
 

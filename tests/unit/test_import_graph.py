@@ -137,6 +137,13 @@ NEVER = {
     "factory.deploy": ("factory.run", "factory.cli"),
     "factory.catalog": ("factory.run", "factory.cli"),
     "factory.lora": ("factory.cli",),
+    # publishing a committed run: factory.core, store, spec, catalog and sink only
+    "factory.publish": ("factory.run", "factory.cli", "factory.deploy", "factory.lora",
+                        "factory.cost", "factory.notify", "stages"),
+    # webhook notifications: factory.core, factory.store and factory.spec only
+    "factory.notify": ("factory.catalog", "factory.cost", "factory.sink", "factory.run",
+                       "factory.lora", "factory.deploy", "factory.cli", "factory.publish",
+                       "stages"),
 }
 
 

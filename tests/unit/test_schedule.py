@@ -37,6 +37,7 @@ class Sched:
     name: str
     cron: str
     season: str | None = None
+    overlap: str = "skip"
 
 
 class Clock:
@@ -73,7 +74,7 @@ def _utc(*args: int) -> datetime:
 
 def _scheduler(tmp_path, clock, submit, schedules=(Sched("hourly", "0 * * * *"),)):
     return Scheduler(store=Store(str(tmp_path / "out")), job_name="catalog", schedules=schedules,
-                     submit=submit, clock=clock, sleep=lambda s: None)
+                     submit=submit, running=lambda job: [], clock=clock, sleep=lambda s: None)
 
 
 def test_due_slot_window_and_coalescing() -> None:
@@ -214,7 +215,7 @@ def test_run_sleeps_until_the_next_slot_and_stops(tmp_path) -> None:
 
     scheduler = Scheduler(store=Store(str(tmp_path / "out")), job_name="catalog",
                           schedules=(Sched("hourly", "0 * * * *"),), submit=submit,
-                          clock=clock, sleep=sleep)
+                          running=lambda job: [], clock=clock, sleep=sleep)
     scheduler.run(stop=lambda: len(slept) >= 3)
     assert slept == [30.0, 60.0, 60.0]  # to 11:00, then capped at 60 s
     assert submit.run_ids == ["catalog-hourly-20250301T1100Z"]
@@ -282,8 +283,9 @@ def test_export_writes_a_rayjob_and_per_schedule_a_raycronjob_and_a_fallback(tmp
     assert (cron["apiVersion"], cron["kind"]) == ("ray.io/v1", "RayCronJob")
     assert cron["spec"]["schedule"] == "0 2 * * *"
     assert cron["spec"]["timeZone"] == "Etc/UTC"
-    assert cron["spec"]["jobTemplate"]["entrypoint"] == \
-        "python -m factory.cli.main refresh /app/jobs/catalog.yaml --season summer"
+    assert cron["spec"]["jobTemplate"]["entrypoint"] == (
+        "python -m factory.cli.main refresh /app/jobs/catalog.yaml --season summer "
+        "--overlap skip --lease-ttl 21600")  # the default overlap: the driver takes the lease
     assert cron["spec"]["jobTemplate"]["shutdownAfterJobFinishes"] is True
 
     (fallback,) = docs["spring-catalog-nightly-cronjob.yaml"]
@@ -295,7 +297,7 @@ def test_export_writes_a_rayjob_and_per_schedule_a_raycronjob_and_a_fallback(tmp
     container = pod["containers"][0]
     assert container["command"] == ["factory", "submit", "jobs/catalog.yaml", "--address",
                                     "http://asset-factory-head-svc:8265", "--refresh",
-                                    "--season", "summer"]
+                                    "--season", "summer", "--overlap", "skip"]
     assert container["workingDir"] == kubernetes.APP_DIR
     env = {e["name"]: e for e in container["env"]}
     assert env["RAY_AUTH_MODE"]["value"] == "token"
