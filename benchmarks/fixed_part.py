@@ -9,14 +9,16 @@ in one process (``init_ray`` then ``run_job``), which marks:
 * ``imports``: interpreter start → the factory's driver modules imported;
 * ``ray start``: ``init_ray`` (a local Ray of its own, the dashboard on or off);
 * ``plan``: manifest scan, store probe and work list until the count is known (``on_count``);
-* ``first asset``: the count → the first rendered row reaches the driver. This holds Ray
-  Data's first execution and each actor pool's start: a worker process, the stage's imports
-  and its model load (the actors' own ``__init__`` seconds are read from Ray's task events);
+* ``first asset``: the count → the first rendered row reaches the driver. This holds the
+  render's Ray Data execution start, each actor pool's start (a worker process, the stages'
+  imports, their model loads) and the first blocks' rendering;
 * ``commit+report``: the last batch → ``run_job`` returned (tables, commit, report);
 * ``shutdown``: ``ray.shutdown()``.
 
-The fixed part is the whole run less the steady rendering between the first and the last
-asset. Goal (PERFORMANCE.md): the factory's fixed part within 1.3× the loop's load time.
+The part per asset is the steady rate (the assets after the first batch over the time from
+the first asset to the last) times every asset; the fixed part is the rest of the whole run.
+Where every asset reaches the driver at once there is no steady rate and the whole run counts
+as fixed (an upper bound). Goal (PERFORMANCE.md): the factory's fixed part within 1.3× the loop's load time.
 
     python benchmarks/fixed_part.py --chain demo --rows 24 --repeats 3
     python benchmarks/fixed_part.py --chain mission --rows 24 --repeats 3 --no-dashboard
@@ -68,14 +70,17 @@ def factory_timeline(spec: Path, out: Path, run_id: str, dashboard: bool) -> dic
     def on_count(_counted) -> None:
         marks["plan"] = time.perf_counter()
 
+    assets = {}
+
     def on_progress(counts, _rows) -> None:
         if counts.assets and "first asset" not in marks:
             marks["first asset"] = time.perf_counter()
+            assets["first"] = counts.assets
         marks["steady"] = time.perf_counter()  # the last batch so far
+        assets["last"] = counts.assets
 
     run_job(job, on_progress=on_progress, on_count=on_count)
     marks["commit+report"] = time.perf_counter()
-    inits = _actor_inits()
     ray.shutdown()
     marks["shutdown"] = time.perf_counter()
     seconds, last = {}, t0
@@ -83,25 +88,13 @@ def factory_timeline(spec: Path, out: Path, run_id: str, dashboard: bool) -> dic
         seconds[phase] = marks[phase] - last
         last = marks[phase]
     whole = last - t0
-    return {"phases": seconds, "whole": whole, "fixed": whole - seconds["steady"],
-            "actor_init_s": inits}
-
-
-def _actor_inits() -> list[float]:
-    """Each actor's ``__init__`` seconds, from Ray's task events (imports and model load)."""
-    try:
-        from ray.util.state import list_tasks
-
-        tasks = list_tasks(filters=[("type", "=", "ACTOR_CREATION_TASK")], detail=True,
-                           raise_on_missing_output=False)
-    except Exception:  # noqa: BLE001 - the state API is best effort here
-        return []
-    out = []
-    for task in tasks:
-        events = {e["state"]: e["created_ms"] for e in (task.events or [])}
-        if "RUNNING" in events and "FINISHED" in events:
-            out.append((events["FINISHED"] - events["RUNNING"]) / 1000.0)
-    return sorted(out)
+    # the steady rate (assets after the first batch ÷ the time they took) times every asset is
+    # the run's part per asset; the rest is fixed. Where every asset arrived at once there is no
+    # steady rate: the whole run counts as fixed (an upper bound).
+    after = assets["last"] - assets["first"]
+    per_asset = seconds["steady"] / after if after > 0 and seconds["steady"] > 0 else 0.0
+    return {"phases": seconds, "whole": whole, "fixed": whole - per_asset * assets["last"],
+            "per_asset": per_asset}
 
 
 def loop_timeline(spec: Path, out: Path) -> dict[str, Any]:
@@ -176,10 +169,7 @@ def main() -> None:
     print("| phase | factory s |\n|---|---|")
     for phase in PHASES:
         print(f"| {phase} | {med(f['phases'][phase] for f in factories):.2f} |")
-    inits = [s for f in factories for s in f["actor_init_s"]]
-    if inits:
-        print(f"actor __init__ (imports + model load): median {med(inits):.2f} s over "
-              f"{len(inits)} actors")
+    print(f"part per asset {med(f['per_asset'] for f in factories) * 1000:.0f} ms")
     fixed, load = med(f["fixed"] for f in factories), med(l["load"] for l in loops)
     print(f"factory fixed part {fixed:.2f} s (whole {med(f['whole'] for f in factories):.2f} s); "
           f"loop load {load:.2f} s (imports {med(l['imports'] for l in loops):.2f} s); "

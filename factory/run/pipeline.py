@@ -134,9 +134,19 @@ def prepare_rows(rows: int, *, sources: bool = False) -> int:
     return max(PREPARE_ROWS, min(PREPARE_MAX_ROWS, -(-rows // PREPARE_BLOCKS)))
 
 
+def pool_size(concurrency: int, rows: int | None, block: int) -> int:
+    """Actors a pool starts: its ``concurrency``, or fewer when the run has fewer blocks of
+    ``block`` rows to render than that (``rows``; None: not known). Every actor loads its
+    model before its first batch; one with no block to take would load it for nothing."""
+    if rows is None:
+        return concurrency
+    return max(1, min(concurrency, -(-rows // block)))
+
+
 def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bool = True,
                    labels: RunLabels = RunLabels(), budget: Budget | None = None,
-                   admitted: bool = False) -> tuple[ray.data.Dataset, ...]:
+                   admitted: bool = False, rows: int | None = None
+                   ) -> tuple[ray.data.Dataset, ...]:
     """Lazy Ray Data plans over one materialised work list: the rows whose assets already
     exist or that were rejected (straight to the sink's lineage, no stage touches them) and,
     when ``render``, the rows to render through the stages' actor pools (``stages.chain.pools``).
@@ -145,7 +155,8 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
     actor pool; with nothing to render, no pool starts and no model loads. With a ``budget``,
     its gate admits each block's rows before the first pool (``factory.cost.budget``), unless
     they are ``admitted`` already (QA re-renders, admitted by the QA check), and the QA check
-    asks it before it sends a row back for another render.
+    asks it before it sends a row back for another render. ``rows``, the rows to render where
+    known, caps each pool at the blocks there are (``pool_size``).
     """
     sink, sink_settings = sink_task(job, store, labels)
     done = work.map_batches(select_rows, fn_kwargs={"render": False}, batch_size=None,
@@ -177,7 +188,7 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
             fn_constructor_kwargs={**kwargs, "labels": labels},
             batch_size=r.batch_size,
             batch_format="numpy",
-            compute=ActorPoolStrategy(size=r.concurrency),
+            compute=ActorPoolStrategy(size=pool_size(r.concurrency, rows, block_rows(job))),
             num_gpus=r.num_gpus,
             num_cpus=r.num_cpus,
         )
@@ -320,7 +331,8 @@ def run_job(job: Job, *, limit: int | None = None,
                 on_progress(recorder.counts, info.rows)
 
         for ds, role in zip(build_datasets(job, work, store, render=counted.to_render > 0,
-                                           labels=labels, budget=budget), ("finished", "render")):
+                                           labels=labels, budget=budget,
+                                           rows=counted.to_render), ("finished", "render")):
             if role == "finished" and counted.to_render == counted.rows:
                 continue  # every row renders: no execution (and its start-up) for none
             ds.set_name(f"{run_id}:{role}")
