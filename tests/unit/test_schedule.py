@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import types
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -22,6 +21,7 @@ from factory.deploy.schedule import (
     AlreadySubmitted, Scheduler, due_slot, jobs_submitter, run_id_for, validate_cron,
 )
 from factory.store.storage import Store
+from tests.support.schedules import Clock, Sched
 
 CLUSTER = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "asset-factory"},
            "spec": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [
@@ -30,25 +30,6 @@ CLUSTER = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name":
                    {"name": "ray-worker", "image": "asset-factory:0.1.0"}]}}}]}}
 
 T0 = datetime(2025, 3, 1, 10, 7, tzinfo=timezone.utc)  # a Saturday, 10:07 UTC
-
-
-@dataclass(frozen=True)
-class Sched:
-    name: str
-    cron: str
-    season: str | None = None
-    overlap: str = "skip"
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 class FakeSubmit:

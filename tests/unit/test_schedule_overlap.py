@@ -18,7 +18,6 @@ import json
 import logging
 import shlex
 import types
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from factory.deploy.overlap import RunLease, await_turn
 from factory.deploy.schedule import AlreadySubmitted, Scheduler, history
 from factory.spec.job import SpecError, parse_job
 from factory.store.storage import Store
+from tests.support.schedules import Clock, Sched
 
 REPO = Path(__file__).resolve().parents[2]
 RAYCRONJOB_SCHEMA = REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0" / "raycronjob.json"
@@ -41,25 +41,6 @@ CLUSTER = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name":
            "spec": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [
                {"name": "ray-head", "image": "asset-factory:0.1.0"}]}}}}}
 T11 = datetime(2025, 3, 1, 11, 0, tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class Sched:
-    name: str
-    cron: str
-    season: str | None = None
-    overlap: str = "skip"
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 class Cluster:
