@@ -27,13 +27,21 @@ STEPS, EVERY = 24, 3
 def kill_worker_after_first_checkpoint(run_root: Path, stop: threading.Event,
                                        killed: list[int]) -> None:
     """SIGKILL the Ray Train worker once the controller has registered a checkpoint (its
-    snapshot file appears), as a node losing the process would."""
+    snapshot file appears), as a node losing the process would. Only this test's worker: the
+    local Ray's processes descend from this process, and another test process on the machine
+    may be training at the same time (``factory lora demo``)."""
+    import os
+
     import psutil
 
     while not stop.is_set():
         if any(run_root.glob("lora-*/checkpoint_manager_snapshot.json")):
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+            for proc in psutil.Process(os.getpid()).children(recursive=True):
+                try:
+                    cmdline = " ".join(proc.cmdline())
+                except psutil.Error:  # ended meanwhile
+                    continue
+                if "RayTrainWorker" in cmdline:
                     proc.kill()
                     killed.append(proc.pid)
             if killed:
