@@ -94,6 +94,30 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class HostedApi:
+    """Where a hosted model lives and how it bills (``stages.hosted``): a card's ``hosted``.
+
+    Attributes:
+        provider: the provider's client that calls it (``fal``).
+        endpoint: the provider's id of the model (``fal-ai/flux-pro/v1.1``).
+        unit: what a result is billed by: ``megapixels`` (of the image delivered), ``images``
+            or ``seconds`` (of inference, as the provider reports it).
+        usd_per_unit: the provider's published price per unit (a job's ``pricing`` may
+            override it per card).
+        price_source: where and when that price was read.
+        concurrency: requests one actor keeps in flight at most (the provider's limit per key,
+            shared out over the pool's actors by the job's ``concurrency``).
+    """
+
+    provider: str
+    endpoint: str
+    unit: str
+    usd_per_unit: float
+    price_source: str = ""
+    concurrency: int = 4
+
+
+@dataclass(frozen=True)
 class StageCard:
     """A model as data. Adding a model of an existing family is adding a card.
 
@@ -123,6 +147,8 @@ class StageCard:
             what the tiny stand-in of the contract suite is built as.
         cuda_dtype: the dtype its model card advises on a GPU; ``dtype: auto`` (the default)
             resolves to it on CUDA and to float32 on a CPU.
+        hosted: for a model behind a provider's API (``stages.hosted``): which, and its price
+            per billed unit; None for a model that runs on the cluster.
     """
 
     name: str
@@ -143,6 +169,7 @@ class StageCard:
     family: str = ""
     cuda_dtype: str = "float32"
     cpu_only: bool = False
+    hosted: HostedApi | None = None
 
     def make_params(self, overrides: Mapping[str, Any] = MappingProxyType({})) -> StageParams:
         """The typed params: the params class's defaults, then the card's, then ``overrides``
@@ -179,6 +206,9 @@ class StagePlan:
     cache_dir: str = ""
     routes: tuple[str, ...] = ()
     weights: str = ""
+    #: for a hosted stage: the run's output store URI, where it keeps the requests it made
+    #: (``stages.hosted``), set by the pipeline; empty: no record (outside a run)
+    requests_uri: str = ""
 
     @property
     def model_id(self) -> str:

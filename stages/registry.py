@@ -5,8 +5,9 @@ Adding a model of an existing family is adding a card here, no new class.
 
 from __future__ import annotations
 
-from stages.base import Resources, StageCard
+from stages.base import HostedApi, Resources, StageCard
 from stages.generate_diffusers import DiffusersGenerator, FluxGenerateParams, GenerateParams
+from stages.hosted import HostedGenerateParams, HostedGenerator, HostedScene, HostedSceneParams
 from stages.lora_diffusers import LoraImg2Img, LoraParams
 from stages.recolor_lab import LabRecolor, RecolorParams
 from stages.scene_inpaint import (SCENE_METRICS, SCENE_OUTPUTS, DiffusersScene,
@@ -108,6 +109,28 @@ CARDS: tuple[StageCard, ...] = (
         family="flux",
         cuda_dtype="bfloat16",
         defaults={"width": 1024, "height": 1024, "steps": 4, "guidance": 0.0},
+    ),
+    StageCard(
+        name="generate/fal-flux-pro",
+        kind="generate",
+        cpu_only=True,  # the provider's GPUs: the actor only waits on the network
+        runtime=HostedGenerator,
+        params=HostedGenerateParams,
+        revision="v1.1",
+        inputs=_TEXT,
+        outputs=_IMAGE,
+        resources=Resources(num_gpus=0, num_cpus=0.25, batch_size=8, concurrency=1),
+        cost_weight=40.0,
+        description="FLUX1.1 [pro] on fal's queue API (fal-client; FAL_KEY): hero shots from "
+                    "a premium model, billed per megapixel",
+        defaults={"width": 1024, "height": 1024},
+        hosted=HostedApi(
+            provider="fal", endpoint="fal-ai/flux-pro/v1.1", unit="megapixels",
+            usd_per_unit=0.04,
+            # listings read in 2026 disagree ($0.04 per image to $0.055 per megapixel): put
+            # the price fal's model page shows you in pricing.usd_per_unit
+            price_source="third-party listings of fal's price, 2026; not fal's own page",
+            concurrency=8),
     ),
     StageCard(
         name="generate/synthetic",
@@ -420,6 +443,28 @@ CARDS: tuple[StageCard, ...] = (
         family="flux-fill",
         cuda_dtype="bfloat16",
         defaults={"width": 1024, "height": 1024, "steps": 50, "guidance": 30.0},
+    ),
+    StageCard(
+        name="scene/fal-flux-kontext",
+        kind="scene",
+        cpu_only=True,  # the provider's GPUs: the actor only waits on the network
+        runtime=HostedScene,
+        params=HostedSceneParams,
+        revision="pro",
+        inputs=_IMG2IMG,
+        outputs=SCENE_OUTPUTS,
+        metrics=SCENE_METRICS,
+        resources=Resources(num_gpus=0, num_cpus=0.25, batch_size=8, concurrency=1),
+        cost_weight=40.0,
+        description="FLUX.1 Kontext [pro] on fal's queue API (fal-client; FAL_KEY): a premium "
+                    "scene around the product, its pixels put back exactly; billed per image",
+        defaults={"width": 1024, "height": 1024},
+        hosted=HostedApi(
+            provider="fal", endpoint="fal-ai/flux-pro/kontext", unit="images",
+            usd_per_unit=0.04,
+            price_source="third-party listing of fal's price ($0.04 per image), 2026; not "
+                         "fal's own page",
+            concurrency=8),
     ),
     StageCard(
         name="segment/studio-key",

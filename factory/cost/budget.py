@@ -302,9 +302,16 @@ def row_estimate(job: Job, store: Store) -> Decimal | None:
     names = [p.name for p in job.stages]
     if calibration.missing(names):
         return None
+    from stages.hosted import expected_units
+
     model = CostModel(job.prices, stage_shares(job.pools))
+    # a hosted stage bills units: what its params ask for (for seconds, its measured ones)
+    units = {p.name: (expected_units(p) if expected_units(p) is not None
+                      else calibration.rates[p.name].seconds)
+             for p in job.stages if p.card.hosted is not None}
     # CostModel splits a row's time over its channels; one row's cost is the whole of it
-    return model.row({n: calibration.rates[n].seconds * 1000.0 for n in names})["cost_usd"]
+    return model.row({n: calibration.rates[n].seconds * 1000.0 for n in names},
+                     units)["cost_usd"]
 
 
 class Budget:

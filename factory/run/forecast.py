@@ -167,7 +167,7 @@ def predict(job: Job, calibration: Calibration, *, rows: int, rejected: int, exi
         rate = calibration.rates.get(share.name, Rate(0.0, 0, ()))  # missing: renders nothing
         busy = rate.seconds * counts[share.name]
         gpu_s, cpu_s = busy * share.gpus, busy * share.cpus
-        usd = float(prices.usd(gpu_s, cpu_s))
+        usd = float(prices.usd(gpu_s, cpu_s)) + _hosted_usd(job, share, rate) * counts[share.name]
         lines.append(StageForecast(name=share.name, model=share.model,
                                    seconds_per_asset=rate.seconds, busy_s=busy,
                                    gpu_hours=gpu_s / 3600, cpu_hours=cpu_s / 3600, usd=usd))
@@ -187,13 +187,29 @@ def _route_lines(job: Job, calibration: Calibration, shares: tuple[StageShare, .
     for route in job.routes.chains:
         per_asset = 0.0
         for share in shares:
-            if share.name in route and share.name in calibration.rates:
+            if share.name in route and share.hosted:
+                per_asset += _hosted_usd(job, share, calibration.rates.get(share.name))
+            elif share.name in route and share.name in calibration.rates:
                 seconds = calibration.rates[share.name].seconds
                 per_asset += float(job.prices.usd(seconds * share.gpus, seconds * share.cpus))
         n = routes.get(route.name, 0)
         lines.append(RouteForecast(name=route.name, rows=n, usd_per_asset=per_asset,
                                    usd=per_asset * n))
     return tuple(lines)
+
+
+def _hosted_usd(job: Job, share: StageShare, rate: Rate | None) -> float:
+    """A hosted stage's dollars per asset: the units one asset bills (``expected_units``: its
+    params' megapixels, one image; for seconds, its measured seconds) x the price per unit."""
+    if not share.hosted:
+        return 0.0
+    from stages.hosted import expected_units
+
+    plan = next(p for p in job.stages if p.name == share.name)
+    units = expected_units(plan)
+    if units is None:
+        units = rate.seconds if rate is not None else 0.0
+    return float(job.prices.units_usd(units, share))
 
 
 def _wall(job: Job, calibration: Calibration, n: int,

@@ -178,7 +178,10 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
         ds = ds.map_batches(gate, fn_kwargs={"config": config}, batch_size=None,
                             batch_format="numpy", num_cpus=0, concurrency=1)
     for pool in job.pools:
-        r, plans = pool.resources, pool.plans
+        r = pool.resources
+        # a hosted stage keeps the requests it made in the run's store (``stages.hosted``)
+        plans = tuple(replace(p, requests_uri=store.uri) if p.card.hosted is not None else p
+                      for p in pool.plans)
         if len(plans) == 1:
             fn, kwargs = _named(plans[0].card.runtime, plans[0].name), {"plan": plans[0]}
         else:  # consecutive CPU stages: one actor loads them all and runs them in order

@@ -36,6 +36,7 @@ from factory.store.run_tables import (ATTEMPT_KEY, LINEAGE, REJECTS, SUMMARY_KEY
 from factory.store.s3 import StorageError
 from factory.store.storage import Store
 from stages.base import StagePlan
+from stages.hosted import provider_column, request_column, units_column
 
 
 #: Rows per row group of the lineage and rejects tables, unless ``ROW_GROUP_BYTES`` of Arrow
@@ -103,6 +104,10 @@ def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
                    (f"{plan.name}_params_hash", pa.string()), (f"ms_{plan.name}", pa.float64()),
                    (f"{plan.name}_placement", pa.string())]
         fields += [(name, pa.type_for_alias(kind)) for name, kind in plan.card.metrics]
+        if plan.card.hosted is not None:  # who ran it, which request, what it billed
+            fields += [(provider_column(plan.name), pa.string()),
+                       (request_column(plan.name), pa.string()),
+                       (units_column(plan.name), pa.float64())]
         if _adapter(plan) is not None:
             fields.append((f"{plan.name}_adapter", pa.string()))
         if plan.name in keep:
@@ -232,7 +237,9 @@ class RunRecorder:
             self._constants[f"{plan.name}_params_hash"] = params_hash(plan)
             if (adapter := _adapter(plan)) is not None:
                 self._constants[f"{plan.name}_adapter"] = adapter
-            for name in ("model", "revision", "params_hash", "adapter"):
+            if plan.card.hosted is not None:
+                self._constants[provider_column(plan.name)] = plan.card.hosted.provider
+            for name in ("model", "revision", "params_hash", "adapter", "provider"):
                 self._stage_of[f"{plan.name}_{name}"] = plan
         self._spool = Path(tempfile.mkdtemp(prefix=f"factory-{run_id}-"))
         self._rejected_digest = 0  # order-free: the sum of the rejected rows' hashes
@@ -305,7 +312,11 @@ class RunRecorder:
         costs, n = self.costs, len(rows["status"])
         names = [s.name for s in costs.shares]
         ms = {name: rows.get(f"ms_{name}") or [None] * n for name in names}
-        priced = {i: costs.row({name: ms[name][i] for name in names}) for i in kept}
+        units = {s.name: rows.get(units_column(s.name)) or [None] * n
+                 for s in costs.shares if s.hosted}
+        priced = {i: costs.row({name: ms[name][i] for name in names},
+                               {name: values[i] for name, values in units.items()})
+                  for i in kept}
         batch = CostTotals()
         for i in kept:
             batch.add_row(priced[i], names)

@@ -9,7 +9,13 @@ stage::
     cpu_s_<stage> = seconds x CPUs the actor reserved
     usd_<stage>   = gpu_s x price(gpu type) / 3600 + cpu_s x price("cpu") / 3600
 
-rounded to a nano-dollar (``USD_PLACES``) and kept as decimals, so ``cost_usd`` is exactly the
+A hosted stage (``stages.hosted``: a model behind a provider's API) holds no device of ours
+worth pricing: it is priced by what the provider bills, per asset::
+
+    usd_<stage>   = billed units x the price per unit (the card's published one, or
+                    ``pricing.usd_per_unit`` for its card)
+
+with its ``gpu_s`` and ``cpu_s`` 0. Every figure is rounded to a nano-dollar (``USD_PLACES``) and kept as decimals, so ``cost_usd`` is exactly the
 sum of a row's stages, and a run's totals exactly the sums of its rows. Time a stage spent on
 a row that failed there is not charged to any asset (the lineage has no seconds for it).
 
@@ -70,16 +76,20 @@ class PricingSpec(Strict):
         file: a YAML or JSON file with the same keys (``gpu``, ``usd_per_hour``); relative to
             the job spec. The spec's own keys win over the file's, the file's over defaults.
         usd_per_hour: hourly prices per device type (``cpu`` is per logical CPU).
+        usd_per_unit: prices per billed unit of hosted cards, by card name
+            (``generate/fal-flux-pro``), over the cards' published prices.
     """
 
     gpu: str | None = Field(None, pattern=_DEVICE)
     file: str | None = Field(None, min_length=1)
     usd_per_hour: dict[str, float] = Field(default_factory=dict)
+    usd_per_unit: dict[str, float] = Field(default_factory=dict)
 
 
 class _PriceFile(Strict):
     gpu: str | None = Field(None, pattern=_DEVICE)
     usd_per_hour: dict[str, float] = Field(default_factory=dict)
+    usd_per_unit: dict[str, float] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,8 @@ class Prices:
 
     gpu: str = DEFAULT_GPU
     usd_per_hour: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_USD_PER_HOUR))
+    #: prices per billed unit of hosted cards, by card name, over the cards' own
+    usd_per_unit: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def gpu_usd_per_hour(self) -> float:
@@ -103,11 +115,24 @@ class Prices:
                  + Decimal(repr(cpu_s)) * Decimal(repr(self.cpu_usd_per_hour))) / 3600
         return exact.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
 
+    def unit_price(self, share: StageShare) -> float:
+        """A hosted stage's price per billed unit: the job's for its card, else the card's."""
+        return self.usd_per_unit.get(share.model, share.usd_per_unit or 0.0)
+
+    def units_usd(self, units: float, share: StageShare) -> Decimal:
+        """Dollars for a hosted stage's billed units, rounded to ``USD_PLACES``."""
+        exact = Decimal(repr(float(units))) * Decimal(repr(self.unit_price(share)))
+        return exact.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"gpu": self.gpu, "usd_per_hour": dict(sorted(self.usd_per_hour.items()))}
+        out = {"gpu": self.gpu, "usd_per_hour": dict(sorted(self.usd_per_hour.items()))}
+        if self.usd_per_unit:
+            out["usd_per_unit"] = dict(sorted(self.usd_per_unit.items()))
+        return out
 
     def __hash__(self) -> int:  # a Job (frozen, hashable) holds its prices
-        return hash((self.gpu, tuple(sorted(self.usd_per_hour.items()))))
+        return hash((self.gpu, tuple(sorted(self.usd_per_hour.items())),
+                     tuple(sorted(self.usd_per_unit.items()))))
 
 
 def resolve_prices(spec: PricingSpec, *, base_dir: Path | None,
@@ -115,20 +140,36 @@ def resolve_prices(spec: PricingSpec, *, base_dir: Path | None,
     """The run's prices: defaults, then ``spec.file``, then the spec's own keys. Problems are
     appended as ``pricing.<key>: message`` lines (the file's as ``pricing.file (<path>): ...``)."""
     table = dict(DEFAULT_USD_PER_HOUR)
+    units: dict[str, float] = {}
     gpu = DEFAULT_GPU
     if spec.file:
         loaded = _read_file(spec.file, base_dir, problems)
         if loaded is not None:
             table.update(loaded.usd_per_hour)
+            units.update(loaded.usd_per_unit)
             gpu = loaded.gpu or gpu
     table.update(spec.usd_per_hour)
+    units.update(spec.usd_per_unit)
     gpu = spec.gpu or gpu
     for device, price in spec.usd_per_hour.items():
         _check_price(f"pricing.usd_per_hour.{device}", device, price, problems)
+    for card, price in spec.usd_per_unit.items():
+        _check_unit_price(f"pricing.usd_per_unit.{card}", card, price, problems)
     if gpu not in table:
         problems.append(f"pricing.gpu: '{gpu}' has no price (priced: {', '.join(sorted(table))});"
                         f" add it to pricing.usd_per_hour")
-    return Prices(gpu=gpu, usd_per_hour=MappingProxyType(table))
+    return Prices(gpu=gpu, usd_per_hour=MappingProxyType(table),
+                  usd_per_unit=MappingProxyType(units))
+
+
+def _check_unit_price(key: str, card: str, price: float, problems: list[str]) -> None:
+    from stages.registry import REGISTRY
+
+    hosted = [name for name, c in REGISTRY.items() if c.hosted is not None]
+    if card not in hosted:
+        problems.append(f"{key}: not a hosted card (hosted: {', '.join(sorted(hosted))})")
+    if not price >= 0 or price == float("inf"):
+        problems.append(f"{key}: a price per unit must be a finite number >= 0 (got {price!r})")
 
 
 def _check_price(key: str, device: str, price: float, problems: list[str]) -> None:
@@ -161,24 +202,34 @@ def _read_file(name: str, base_dir: Path | None, problems: list[str]) -> _PriceF
         return None
     for device, price in loaded.usd_per_hour.items():
         _check_price(f"{where}: usd_per_hour.{device}", device, price, problems)
+    for card, price in loaded.usd_per_unit.items():
+        _check_unit_price(f"{where}: usd_per_unit.{card}", card, price, problems)
     return loaded
 
 
 @dataclass(frozen=True)
 class StageShare:
-    """The device share an actor of a stage's pool reserves."""
+    """The device share an actor of a stage's pool reserves; for a hosted stage none, and
+    its card's price per billed unit (``usd_per_unit``) instead."""
 
     name: str
     model: str
     gpus: float
     cpus: float
+    usd_per_unit: float | None = None
+
+    @property
+    def hosted(self) -> bool:
+        return self.usd_per_unit is not None
 
 
 def stage_shares(pools: Sequence[Pool]) -> tuple[StageShare, ...]:
     """Each stage's reserved share, in chain order, from the job's pools (``Job.pools``): its
     pool's resources (a fused chain of CPU stages holds the most any member asks while each of
-    them runs)."""
-    return tuple(StageShare(p.name, p.card.name, pool.resources.num_gpus,
+    them runs); a hosted stage is priced by its billed units instead."""
+    return tuple(StageShare(p.name, p.card.name, 0.0, 0.0, p.card.hosted.usd_per_unit)
+                 if p.card.hosted is not None else
+                 StageShare(p.name, p.card.name, pool.resources.num_gpus,
                             pool.resources.num_cpus) for pool in pools for p in pool.plans)
 
 
@@ -200,15 +251,21 @@ class CostModel:
             out += [(f"gpu_s_{s.name}", "s"), (f"cpu_s_{s.name}", "s"), (f"usd_{s.name}", "usd")]
         return out + [("cost_usd", "usd")]
 
-    def row(self, ms: Mapping[str, float | None]) -> dict[str, Any]:
+    def row(self, ms: Mapping[str, float | None],
+            units: Mapping[str, float | None] = MappingProxyType({})) -> dict[str, Any]:
         """Cost columns of one asset from its ``ms_<stage>`` values (None or 0: not rendered
-        here)."""
+        here) and, for hosted stages, the units the provider billed (``<stage>_billed_units``)."""
         out: dict[str, Any] = {}
         total = Decimal(0)
         for s in self.shares:
             seconds = (ms.get(s.name) or 0.0) / 1000.0 / self.channels
             gpu_s, cpu_s = seconds * s.gpus, seconds * s.cpus
-            usd = self.prices.usd(gpu_s, cpu_s)
+            if s.hosted:
+                billed = units.get(s.name) or 0.0
+                usd = self.prices.units_usd(billed / self.channels if billed == billed else 0.0,
+                                            s)
+            else:
+                usd = self.prices.usd(gpu_s, cpu_s)
             out[f"gpu_s_{s.name}"], out[f"cpu_s_{s.name}"], out[f"usd_{s.name}"] = gpu_s, cpu_s, usd
             total += usd
         out["cost_usd"] = total

@@ -108,7 +108,14 @@ def test_card_is_well_formed(card):
 
 
 @pytest.mark.parametrize("card", CARDS, ids=[c.name for c in CARDS])
-def test_card_runs_a_batch_with_a_tiny_model(card, models_dir, tmp_path):
+def test_card_runs_a_batch_with_a_tiny_model(card, models_dir, tmp_path, monkeypatch):
+    if card.hosted is not None:  # its provider's stand-in on loopback is its tiny model
+        from tests.support.hosted_api import shared
+
+        api = shared()
+        api.reset()
+        for name, value in api.env().items():
+            monkeypatch.setenv(name, value)
     stage = card.runtime(plan=plan_for(card, models_dir))
     batch = make_batch(cutout=card.kind == "scene")
     if card.kind == "source":  # the stored photo each row's fetch left (factory.run.sources)
@@ -142,6 +149,17 @@ def test_unknown_model_lists_the_valid_ones():
         get_card("nope", "recolor")
     assert "unknown model 'nope'" in str(err.value) and "recolor/lab" in str(err.value)
     assert get_card("lab", "recolor") is REGISTRY["recolor/lab"]
+
+
+@pytest.mark.parametrize("card", [c for c in CARDS if c.hosted is not None],
+                         ids=[c.name for c in CARDS if c.hosted is not None])
+def test_a_hosted_card_names_its_provider_price_and_limit(card):
+    from stages.hosted import _CLIENTS, BILLING_UNITS
+
+    assert card.hosted.provider in _CLIENTS and card.hosted.endpoint.count("/") >= 1
+    assert card.hosted.unit in BILLING_UNITS and card.hosted.usd_per_unit > 0
+    assert card.hosted.price_source and card.hosted.concurrency >= 1
+    assert card.cpu_only and card.resources.num_gpus == 0 and card.source == ""
 
 
 def test_every_model_card_names_its_family():

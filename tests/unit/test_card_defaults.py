@@ -95,6 +95,8 @@ def test_a_model_free_card_reserving_a_gpu_is_rejected_naming_the_key(card, gpus
     first = {"kind": "generate", "model": "synthetic"}
     stage = {"kind": kind, "model": model, "params": dict(card.example_params)}
     chain = [stage] if kind in ("generate", "source") else [first, stage]
+    if kind == "scene":  # a scene builds around a cut-out (the hosted scene card)
+        chain = [first, {"kind": "segment", "model": "studio-key"}, stage]
     at = len(chain) - 1
     parse_job(spec(*chain))  # the card's own resources: no GPU
     stage["resources"] = {"num_gpus": gpus}
