@@ -49,13 +49,14 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from factory.core.status import STATUS_FAILED
 from factory.store.s3 import S3Options, StorageError
 from factory.store.storage import Store
 from stages.base import HostedApi, Stage, StageParams, StagePlan
 from stages.product import FIDELITY, PRODUCT, fidelity_delta_e
+from stages.scene_inpaint import PlacementParams
 
 log = logging.getLogger(__name__)
 
@@ -442,27 +443,10 @@ class HostedGenerator(Stage):
         return decode_photo(data, max_pixels=MAX_MEGAPIXELS * 1_000_000)
 
 
-class HostedSceneParams(HostedGenerateParams):
+class HostedSceneParams(HostedGenerateParams, PlacementParams):
     """A hosted scene around the product: where the product goes on the canvas and how it is
     put back, as ``stages.scene_inpaint.SceneParams`` says (``width``/``height`` are the
     canvas)."""
-
-    scale: float = Field(0.6, gt=0.0, le=1.0)
-    x: float = Field(0.5, ge=0.0, le=1.0)
-    y: float = Field(0.55, ge=0.0, le=1.0)
-    margin: float = Field(0.05, ge=0.0, le=0.45)
-    shadow: bool = True
-    shadow_opacity: float = Field(0.5, ge=0.0, le=1.0)
-    shadow_blur: float = Field(0.04, ge=0.0, le=1.0)
-    fill: str = "#FFFFFF"
-
-    @field_validator("fill")
-    @classmethod
-    def _check_fill(cls, value: str) -> str:
-        from stages.colour import parse_hex_colour
-
-        parse_hex_colour(value)
-        return value
 
 
 class HostedScene(HostedGenerator):

@@ -51,7 +51,27 @@ class Box(NamedTuple):
     width: int
 
 
-class SceneParams(StageParams):
+class PlacementParams(StageParams):
+    """Where the product goes on a scene's canvas and how it is put back: the params every
+    scene stage shares, local or hosted (``SceneParams`` documents each)."""
+
+    scale: float = Field(0.6, gt=0.0, le=1.0)
+    x: float = Field(0.5, ge=0.0, le=1.0)
+    y: float = Field(0.55, ge=0.0, le=1.0)
+    margin: float = Field(0.05, ge=0.0, le=0.45)
+    shadow: bool = True
+    shadow_opacity: float = Field(0.5, ge=0.0, le=1.0)
+    shadow_blur: float = Field(0.04, ge=0.0, le=1.0)
+    fill: str = "#FFFFFF"
+
+    @field_validator("fill")
+    @classmethod
+    def _check_fill(cls, value: str) -> str:
+        parse_hex_colour(value)
+        return value
+
+
+class SceneParams(PlacementParams):
     """Parameters of a scene stage; a card's ``defaults`` replace these defaults.
 
     Rows may override ``width`` and ``height`` with manifest columns of the same name (multiples
@@ -82,20 +102,6 @@ class SceneParams(StageParams):
     strength: float = Field(1.0, gt=0.0, le=1.0)
     dtype: Dtype = "auto"
     compile: bool = False
-    scale: float = Field(0.6, gt=0.0, le=1.0)
-    x: float = Field(0.5, ge=0.0, le=1.0)
-    y: float = Field(0.55, ge=0.0, le=1.0)
-    margin: float = Field(0.05, ge=0.0, le=0.45)
-    shadow: bool = True
-    shadow_opacity: float = Field(0.5, ge=0.0, le=1.0)
-    shadow_blur: float = Field(0.04, ge=0.0, le=1.0)
-    fill: str = "#FFFFFF"
-
-    @field_validator("fill")
-    @classmethod
-    def _check_fill(cls, value: str) -> str:
-        parse_hex_colour(value)
-        return value
 
 
 class FluxSceneParams(SceneParams):
