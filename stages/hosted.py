@@ -3,10 +3,10 @@
 A hosted card (``StageCard.hosted``) names a provider, the provider's id of the model and its
 published price per billed unit. Its runtime holds no GPU and loads no weights: each actor keeps
 up to ``concurrency`` requests in flight (a thread pool, never more than the card's limit) and
-calls the provider through its official Python client (fal: ``fal-client``), whose own retry
-policy handles 408/409/429 and the provider's ingress errors (exponential backoff with jitter,
-10 attempts). That client does not read ``Retry-After``: a response hook on its HTTP session
-waits what a 429 asks for before the client's own retry goes on. There is no retry loop here.
+calls the provider through its official Python client, wrapped as a ``HostedClient``
+(``stages.hosted_base``): fal's (``stages.hosted_fal``) or Replicate's
+(``stages.hosted_replicate``). Retries of 429s and transient errors are those clients' own
+policies; there is no retry loop here.
 
 What the provider answers decides whose fault it is:
 
@@ -18,20 +18,20 @@ What the provider answers decides whose fault it is:
 - every row of a batch failing with a 5xx or a connection error: ``HostedOutage``; the run stops
   uncommitted, as it does when the store fails, and running it again resumes it.
 
-**Requests are paid once.** fal's queue API takes no idempotency key and has no lookup by one,
-so each request's id is recorded in the run's output store as soon as the provider accepts it,
+**Requests are paid once.** Neither fal's queue API nor Replicate's takes an idempotency key or
+looks requests up by one, so each request's id is recorded in the run's output store as soon as the provider accepts it,
 create-only, at ``runs/<run id>/requests/<stage>/<work>.json`` (``work``: a hash of the card,
 the endpoint and the request's arguments, so the same row's request in the same run). A resumed
 run (the same run id, after a killed driver) finds the record and fetches that request's
 result instead of submitting it again. The one window left is between the provider's answer
 to a submit and the record's write (one store write): a driver killed there pays twice.
 
-Two runtimes: ``HostedGenerator`` (text to image) and ``HostedScene`` (the product placed on
-its canvas as the local scene cards place it, a hosted image-edit model paints the scene, the
-product's own pixels go back on top exactly).
+``HostedGenerator`` (text to image) is the runtime every hosted stage builds on; the image-in
+runtimes (a scene around the product, background removal, upscaling) are in
+``stages.hosted_edit``.
 
 Credentials and the provider's address are the client's own environment variables (fal:
-``FAL_KEY``, or ``FAL_KEY_ID`` and ``FAL_KEY_SECRET``; ``FAL_QUEUE_RUN_HOST``, an HTTPS host),
+``FAL_KEY``, ``FAL_QUEUE_RUN_HOST``; Replicate: ``REPLICATE_API_TOKEN``, ``REPLICATE_BASE_URL``),
 read where the stage runs, as boto3 reads ``AWS_*``: they are never in a spec, a plan or the
 lineage.
 """
@@ -42,9 +42,7 @@ import base64
 import hashlib
 import json
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -55,8 +53,7 @@ from factory.core.status import STATUS_FAILED
 from factory.store.s3 import S3Options, StorageError
 from factory.store.storage import Store
 from stages.base import HostedApi, Stage, StageParams, StagePlan
-from stages.product import FIDELITY, PRODUCT, fidelity_delta_e
-from stages.scene_inpaint import PlacementParams
+from stages.hosted_base import HostedAuthError, HostedClient, HostedOutage, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -82,38 +79,10 @@ def provider_column(stage: str) -> str:
     return f"{stage}_provider"
 
 
-class HostedError(RuntimeError):
-    """The provider, not a row: the run stops uncommitted."""
-
-
-class HostedAuthError(HostedError):
-    """The provider refused the key, or there is none."""
-
-
-class HostedOutage(HostedError):
-    """Every request of a batch failed on the provider's side or on the way to it."""
-
-
-@dataclass(frozen=True)
-class Provider:
-    """A provider: its name and the environment variable that holds its key."""
-
-    name: str
-    key_env: str
-    host_env: str
-
-
-PROVIDERS: dict[str, Provider] = {
-    "fal": Provider(name="fal", key_env="FAL_KEY", host_env="FAL_QUEUE_RUN_HOST"),
-}
-
-
-class HostedGenerateParams(StageParams):
-    """A hosted text-to-image request, and how the stage waits for it.
+class HostedParams(StageParams):
+    """How a hosted stage waits for its requests (none of it changes an asset's key).
 
     Attributes:
-        width / height: the image asked for (``image_size``).
-        output_format: what the provider encodes.
         timeout_s: a request unfinished after this is cancelled and its row fails.
         poll_interval_s: between status checks of a request in the provider's queue.
         concurrency: requests one actor keeps in flight (at most the card's limit).
@@ -122,12 +91,22 @@ class HostedGenerateParams(StageParams):
     key_neutral: ClassVar[frozenset[str]] = frozenset({"timeout_s", "poll_interval_s",
                                                        "concurrency"})
 
-    width: int = Field(1024, ge=64, le=4096, multiple_of=8)
-    height: int = Field(1024, ge=64, le=4096, multiple_of=8)
-    output_format: Literal["png", "jpeg"] = "png"
     timeout_s: float = Field(300.0, gt=0, le=3600)
     poll_interval_s: float = Field(0.5, gt=0, le=60)
     concurrency: int = Field(4, ge=1, le=64)
+
+
+class HostedGenerateParams(HostedParams):
+    """A hosted text-to-image request.
+
+    Attributes:
+        width / height: the image asked for.
+        output_format: what the provider encodes.
+    """
+
+    width: int = Field(1024, ge=64, le=4096, multiple_of=8)
+    height: int = Field(1024, ge=64, le=4096, multiple_of=8)
+    output_format: Literal["png", "jpeg"] = "png"
 
 
 def work_hash(card: str, endpoint: str, arguments: dict[str, Any]) -> str:
@@ -156,121 +135,18 @@ def expected_units(plan: StagePlan) -> float | None:
         return None
     if hosted.unit == "images":
         return 1.0
-    return round(plan.params.width * plan.params.height / 1_000_000, 6)
+    width, height = getattr(plan.params, "width", None), getattr(plan.params, "height", None)
+    if width is None or height is None:  # an image-in model: its input's size decides
+        return None
+    return round(width * height / 1_000_000, 6)
 
 
-@dataclass
-class _Outcome:
-    image: np.ndarray | None = None
-    units: float = 0.0
-    request_id: str = ""
-    error: BaseException | None = None
-    outage: bool = False
-    #: further per-row outputs of the stage (a scene's product layer and fidelity)
-    extra: dict[str, Any] | None = None
+def _clients() -> dict[str, type[HostedClient]]:
+    """Each provider's client class, by the name a card's ``hosted.provider`` gives."""
+    from stages.hosted_fal import FalQueue
+    from stages.hosted_replicate import ReplicateQueue
 
-
-class FalQueue:
-    """fal's queue API through ``fal_client.SyncClient``: submit, poll, fetch, cancel."""
-
-    provider: ClassVar[Provider] = PROVIDERS["fal"]
-
-    def __init__(self, *, http_timeout_s: float) -> None:
-        import threading
-
-        import fal_client  # the actor's environment: FAL_KEY, FAL_QUEUE_RUN_HOST
-
-        self.fal = fal_client
-        self.client = fal_client.SyncClient(default_timeout=http_timeout_s)
-        self._paced = False
-        self._lock = threading.Lock()
-
-    def _pace(self) -> None:
-        """Have the client's HTTP session wait what a 429's ``Retry-After`` asks (at most
-        ``MAX_RETRY_AFTER_S``) before its own retry policy backs off and tries again: fal's
-        client retries 429s but does not read the header. Its session is made on first use
-        (it reads the key then), so this runs on the first request, not at load."""
-        with self._lock:
-            if not self._paced:
-                self.client._client.event_hooks["response"].append(_wait_retry_after)
-                self._paced = True
-
-    def submit(self, endpoint: str, arguments: dict[str, Any]) -> str:
-        self._pace()
-        return self.client.submit(endpoint, arguments).request_id
-
-    def wait(self, endpoint: str, request_id: str, *, timeout_s: float,
-             interval_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The request's result and metrics once it completes; ``TimeoutError`` (after a
-        cancel) past ``timeout_s``."""
-        self._pace()
-        handle = self.client.get_handle(endpoint, request_id)
-        deadline = time.monotonic() + timeout_s
-        while not isinstance(status := handle.status(), self.fal.Completed):
-            if time.monotonic() >= deadline:
-                try:
-                    handle.cancel()
-                except Exception:  # noqa: BLE001 - best effort: the row fails either way
-                    log.debug("cancel of %s failed", request_id, exc_info=True)
-                raise TimeoutError(f"request {request_id} unfinished after {timeout_s:g} s; "
-                                   "cancelled")
-            time.sleep(interval_s)
-        if getattr(status, "error", None):
-            raise RuntimeError(f"request {request_id} failed: {status.error}")
-        return handle.get(), dict(getattr(status, "metrics", None) or {})
-
-    def classify(self, exc: BaseException) -> _Outcome:
-        """A failed request as an outcome: the key's fault (raised for the run), the
-        provider's or the network's (an outage when every row has it), or the row's."""
-        import httpx
-        from fal_client.auth import MissingCredentialsError
-
-        name, variable = self.provider.name, self.provider.key_env
-        if isinstance(exc, MissingCredentialsError):
-            return _Outcome(error=HostedAuthError(
-                f"{name}: no API key: set {variable} (or FAL_KEY_ID and FAL_KEY_SECRET) in the "
-                "environment of the cluster's workers"))
-        status = getattr(exc, "status_code", None)
-        if status in (401, 403):
-            return _Outcome(error=HostedAuthError(
-                f"{name} refused the API key ({status}): set {variable} to a valid key in the "
-                "environment of the cluster's workers"))
-        if (status is not None and status >= 500) or isinstance(exc, httpx.TransportError):
-            return _Outcome(error=exc, outage=True)
-        return _Outcome(error=exc)
-
-    @staticmethod
-    def not_found(exc: BaseException) -> bool:
-        return getattr(exc, "status_code", None) in (404, 410)
-
-
-#: The longest a 429's ``Retry-After`` is waited (a provider's hint, not a hold on the actor).
-MAX_RETRY_AFTER_S = 60.0
-
-
-def retry_after_s(value: str | None) -> float:
-    """Seconds a ``Retry-After`` value asks for (delta-seconds or an HTTP date), at most
-    ``MAX_RETRY_AFTER_S``; 0 when absent or unreadable."""
-    if not value:
-        return 0.0
-    try:
-        seconds = float(value)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
-        except (TypeError, ValueError):
-            return 0.0
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
-
-
-def _wait_retry_after(response: Any) -> None:
-    if response.status_code == 429:
-        time.sleep(retry_after_s(response.headers.get("retry-after")))
-
-
-_CLIENTS = {"fal": FalQueue}
+    return {"fal": FalQueue, "replicate": ReplicateQueue}
 
 
 class HostedGenerator(Stage):
@@ -280,10 +156,11 @@ class HostedGenerator(Stage):
 
     def _load(self) -> None:
         self.api: HostedApi = self.plan.card.hosted
-        if self.api is None or self.api.provider not in _CLIENTS:
+        clients = _clients()
+        if self.api is None or self.api.provider not in clients:
             raise ValueError(f"card '{self.plan.card.name}' names no hosted provider of "
-                             f"{sorted(_CLIENTS)}")
-        self.client = _CLIENTS[self.api.provider](
+                             f"{sorted(clients)}")
+        self.client = clients[self.api.provider](
             http_timeout_s=min(self.params.timeout_s, 120.0))
         self.workers = max(1, min(self.params.concurrency, self.api.concurrency))
         self.store = (Store(self.plan.requests_uri, self.plan.s3 or S3Options())
@@ -340,14 +217,17 @@ class HostedGenerator(Stage):
             error[i] = f"{type(outcome.error).__name__}: {outcome.error}"[:2000]
             log.warning("stage %s: sku %s failed: %s", self.plan.name, batch["sku"][i], error[i])
 
-    def _call_all(self, rows: dict[str, Any]) -> list[_Outcome]:
-        outcomes: list[_Outcome | None] = [None] * len(rows["sku"])
+    def _call_all(self, rows: dict[str, Any]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(rows["sku"])
         requests = []
         for i in range(len(rows["sku"])):
+            if (ready := self._ready(rows, i)) is not None:
+                outcomes[i] = ready
+                continue
             try:
                 requests.append((i, self._arguments(rows, i)))
             except Exception as exc:  # noqa: BLE001 - this row's input, not the provider
-                outcomes[i] = _Outcome(error=exc)
+                outcomes[i] = Outcome(error=exc)
         if requests:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(requests)),
                                     thread_name_prefix=f"hosted-{self.plan.name}") as pool:
@@ -356,34 +236,48 @@ class HostedGenerator(Stage):
                     outcomes[i] = outcome
         return outcomes
 
+    def _ready(self, rows: dict[str, Any], i: int) -> Outcome | None:
+        """Row ``i``'s outcome when it needs no request (None: it does)."""
+        return None
+
     def _arguments(self, rows: dict[str, Any], i: int) -> dict[str, Any]:
+        """Row ``i``'s request in the provider's own input schema."""
+        return self.client.arguments(self._request_of(rows, i))
+
+    def _request_of(self, rows: dict[str, Any], i: int) -> dict[str, Any]:
+        """Row ``i``'s provider-neutral request (``stages.hosted_base``)."""
+        p = self.params
+        width, height = self._size(rows, i)
+        return {"prompt": str(rows["prompt"][i]), "seed": int(rows["seed"][i]),
+                "width": width, "height": height, "output_format": p.output_format}
+
+    def _size(self, rows: dict[str, Any], i: int) -> tuple[int, int]:
+        """The row's own size (a channel's, set by the work list) or the params'."""
         p = self.params
         width = int(rows["width"][i]) if "width" in rows and rows["width"][i] else p.width
         height = int(rows["height"][i]) if "height" in rows and rows["height"][i] else p.height
-        return {"prompt": str(rows["prompt"][i]), "seed": int(rows["seed"][i]),
-                "image_size": {"width": width, "height": height}, "num_images": 1,
-                "output_format": p.output_format}
+        return width, height
 
     def _finish(self, image: np.ndarray, i: int) -> tuple[np.ndarray, dict[str, Any] | None]:
         """The row's output from the provider's image (and further outputs): as it came."""
         return image, None
 
-    def _one(self, arguments: dict[str, Any], i: int) -> _Outcome:
+    def _one(self, arguments: dict[str, Any], i: int) -> Outcome:
         request_id = ""
         try:
             request_id, recorded = self._request(arguments)
             try:
-                result, metrics = self._wait(request_id)
+                url, metrics = self._wait(request_id)
             except Exception as exc:
                 if not (recorded and self.client.not_found(exc)):
                     raise
                 # the provider no longer has the recorded request: ask again, once
                 request_id, _ = self._request(arguments, replace=True)
-                result, metrics = self._wait(request_id)
-            image = self._image(result)
+                url, metrics = self._wait(request_id)
+            image = self._image(url)
             units = billed_units(self.api.unit, image, metrics)
             image, extra = self._finish(image, i)
-            return _Outcome(image=image, units=units, request_id=request_id, extra=extra)
+            return Outcome(image=image, units=units, request_id=request_id, extra=extra)
         except StorageError:  # the run's store, not the provider: the run stops uncommitted
             raise
         except Exception as exc:  # noqa: BLE001 - sorted into the row's, the key's or an outage
@@ -391,7 +285,7 @@ class HostedGenerator(Stage):
             outcome.request_id = request_id
             return outcome
 
-    def _wait(self, request_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _wait(self, request_id: str) -> tuple[str, dict[str, Any]]:
         return self.client.wait(self.api.endpoint, request_id, timeout_s=self.params.timeout_s,
                                 interval_s=self.params.poll_interval_s)
 
@@ -421,15 +315,11 @@ class HostedGenerator(Stage):
         work = work_hash(self.plan.card.name, self.api.endpoint, arguments)
         return f"runs/{self.labels.run_id}/{REQUESTS_DIR}/{self.plan.name}/{work}.json"
 
-    def _image(self, result: dict[str, Any]) -> np.ndarray:
-        """The first image of a result, fetched (or a data URI decoded) and decoded
+    def _image(self, url: str) -> np.ndarray:
+        """The provider's image at ``url`` (fetched, or a data URI decoded), decoded
         defensively (``factory.core.photo_decode``)."""
         from factory.core.photo_decode import decode_photo
 
-        images = result.get("images") or []
-        if not images or not images[0].get("url"):
-            raise ValueError(f"{self.api.provider} returned no image: {str(result)[:200]}")
-        url = images[0]["url"]
         if url.startswith("data:"):
             data = base64.b64decode(url.split(",", 1)[1])
         else:
@@ -441,64 +331,3 @@ class HostedGenerator(Stage):
             response.raise_for_status()
             data = response.content
         return decode_photo(data, max_pixels=MAX_MEGAPIXELS * 1_000_000)
-
-
-class HostedSceneParams(HostedGenerateParams, PlacementParams):
-    """A hosted scene around the product: where the product goes on the canvas and how it is
-    put back, as ``stages.scene_inpaint.SceneParams`` says (``width``/``height`` are the
-    canvas)."""
-
-
-class HostedScene(HostedGenerator):
-    """The product placed on its canvas (``stages.scene_inpaint.product_layer``), sent over the
-    fill colour to a hosted image-edit model with the row's prompt, the answer scaled to the
-    canvas, and the product's own pixels put back on top exactly (``finish``)."""
-
-    image_columns: ClassVar[tuple[str, ...]] = ("image", PRODUCT)
-
-    def _load(self) -> None:
-        from stages.colour import parse_hex_colour
-
-        super()._load()
-        self.fill = parse_hex_colour(self.params.fill)
-        self._layers: dict[int, np.ndarray] = {}
-
-    def _arguments(self, rows: dict[str, Any], i: int) -> dict[str, Any]:
-        from stages.scene_inpaint import flatten, product_layer
-
-        p = self.params
-        width = int(rows["width"][i]) if "width" in rows and rows["width"][i] else p.width
-        height = int(rows["height"][i]) if "height" in rows and rows["height"][i] else p.height
-        layer = product_layer(rows["image"][i], (height, width), scale=p.scale, x=p.x, y=p.y,
-                              margin=p.margin)
-        self._layers[i] = layer
-        return {"prompt": str(rows["prompt"][i]), "seed": int(rows["seed"][i]),
-                "image_url": _data_uri(flatten(layer, self.fill)), "num_images": 1,
-                "output_format": p.output_format}
-
-    def _finish(self, image: np.ndarray, i: int) -> tuple[np.ndarray, dict[str, Any] | None]:
-        from stages.scene_inpaint import finish
-
-        p = self.params
-        layer = self._layers[i]
-        generated = np.ascontiguousarray(image[..., :3])
-        if generated.shape[:2] != layer.shape[:2]:  # the model answers at its own size
-            from PIL import Image
-
-            size = (layer.shape[1], layer.shape[0])
-            generated = np.asarray(Image.fromarray(generated).resize(size, Image.LANCZOS))
-        scene = finish(generated, layer, shadow=p.shadow, opacity=p.shadow_opacity,
-                       blur=p.shadow_blur)
-        return scene, {PRODUCT: layer, FIDELITY: fidelity_delta_e(scene, layer)}
-
-
-def _data_uri(rgb: np.ndarray) -> str:
-    """A PNG data URI of ``rgb``: fal takes one wherever it takes an image URL, so nothing is
-    uploaded to a host of the provider's first."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from stages.base import HostedApi, Resources, StageCard
 from stages.generate_diffusers import DiffusersGenerator, FluxGenerateParams, GenerateParams
-from stages.hosted import HostedGenerateParams, HostedGenerator, HostedScene, HostedSceneParams
+from stages.hosted import HostedGenerateParams, HostedGenerator, HostedParams
+from stages.hosted_edit import (HostedScene, HostedSceneParams, HostedSegment, HostedUpscale,
+                                HostedUpscaleParams)
 from stages.lora_diffusers import LoraImg2Img, LoraParams
 from stages.recolor_lab import LabRecolor, RecolorParams
 from stages.scene_inpaint import (SCENE_METRICS, SCENE_OUTPUTS, DiffusersScene,
@@ -301,6 +303,29 @@ CARDS: tuple[StageCard, ...] = (
         description="PIL Lanczos resize of all channels, no model",
     ),
     StageCard(
+        name="upscale/replicate-real-esrgan",
+        kind="upscale",
+        cpu_only=True,  # the provider's GPUs: the actor only waits on the network
+        runtime=HostedUpscale,
+        params=HostedUpscaleParams,
+        revision="42fed1c4974146d4d4414e2be2c5277c7fcf05fde3b22e94cee859b8a4a39d44",
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        resources=Resources(num_gpus=0, num_cpus=0.25, batch_size=8, concurrency=1),
+        cost_weight=2.0,
+        description="Real-ESRGAN on Replicate (replicate client; REPLICATE_API_TOKEN): x2 or "
+                    "x4, billed per second of the provider's GPU",
+        hosted=HostedApi(
+            provider="replicate",
+            endpoint="nightmareai/real-esrgan:"
+                     "42fed1c4974146d4d4414e2be2c5277c7fcf05fde3b22e94cee859b8a4a39d44",
+            unit="seconds", usd_per_unit=0.000225,
+            # public models bill the seconds they run at their hardware's rate
+            price_source="Replicate's billing page, hardware table, Nvidia T4 $0.000225/s, read "
+                         "2026; the model page says which hardware it runs on",
+            concurrency=8),
+    ),
+    StageCard(
         name="recolor/lab",
         cpu_only=True,
         kind="recolor",
@@ -463,6 +488,27 @@ CARDS: tuple[StageCard, ...] = (
             provider="fal", endpoint="fal-ai/flux-pro/kontext", unit="images",
             usd_per_unit=0.04,
             price_source="third-party listing of fal's price ($0.04 per image), 2026; not "
+                         "fal's own page",
+            concurrency=8),
+    ),
+    StageCard(
+        name="segment/fal-bria-rmbg",
+        kind="segment",
+        cpu_only=True,  # the provider's GPUs: the actor only waits on the network
+        runtime=HostedSegment,
+        params=HostedParams,
+        revision="2.0",
+        inputs=_IMAGE,
+        outputs=_IMAGE,
+        metrics=_ALPHA,
+        resources=Resources(num_gpus=0, num_cpus=0.25, batch_size=8, concurrency=1),
+        cost_weight=2.0,
+        description="Bria RMBG 2.0 background removal on fal's queue API (fal-client; "
+                    "FAL_KEY): an RGBA cut-out, billed per image",
+        hosted=HostedApi(
+            provider="fal", endpoint="fal-ai/bria/background/remove", unit="images",
+            usd_per_unit=0.018,
+            price_source="third-party listing of fal's price ($0.018 per image), 2026; not "
                          "fal's own page",
             concurrency=8),
     ),

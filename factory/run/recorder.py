@@ -103,7 +103,11 @@ def lineage_schema(plans: tuple[StagePlan, ...], keep: tuple[str, ...] = (), *,
         fields += [(f"{plan.name}_model", pa.string()), (f"{plan.name}_revision", pa.string()),
                    (f"{plan.name}_params_hash", pa.string()), (f"ms_{plan.name}", pa.float64()),
                    (f"{plan.name}_placement", pa.string())]
-        fields += [(name, pa.type_for_alias(kind)) for name, kind in plan.card.metrics]
+        # a metric is one column however many stages record it (two segment cards on two
+        # routes: each row's from the stage of its route)
+        named = {name for name, _ in fields}
+        fields += [(name, pa.type_for_alias(kind)) for name, kind in plan.card.metrics
+                   if name not in named]
         if plan.card.hosted is not None:  # who ran it, which request, what it billed
             fields += [(provider_column(plan.name), pa.string()),
                        (request_column(plan.name), pa.string()),

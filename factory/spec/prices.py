@@ -24,13 +24,14 @@ Ray does not say which GPU model a node has: ``pricing.gpu`` in the job spec doe
 Default prices (``DEFAULT_USD_PER_HOUR``): AWS EC2 On-Demand, Linux, US East (N. Virginia),
 per device: the instance's hourly price divided by its GPUs (so a GPU-hour carries its share
 of the host's CPUs and memory), and a general-purpose instance's price per vCPU (Ray's
-``num_cpus`` counts logical CPUs: vCPUs). Figures as AWS listed them in 2024; AWS cut P4 and
-P5 on-demand prices in mid-2025, so put your own contract's prices in ``pricing:``.
+``num_cpus`` counts logical CPUs: vCPUs). Other clouds ask far less for the same GPU (the
+docs' cost page lists the ranges read in 2026): put your own contract's prices in
+``pricing:`` or in a prices file.
 
-- ``h100`` 12.29: p5.48xlarge (8 x H100 80GB) $98.32/h / 8, as listed in 2024.
-- ``a100`` 4.10: p4d.24xlarge (8 x A100 40GB) $32.77/h / 8, as listed in 2024.
-- ``l4`` 0.80: g6.xlarge (1 x L4, 4 vCPU) $0.8048/h, as listed in 2024.
-- ``cpu`` 0.05: m7i.large (2 vCPU) $0.1008/h / 2, per vCPU, as listed in 2024.
+- ``h100`` 6.88: p5.48xlarge (8 x H100 80GB) $55.04/h / 8, after AWS's June 2025 cut.
+- ``a100`` 4.10: p4d.24xlarge (8 x A100 40GB) $32.77/h / 8, as listed in 2024 (not refreshed).
+- ``l4`` 0.80: g6.xlarge (1 x L4, 4 vCPU) $0.8048/h.
+- ``cpu`` 0.05: m7i.large (2 vCPU) $0.1008/h / 2, per vCPU.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ if TYPE_CHECKING:
 
 #: Hourly on-demand prices per device (see the module docstring for their sources and date).
 DEFAULT_USD_PER_HOUR: Mapping[str, float] = MappingProxyType({
-    "h100": 12.29,  # AWS p5.48xlarge $98.32/h / 8 GPUs, us-east-1, as listed in 2024
+    "h100": 6.88,   # AWS p5.48xlarge $55.04/h / 8 GPUs, us-east-1, after the June 2025 cut
     "a100": 4.10,   # AWS p4d.24xlarge $32.77/h / 8 GPUs, us-east-1, as listed in 2024
-    "l4": 0.80,     # AWS g6.xlarge $0.8048/h (1 GPU, 4 vCPU), us-east-1, as listed in 2024
-    "cpu": 0.05,    # AWS m7i.large $0.1008/h / 2 vCPU, us-east-1, as listed in 2024
+    "l4": 0.80,     # AWS g6.xlarge $0.8048/h (1 GPU, 4 vCPU), us-east-1
+    "cpu": 0.05,    # AWS m7i.large $0.1008/h / 2 vCPU, us-east-1
 })
 DEFAULT_GPU = "h100"
 CPU = "cpu"

@@ -1,14 +1,15 @@
-"""A hosted model as a routed stage on a local Ray, against the loopback stand-in of fal's
-queue API (``tests/support/hosted_api.py``): heroes through the provider, thumbnails on a
-local stage, one budget, one lineage with exact dollars; a killed driver's resume pays no
-request twice; a rejected key stops the run naming the variable to set."""
+"""Hosted models as routed stages on a local Ray, against the loopback stand-ins of fal's queue
+API (``tests/support/hosted_api.py``) and Replicate's (``tests/support/replicate_api.py``):
+the shipped ``jobs/routed-api.yaml`` sends heroes through three hosted stages on two providers
+and thumbnails through local models, one budget, one lineage with exact dollars; a killed
+driver's resume pays no request twice; a rejected key stops the run naming the variable to
+set."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,25 +20,25 @@ import pytest
 import yaml
 from PIL import Image
 
-from factory.spec.job import parse_job
-from factory.store.run_tables import read_lineage
+from factory.spec.job import load_job, parse_job
+from factory.store.run_tables import list_runs, read_lineage
 from factory.store.storage import Store
-from tests.support.hosted_api import shared
+from tests.support import hosted_api, replicate_api
+from tests.support.process_tree import kill_tree
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-TIERS = ["hero", "thumbnail", "thumbnail", "hero", "thumbnail"]
-MEGAPIXELS = 64 * 64 / 1e6
-PRICE = Decimal("0.04")  # the card's price per megapixel
 
 
 @pytest.fixture(scope="module")
-def api():
-    """The stand-in, and its variables in this process's environment before the local Ray
-    starts (its workers inherit them; ``local_ray`` restarts a Ray started without them)."""
-    server = shared()
-    saved = {name: os.environ.get(name) for name in server.env()}
-    os.environ.update(server.env())
+def api(models_dir):
+    """fal's stand-in, and both stand-ins' variables in this process's environment before the
+    local Ray starts (its workers inherit them; ``local_ray`` restarts a Ray started without
+    them)."""
+    server, replicate = hosted_api.shared(), replicate_api.shared()
+    variables = {**server.env(), **replicate.env()}
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
     yield server
     for name, value in saved.items():
         if value is None:
@@ -78,58 +79,76 @@ def spec(manifest: Path, output: Path, **extra) -> dict:
             "pricing": {"gpu": "l4"}, **extra}
 
 
-def test_heroes_call_the_provider_thumbnails_render_here_one_budget(ray_with_api, api,
-                                                                    tmp_path):
-    from factory.run.pipeline import run_job
-
-    api.reset()
-    api.rate_limit(3)  # a 429 storm at the start: the client backs off, nothing fails
-    job = parse_job(spec(catalog(tmp_path, TIERS), tmp_path / "out", budget={"usd": 5}))
-    result = run_job(job)
-    lineage, summary = read_lineage(Store(str(tmp_path / "out")), result.run_id)
-    rows = {r["sku"]: r for r in lineage.to_pylist()}
-    assert summary["assets"] == 5 and summary["failed"] == 0, [r["error"] for r in rows.values()]
-    assert api.rate_limited == 3 and api.submissions() == 2  # one request per hero
-    for r in rows.values():
-        hero = r["route"] == "hero"
-        assert (r["generate_provider"] == "fal") == hero
-        assert bool(r["generate_request_id"]) == hero
-        assert r["generate_billed_units"] == (MEGAPIXELS if hero else 0)
-        assert r["usd_generate"] == (Decimal(repr(MEGAPIXELS)) * PRICE if hero else 0)
-        assert r["gpu_s_generate"] == 0 and r["cpu_s_generate"] == 0
-        assert r["cost_usd"] == sum((r[f"usd_{p.name}"] for p in job.stages), Decimal(0))
-        with Image.open(tmp_path / "out" / r["output_key"]) as image:
-            assert image.size == ((64, 64) if hero else (16, 16))
-        if hero:  # the request id the lineage names is the one the provider ran
-            assert api.arguments_of(r["generate_request_id"])["prompt"] == r["prompt"]
-    heroes = [r["cost_usd"] for r in rows.values() if r["route"] == "hero"]
-    assert Decimal(repr(summary["routes"]["hero"]["usd"])) == sum(heroes, Decimal(0))
-    assert summary["cost"]["stages"]["generate"]["usd"] == float(
-        2 * Decimal(repr(MEGAPIXELS)) * PRICE)
-    assert Decimal(repr(summary["cost"]["usd"])) == sum(
-        (r["cost_usd"] for r in rows.values()), Decimal(0))
-    records = list((tmp_path / "out" / "runs" / result.run_id / "requests" / "generate")
-                   .glob("*.json"))
-    assert len(records) == 2
-
-    # the plan prices the hosted stage from the same table: megapixels x price per asset
+def test_the_routed_job_sends_heroes_to_two_providers_and_thumbnails_here(ray_with_api, api,
+                                                                          tmp_path):
+    """``jobs/routed-api.yaml`` as shipped (its manifest, its prices) into a temporary output,
+    through a 429 storm at the start."""
     from click.testing import CliRunner
 
+    from factory.cli.exits import EXIT_PARTIAL
     from factory.cli.main import main
 
-    bigger = tmp_path / "bigger.csv"
-    bigger.write_text(Path(job.manifest_uri).read_text() + "SKU-9,mug 9,red,hero\n")
-    spec_path = tmp_path / "job.json"
-    spec_path.write_text(json.dumps(spec(bigger, tmp_path / "out")))
-    planned = CliRunner().invoke(main, ["plan", str(spec_path), "--probe", "0", "--json"])
+    replicate = replicate_api.shared()
+    api.reset()
+    replicate.reset()
+    api.rate_limit(3)  # each client backs off as asked; nothing fails
+    replicate.rate_limit(2)
+    job = load_job(REPO / "jobs" / "routed-api.yaml").with_overrides(
+        output_uri=str(tmp_path / "out"))
+    ran = CliRunner().invoke(main, ["run", str(REPO / "jobs" / "routed-api.yaml"), "--output",
+                                    str(tmp_path / "out"), "--no-dashboard"])
+    # partial: the manifest's one row of a tier no route serves ("premium") is rejected
+    assert ran.exit_code == EXIT_PARTIAL, ran.output[-3000:]
+    assert "rejects:" in ran.output
+    store = Store(str(tmp_path / "out"))
+    (run_id, _), = list_runs(store)
+    lineage, summary = read_lineage(store, run_id)
+    rows = {r["sku"]: r for r in lineage.to_pylist()}
+    assert summary["assets"] == 7 and summary["failed"] == 0, [r["error"] for r in rows.values()]
+    heroes = [r for r in rows.values() if r["route"] == "hero"]
+    assert len(heroes) == 1 and api.rate_limited == 3 and replicate.rate_limited == 2
+    assert api.submissions() == 2 and replicate.submissions() == 1  # one request per stage
+    prices = {"generate": Decimal("0.04"), "segment": Decimal("0.018"),
+              "upscale": Decimal("0.000225")}
+    units = {"generate": 1024 * 1024 / 1e6, "segment": 1.0, "upscale": replicate.predict_s}
+    providers = {"generate": "fal", "segment": "fal", "upscale": "replicate"}
+    for r in rows.values():
+        hero = r["route"] == "hero"
+        for stage, provider in providers.items():
+            assert (r[f"{stage}_provider"] == provider) == hero, (stage, r["sku"])
+            assert bool(r[f"{stage}_request_id"]) == hero
+            assert r[f"{stage}_billed_units"] == (units[stage] if hero else 0)
+            assert r[f"usd_{stage}"] == (Decimal(repr(units[stage])) * prices[stage]
+                                         if hero else 0)
+            assert r[f"gpu_s_{stage}"] == 0 and r[f"cpu_s_{stage}"] == 0
+        assert r["cost_usd"] == sum((r[f"usd_{p.name}"] for p in job.stages), Decimal(0))
+        with Image.open(tmp_path / "out" / r["output_key"]) as image:  # hero: x2 on Replicate
+            assert image.size == ((2048, 2048) if hero else (32, 32))
+    hero = heroes[0]  # the request ids the lineage names are the ones the providers ran
+    assert api.arguments_of(hero["generate_request_id"])["prompt"] == hero["prompt"]
+    assert api.arguments_of(hero["segment_request_id"])["image_url"].startswith("data:")
+    assert replicate.arguments_of(hero["upscale_request_id"])["scale"] == 2
+    assert Decimal(repr(summary["routes"]["hero"]["usd"])) == hero["cost_usd"]
+    for stage in providers:
+        assert summary["cost"]["stages"][stage]["usd"] == float(
+            Decimal(repr(units[stage])) * prices[stage])
+    assert Decimal(repr(summary["cost"]["usd"])) == sum(
+        (r["cost_usd"] for r in rows.values()), Decimal(0))
+    records = list((tmp_path / "out" / "runs" / run_id / "requests").glob("*/*.json"))
+    assert sorted(p.parent.name for p in records) == ["generate", "segment", "upscale"]
+
+    # the plan prices the hosted stages from the same table: units x price per asset (a new
+    # seed: every row to render again, calibrated by the committed run)
+    spec = yaml.safe_load((REPO / "jobs" / "routed-api.yaml").read_text())
+    spec.update(seed=99, manifest={"uri": str(REPO / "manifests" / "tiered.csv")})
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(spec))
+    planned = CliRunner().invoke(main, ["plan", str(tmp_path / "again.yaml"), "--output",
+                                        str(tmp_path / "out"), "--probe", "0", "--json"])
     assert planned.exit_code == 0, planned.output
-    plan = json.loads(planned.output)
-    hero = next(r for r in plan["routes"] if r["name"] == "hero")
-    assert hero["rows"] == 1
-    generate = float(Decimal(repr(MEGAPIXELS)) * PRICE)
-    assert hero["usd_per_asset"] == pytest.approx(generate, rel=0.05)  # + its recolor
-    assert next(s for s in plan["stages"] if s["name"] == "generate")["usd"] == generate
-    assert api.submissions() == 2  # planning made no request
+    plan = {s["name"]: s for s in json.loads(planned.output)["stages"]}
+    for stage in ("generate", "segment"):  # one hero: its expected units at the card's price
+        assert plan[stage]["usd"] == float(Decimal(repr(units[stage])) * prices[stage])
+    assert api.submissions() == 2 and replicate.submissions() == 1  # planning made no request
 
 
 def test_a_rejected_key_stops_the_run_naming_the_variable(ray_with_api, api, tmp_path):
@@ -151,7 +170,6 @@ def test_a_killed_driver_resumes_without_paying_twice(ray_with_api, api, tmp_pat
     """SIGKILL the driver while heroes are in flight; the same run id again (on this
     process's Ray): every request recorded before the kill is fetched, not submitted again."""
     from factory.run.pipeline import run_job
-    from factory.spec.job import load_job
 
     api.reset()
     api.job_s = 0.4  # each request runs a while: the kill lands mid-run
@@ -174,7 +192,9 @@ def test_a_killed_driver_resumes_without_paying_twice(ray_with_api, api, tmp_pat
                 break
             time.sleep(0.05)
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        # the driver and the local Ray it started, all of it: no worker of the killed run
+        # submits or records anything after this
+        kill_tree(first.pid)
         first.wait()
     assert not (out / "runs" / "r" / "lineage.parquet").exists()
     before = {json.loads(p.read_text())["request_id"] for p in requests.glob("*.json")}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from factory.catalog.demo import write_catalog
 from factory.store.run_tables import read_lineage, read_rejects
 from factory.spec.job import parse_job
 from factory.store.storage import Store
+from tests.support.process_tree import kill_tree
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +143,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
             break
         time.sleep(0.2)
     assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    kill_tree(first.pid)  # the driver and the local Ray it started, every process of it
     first.wait()
     # a sink task already writing may finish its file after the kill (an asset, create-only):
     # what the resume finds is what is there once the files stop changing

@@ -16,7 +16,8 @@ What it serves, as fal documents its queue:
   ``response_url``, ``cancel_url``;
 - ``GET /<owner>/<alias>/requests/<id>/status``: ``IN_QUEUE``, ``IN_PROGRESS`` or
   ``COMPLETED`` (with ``metrics.inference_time``);
-- ``GET /<owner>/<alias>/requests/<id>``: the result, ``images[0].url`` on this server;
+- ``GET /<owner>/<alias>/requests/<id>``: the result, ``images[0].url`` on this server
+  (``image.url`` for a background-removal endpoint, whose image is an RGBA cut-out);
 - ``PUT /<owner>/<alias>/requests/<id>/cancel``;
 - ``GET /files/<id>.png``: the image, a gradient of the request's size and seed.
 
@@ -214,18 +215,19 @@ class HostedApiServer:
         if not done:
             return 400, {"detail": "Request is still in progress"}, {}
         size = job.arguments.get("image_size") or _input_size(job.arguments.get("image_url"))
-        return 200, {"images": [{"url": f"https://{self.host}/files/{request_id}.png",
-                                 "width": size["width"], "height": size["height"],
-                                 "content_type": "image/png"}],
-                     "seed": job.arguments.get("seed"), "prompt": job.arguments.get("prompt"),
-                     "has_nsfw_concepts": [False]}, {}
+        image = {"url": f"https://{self.host}/files/{request_id}.png", "width": size["width"],
+                 "height": size["height"], "content_type": "image/png"}
+        if _cuts_out(job.endpoint):  # background removal answers one ``image``
+            return 200, {"image": image}, {}
+        return 200, {"images": [image], "seed": job.arguments.get("seed"),
+                     "prompt": job.arguments.get("prompt"), "has_nsfw_concepts": [False]}, {}
 
     def file(self, name: str) -> tuple[int, bytes, str]:
         with self._lock:
             job = self._jobs.get(name.removesuffix(".png"))
         if job is None:
             return 404, b"no such file", "text/plain"
-        return 200, _png(job.arguments), "image/png"
+        return 200, _png(job.arguments, cutout=_cuts_out(job.endpoint)), "image/png"
 
     # what tests read
     def count(self, kind: str | None = None) -> int:
@@ -276,7 +278,14 @@ def shared() -> HostedApiServer:
     return _SHARED[0]
 
 
-def _png(arguments: dict) -> bytes:
+def _cuts_out(endpoint: str) -> bool:
+    """Whether ``endpoint`` is a background-removal model (``fal-ai/bria/background/remove``)."""
+    return endpoint.endswith("background/remove")
+
+
+def _png(arguments: dict, *, cutout: bool = False) -> bytes:
+    """A gradient of the request's size (its input's, for an edit) whose blue is its seed;
+    a cut-out is RGBA, opaque exactly over the middle half of each side (a quarter of it)."""
     import numpy as np
     from PIL import Image
 
@@ -285,6 +294,10 @@ def _png(arguments: dict) -> bytes:
     yy, xx = np.mgrid[:h, :w]
     rgb = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)),
                     np.full((h, w), seed % 256)], axis=2).astype(np.uint8)
+    if cutout:
+        alpha = np.zeros((h, w, 1), np.uint8)
+        alpha[h // 4: h - h // 4, w // 4: w - w // 4] = 255
+        rgb = np.concatenate([rgb, alpha], axis=2)
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -15,7 +15,8 @@ import pytest
 from factory.core import images
 from factory.core.metrics import RunLabels
 from stages.base import StagePlan
-from stages.hosted import HostedAuthError, HostedOutage, request_column, units_column
+from stages.hosted import request_column, units_column
+from stages.hosted_base import HostedAuthError, HostedOutage
 from stages.registry import get_card
 from tests.support.hosted_api import shared
 
@@ -91,7 +92,7 @@ def test_retry_after_is_read_as_seconds_or_a_date_and_capped():
     from email.utils import format_datetime
     from datetime import datetime, timedelta, timezone
 
-    from stages.hosted import MAX_RETRY_AFTER_S, retry_after_s
+    from stages.hosted_base import MAX_RETRY_AFTER_S, retry_after_s
 
     assert retry_after_s("2") == 2.0 and retry_after_s(None) == 0.0
     assert retry_after_s("soon") == 0.0 and retry_after_s("-3") == 0.0

@@ -235,7 +235,8 @@ def test_params_are_checked():
 
 def test_cards_are_well_formed_with_valid_default_params():
     assert list(CARD) == ["upscale/swin2sr-tiny-x2", "upscale/swin2sr-tiny-x4",
-                          "upscale/swin2sr-x2", "upscale/swin2sr-x4", "upscale/lanczos"]
+                          "upscale/swin2sr-x2", "upscale/swin2sr-x4", "upscale/lanczos",
+                          "upscale/replicate-real-esrgan"]
     for card in CARDS:
         card.params()  # defaults valid for every card: scale None means the model's own
         assert card.kind == "upscale" and card.inputs == card.outputs == ("image",)
