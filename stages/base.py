@@ -107,6 +107,9 @@ class HostedApi:
         price_source: where and when that price was read.
         concurrency: requests one actor keeps in flight at most (the provider's limit per key,
             shared out over the pool's actors by the job's ``concurrency``).
+        requests_per_s: submissions per second the provider allows a key (0: no limit), shared
+            evenly over the pool's actors: each actor spaces its submissions
+            ``concurrency / requests_per_s`` seconds apart.
     """
 
     provider: str
@@ -115,6 +118,7 @@ class HostedApi:
     usd_per_unit: float
     price_source: str = ""
     concurrency: int = 4
+    requests_per_s: float = 0.0
 
 
 @dataclass(frozen=True)

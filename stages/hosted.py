@@ -42,6 +42,8 @@ import base64
 import hashlib
 import json
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Literal, Sequence
@@ -163,6 +165,11 @@ class HostedGenerator(Stage):
         self.client = clients[self.api.provider](
             http_timeout_s=min(self.params.timeout_s, 120.0))
         self.workers = max(1, min(self.params.concurrency, self.api.concurrency))
+        # the card's rate limit, this actor's share of it: submissions this far apart at least
+        actors = max(1, self.plan.resources.concurrency)
+        self.spacing_s = actors / self.api.requests_per_s if self.api.requests_per_s > 0 else 0.0
+        self._next_submit = 0.0
+        self._pacing = threading.Lock()
         self.store = (Store(self.plan.requests_uri, self.plan.s3 or S3Options())
                       if self.plan.requests_uri else None)
 
@@ -300,6 +307,7 @@ class HostedGenerator(Stage):
                 pass
             except OSError as exc:  # the store, not this row
                 raise StorageError(f"{self.store.uri}: cannot read {key}: {exc}") from exc
+        self._wait_turn()
         request_id = self.client.submit(self.api.endpoint, arguments)
         if self.store is not None:
             record = json.dumps({"provider": self.api.provider, "endpoint": self.api.endpoint,
@@ -310,6 +318,17 @@ class HostedGenerator(Stage):
             else:
                 self.store.put_if_absent(key, record, content_type="application/json")
         return request_id, False
+
+    def _wait_turn(self) -> None:
+        """Space this actor's submissions ``spacing_s`` apart (the card's rate limit)."""
+        if not self.spacing_s:
+            return
+        with self._pacing:
+            now = time.monotonic()
+            turn = max(now, self._next_submit)
+            self._next_submit = turn + self.spacing_s
+        if turn > now:
+            time.sleep(turn - now)
 
     def _record_key(self, arguments: dict[str, Any]) -> str:
         work = work_hash(self.plan.card.name, self.api.endpoint, arguments)

@@ -323,7 +323,8 @@ CARDS: tuple[StageCard, ...] = (
             # public models bill the seconds they run at their hardware's rate
             price_source="Replicate's billing page, hardware table, Nvidia T4 $0.000225/s, read "
                          "2026; the model page says which hardware it runs on",
-            concurrency=8),
+            # Replicate's documented limit on creating predictions: 600 per minute
+            concurrency=8, requests_per_s=10.0),
     ),
     StageCard(
         name="recolor/lab",

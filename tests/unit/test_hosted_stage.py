@@ -248,3 +248,20 @@ def test_a_store_that_cannot_keep_the_records_stops_the_run(api, tmp_path):
     with pytest.raises(StorageError, match="cannot read runs/r1/requests/hero/"):
         stage(blocker)(batch(["a mug", "a lamp"]))
     assert api.submissions() == 0  # nothing paid without a record of it
+
+
+def test_the_cards_rate_limit_spaces_each_actors_submissions(api):
+    """requests_per_s 10 over a pool of 2 actors: this actor submits 0.2 s apart, however many
+    requests it keeps in flight."""
+    from dataclasses import replace
+
+    runtime = stage(concurrency=4)
+    card = replace(CARD, hosted=replace(CARD.hosted, requests_per_s=10.0))
+    runtime.plan = replace(runtime.plan, card=card,
+                           resources=replace(runtime.plan.resources, concurrency=2))
+    runtime._load()
+    out = runtime(batch(["a mug", "a lamp", "a vase", "a cup"]))
+    assert list(out["status"]) == ["ok"] * 4, out["error"]
+    started = sorted(job.started for job in api._jobs.values())
+    gaps = [b - a for a, b in zip(started, started[1:])]
+    assert len(gaps) == 3 and min(gaps) >= 0.19, gaps
