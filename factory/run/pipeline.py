@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import ray
 import ray.data
-from ray.data import ActorPoolStrategy
+from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from factory.sink.channel_assets import ChannelSinkConfig, write_channel_assets
 from factory.cost.budget import Budget
@@ -176,7 +176,8 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
     if gated:  # one block at a time, in manifest order; no CPU held while it waits
         gate, config = budget.gate()
         ds = ds.map_batches(gate, fn_kwargs={"config": config}, batch_size=None,
-                            batch_format="numpy", num_cpus=0, concurrency=1)
+                            batch_format="numpy", num_cpus=0,
+                            compute=TaskPoolStrategy(size=1))
     for pool in job.pools:
         r = pool.resources
         # a hosted stage keeps the requests it made in the run's store (``stages.hosted``)

@@ -38,10 +38,10 @@ import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from tests.support.loopback_http import HOST, Handler, LoopbackServer, serve_in_foreground
+
 KEY = "stand-in-key"
 
 
@@ -53,21 +53,9 @@ class _Job:
     slow: bool
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
+class _Handler(Handler):
+    # the provider's own request id on every answer
+    extra_headers = staticmethod(lambda: {"x-fal-request-id": uuid.uuid4().hex})
 
     def _dispatch(self, method: str) -> None:
         api = self.server.owner
@@ -93,32 +81,6 @@ class _Handler(BaseHTTPRequestHandler):
         data = json.dumps(payload).encode()
         self._answer(status, data, "application/json", headers or {})
 
-    def _answer(self, status: int, data: bytes, content_type: str,
-                headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-fal-request-id", uuid.uuid4().hex)  # the provider's own answer
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-    owner: HostedApiServer
-
-    def server_bind(self) -> None:  # no reverse DNS lookup of loopback
-        self.socket.bind(self.server_address)
-        self.server_address = self.socket.getsockname()
-        self.server_name, self.server_port = HOST, self.server_address[1]
-
-    def handle_error(self, request, client_address) -> None:
-        return  # clients that hang up (timeouts, a killed driver) are what tests provoke
-
 
 class HostedApiServer:
     """The stand-in, started on a free loopback port; ``stop`` ends it."""
@@ -139,7 +101,7 @@ class HostedApiServer:
         self.inference_s = 0.5
         self._dir = Path(tempfile.mkdtemp(prefix="hosted-api-"))
         self.ca_file, context = _tls(self._dir)
-        self._server = _Server((HOST, 0), _Handler)
+        self._server = LoopbackServer((HOST, 0), _Handler)
         self._server.owner = self
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
@@ -371,27 +333,8 @@ def main() -> None:
     """``python -m tests.support.hosted_api``: a stand-in in the foreground, for trying a job
     with a hosted stage by hand; it prints the variables to export (``--print-env``: only
     those, as ``NAME=value`` lines), then serves until Ctrl-C."""
-    import argparse
-    import signal
-    import sys
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--print-env", action="store_true")
-    parser.add_argument("--job-s", type=float, default=0.0, help="seconds each job runs")
-    args = parser.parse_args()
-    api = HostedApiServer()
-    api.job_s = args.job_s
-    for name, value in api.env().items():
-        print(f"{name}={value}" if args.print_env else f"export {name}={value}", flush=True)
-    if not args.print_env:
-        print(f"hosted-api stand-in on https://{api.host}; Ctrl-C stops it", file=sys.stderr)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        api.stop()
+    serve_in_foreground(HostedApiServer, "hosted-api",
+                        lambda api: f"https://{api.host}", main.__doc__)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-HOST = "127.0.0.1"
+from tests.support.loopback_http import HOST, Handler, LoopbackServer, serve_in_foreground
+
 TOKEN = "r8_stand-in-token"
 
 
@@ -57,19 +57,7 @@ class _Prediction:
     canceled: bool = False
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
+class _Handler(Handler):
     def _dispatch(self, method: str) -> None:
         api = self.server.owner
         path = self.path.split("?", 1)[0]
@@ -100,31 +88,6 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = "application/problem+json" if status >= 400 else "application/json"
         self._answer(status, json.dumps(payload).encode(), content_type, headers)
 
-    def _answer(self, status: int, data: bytes, content_type: str,
-                headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-    owner: ReplicateApiServer
-
-    def server_bind(self) -> None:  # no reverse DNS lookup of loopback
-        self.socket.bind(self.server_address)
-        self.server_address = self.socket.getsockname()
-        self.server_name, self.server_port = HOST, self.server_address[1]
-
-    def handle_error(self, request, client_address) -> None:
-        return  # clients that hang up (timeouts, a killed driver) are what tests provoke
-
 
 class ReplicateApiServer:
     """The stand-in, started on a free loopback port; ``stop`` ends it."""
@@ -135,7 +98,7 @@ class ReplicateApiServer:
         self._predictions: dict[str, _Prediction] = {}
         self._requests: dict[str, int] = {}
         self.reset()
-        self._server = _Server((HOST, 0), _Handler)
+        self._server = LoopbackServer((HOST, 0), _Handler)
         self._server.owner = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
@@ -348,28 +311,8 @@ def main() -> None:
     """``python -m tests.support.replicate_api``: a stand-in in the foreground, for trying a job
     with a Replicate stage by hand; it prints the variables to export (``--print-env``: only
     those, as ``NAME=value`` lines), then serves until Ctrl-C."""
-    import argparse
-    import signal
-    import sys
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--print-env", action="store_true")
-    parser.add_argument("--job-s", type=float, default=0.0, help="seconds each job runs")
-    args = parser.parse_args()
-    api = ReplicateApiServer()
-    api.job_s = args.job_s
-    for name, value in api.env().items():
-        print(f"{name}={value}" if args.print_env else f"export {name}={value}", flush=True)
-    if not args.print_env:
-        print(f"replicate stand-in on {api.env()['REPLICATE_BASE_URL']}; Ctrl-C stops it",
-              file=sys.stderr)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        api.stop()
+    serve_in_foreground(ReplicateApiServer, "replicate",
+                        lambda api: api.env()["REPLICATE_BASE_URL"], main.__doc__)
 
 
 if __name__ == "__main__":
