@@ -103,12 +103,7 @@ def patch_plan(pipeline, args: argparse.Namespace) -> None:
     if args.block_rows:
         pipeline.block_rows = lambda _job: args.block_rows
     if args.in_flight:
-        import functools
-
-        from ray.data import ActorPoolStrategy
-
-        pipeline.ActorPoolStrategy = functools.partial(
-            ActorPoolStrategy, max_tasks_in_flight_per_actor=args.in_flight)
+        pipeline.GPU_TASKS_IN_FLIGHT = args.in_flight
     if args.unordered:
         import ray.data
 
@@ -279,7 +274,8 @@ def main() -> None:
     parser.add_argument("--block-rows", type=int, default=0,
                         help="monkeypatch the factory's rows per block (0: its own)")
     parser.add_argument("--in-flight", type=int, default=0,
-                        help="monkeypatch tasks queued per actor (0: Ray Data's default)")
+                        help="monkeypatch tasks queued per GPU actor (0: the factory's, 1; "
+                             "2 is Ray Data's default)")
     parser.add_argument("--unordered", action="store_true",
                         help="monkeypatch: Ray Data's preserve_order off")
     parser.add_argument("--store-gib", type=int, default=2, help="object store per node")
