@@ -231,6 +231,16 @@ class HostedApiServer:
 _SHARED: list[HostedApiServer] = []
 
 
+def pointed_at(monkeypatch) -> HostedApiServer:
+    """This process's stand-in, reset, with its variables set through ``monkeypatch`` (a
+    test's fixture: they are unset again after the test)."""
+    server = shared()
+    server.reset()
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    return server
+
+
 def shared() -> HostedApiServer:
     """This process's stand-in, started on first use and kept: ``fal_client`` reads its host
     once per process, at import, so every test of a process talks to the same server (each

@@ -13,7 +13,7 @@ from factory.core.metrics import RunLabels
 from stages.base import StagePlan
 from stages.hosted import request_column, units_column
 from stages.registry import get_card
-from tests.support.hosted_api import shared
+from tests.support.hosted_api import pointed_at, shared
 
 SEGMENT = get_card("segment/fal-bria-rmbg")
 UPSCALE = get_card("upscale/replicate-real-esrgan")
@@ -21,12 +21,8 @@ UPSCALE = get_card("upscale/replicate-real-esrgan")
 
 @pytest.fixture
 def fal(monkeypatch):
-    server = shared()
-    server.reset()
-    for name, value in server.env().items():
-        monkeypatch.setenv(name, value)
-    yield server
-    server.reset()
+    yield pointed_at(monkeypatch)
+    shared().reset()
 
 
 @pytest.fixture

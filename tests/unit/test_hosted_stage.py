@@ -18,19 +18,15 @@ from stages.base import StagePlan
 from stages.hosted import request_column, units_column
 from stages.hosted_base import HostedAuthError, HostedOutage
 from stages.registry import get_card
-from tests.support.hosted_api import shared
+from tests.support.hosted_api import pointed_at, shared
 
 CARD = get_card("generate/fal-flux-pro")
 
 
 @pytest.fixture
 def api(monkeypatch):
-    server = shared()
-    server.reset()
-    for name, value in server.env().items():
-        monkeypatch.setenv(name, value)
-    yield server
-    server.reset()
+    yield pointed_at(monkeypatch)
+    shared().reset()
 
 
 def stage(tmp_path: Path | None = None, *, run_id: str = "r1", **params):
@@ -260,8 +256,13 @@ def test_the_cards_rate_limit_spaces_each_actors_submissions(api):
     runtime.plan = replace(runtime.plan, card=card,
                            resources=replace(runtime.plan.resources, concurrency=2))
     runtime._load()
+    submitted: list[float] = []  # when each submission left this actor
+    submit = runtime.client.submit
+    runtime.client.submit = lambda *a: submitted.append(time.monotonic()) or submit(*a)
     out = runtime(batch(["a mug", "a lamp", "a vase", "a cup"]))
     assert list(out["status"]) == ["ok"] * 4, out["error"]
-    started = sorted(job.started for job in api._jobs.values())
-    gaps = [b - a for a, b in zip(started, started[1:])]
-    assert len(gaps) == 3 and min(gaps) >= 0.19, gaps
+    submitted.sort()
+    gaps = [b - a for a, b in zip(submitted, submitted[1:])]
+    # turns 0.2 s apart; a thread wakes from its wait a few ms late at most
+    assert api.submissions() == 4 and len(gaps) == 3 and min(gaps) >= 0.19, gaps
+    assert submitted[-1] - submitted[0] >= 0.59
