@@ -8,7 +8,7 @@ wraps the provider's official Python client and answers five questions for a sta
   the keys the stage uses), in the model's own schema;
 - ``submit(endpoint, arguments)``: the provider's request id once its queue accepted the job;
 - ``wait(endpoint, request_id, timeout_s=, interval_s=)``: ``(image_url, metrics)`` once the
-  job completed, the URL of its first image (an ``https://`` or ``data:`` URL) and what the
+  job completed (``poll`` waits for it), the URL of its first image (an ``https://`` or ``data:`` URL) and what the
   provider measured (``inference_time``: seconds of compute it bills by); ``TimeoutError``
   after a best-effort cancel when the job is unfinished after ``timeout_s``;
 - ``classify(exc)``: a failure as an ``Outcome``: the key's fault (``HostedAuthError``), an
@@ -22,10 +22,11 @@ one addition, for clients that retry a 429 without reading its ``Retry-After``.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol, TypeVar
 
 
 class HostedError(RuntimeError):
@@ -97,6 +98,27 @@ def refused_key(provider: Provider, status: int | None, also: str = "") -> Hoste
                                f"{also} {where}")
     return HostedAuthError(f"{provider.name} refused the API key ({status}): set "
                            f"{provider.key_env} to a valid key {where}")
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def poll(request_id: str, status: Callable[[], T], finished: Callable[[T], bool],
+         cancel: Callable[[], Any], *, timeout_s: float, interval_s: float) -> T:
+    """A request's status once ``finished`` says so, asked every ``interval_s``; past
+    ``timeout_s`` the request is cancelled (best effort) and ``TimeoutError`` raised."""
+    deadline = time.monotonic() + timeout_s
+    while not finished(current := status()):
+        if time.monotonic() >= deadline:
+            try:
+                cancel()
+            except Exception:  # noqa: BLE001 - best effort: the row fails either way
+                log.debug("cancel of %s failed", request_id, exc_info=True)
+            raise TimeoutError(f"request {request_id} unfinished after {timeout_s:g} s; "
+                               "cancelled")
+        time.sleep(interval_s)
+    return current
 
 
 #: The longest a 429's ``Retry-After`` is waited (a provider's hint, not a hold on the actor).

@@ -14,14 +14,11 @@ and ``FAL_KEY_SECRET``) and ``FAL_QUEUE_RUN_HOST`` (an HTTPS host, read once per
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from typing import Any, ClassVar
 
-from stages.hosted_base import PROVIDERS, Outcome, Provider, refused_key, wait_retry_after
-
-log = logging.getLogger(__name__)
+from stages.hosted_base import (PROVIDERS, Outcome, Provider, poll, refused_key,
+                                 wait_retry_after)
 
 
 class FalQueue:
@@ -67,16 +64,9 @@ class FalQueue:
         ``TimeoutError`` (after a cancel) past ``timeout_s``."""
         self._pace()
         handle = self.client.get_handle(endpoint, request_id)
-        deadline = time.monotonic() + timeout_s
-        while not isinstance(status := handle.status(), self.fal.Completed):
-            if time.monotonic() >= deadline:
-                try:
-                    handle.cancel()
-                except Exception:  # noqa: BLE001 - best effort: the row fails either way
-                    log.debug("cancel of %s failed", request_id, exc_info=True)
-                raise TimeoutError(f"request {request_id} unfinished after {timeout_s:g} s; "
-                                   "cancelled")
-            time.sleep(interval_s)
+        status = poll(request_id, handle.status,
+                      lambda current: isinstance(current, self.fal.Completed), handle.cancel,
+                      timeout_s=timeout_s, interval_s=interval_s)
         if getattr(status, "error", None):
             raise RuntimeError(f"request {request_id} failed: {status.error}")
         return _image_url(handle.get()), dict(getattr(status, "metrics", None) or {})

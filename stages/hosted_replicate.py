@@ -28,13 +28,9 @@ read where the stage runs when the client is made: never in a spec, a plan or th
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any, ClassVar
 
-from stages.hosted_base import PROVIDERS, Outcome, Provider, refused_key
-
-log = logging.getLogger(__name__)
+from stages.hosted_base import PROVIDERS, Outcome, Provider, poll, refused_key
 
 #: A prediction's states in which it will change no more.
 FINISHED = ("succeeded", "failed", "canceled")
@@ -86,16 +82,11 @@ class ReplicateQueue:
         """The first output URL of a succeeded prediction and its metrics
         (``inference_time``: Replicate's ``predict_time``); ``RuntimeError`` when it failed or
         was cancelled; ``TimeoutError`` (after a cancel) past ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while (prediction := self.client.predictions.get(request_id)).status not in FINISHED:
-            if time.monotonic() >= deadline:
-                try:
-                    self.client.predictions.cancel(request_id)
-                except Exception:  # noqa: BLE001 - best effort: the row fails either way
-                    log.debug("cancel of %s failed", request_id, exc_info=True)
-                raise TimeoutError(f"request {request_id} unfinished after {timeout_s:g} s; "
-                                   "cancelled")
-            time.sleep(interval_s)
+        predictions = self.client.predictions
+        prediction = poll(request_id, lambda: predictions.get(request_id),
+                          lambda current: current.status in FINISHED,
+                          lambda: predictions.cancel(request_id),
+                          timeout_s=timeout_s, interval_s=interval_s)
         if prediction.status != "succeeded":
             raise RuntimeError(f"request {request_id} {prediction.status}: "
                                f"{prediction.error or 'no error given'}")
