@@ -36,15 +36,10 @@ def api(models_dir):
     local Ray starts (its workers inherit them; ``local_ray`` restarts a Ray started without
     them)."""
     server, replicate = hosted_api.shared(), replicate_api.shared()
-    variables = {**server.env(), **replicate.env()}
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    yield server
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {**server.env(), **replicate.env()}.items():
+            env.setenv(name, value)
+        yield server
 
 
 @pytest.fixture(scope="module")

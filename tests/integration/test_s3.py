@@ -33,16 +33,12 @@ FAIL = "SKU-00007"
 @pytest.fixture(scope="module")
 def s3_env():
     """Credentials in the environment before Ray starts, as the boto3 chain expects."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-                      AWS_DEFAULT_REGION="us-east-1")
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in (("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+                            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):
+            env.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="module")
