@@ -358,6 +358,7 @@ class FaultProxy:
         self._policy = policy or FaultPolicy()
         self._put_count = 0
         self._log_entries: list[Logged] = []
+        self._last_request = time.monotonic()
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -465,9 +466,24 @@ class FaultProxy:
         with self._lock:
             self._log_entries.clear()
 
+    def wait_quiet(self, quiet_s: float, timeout_s: float = 60.0) -> None:
+        """Return once no request has arrived for ``quiet_s`` seconds: a failed run's write
+        tasks may still be retrying after its driver returned (they outlive it on a shared
+        Ray), and a test that changes the policy or lists the bucket waits for them."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                seen, last = len(self._log_entries), self._last_request
+            if time.monotonic() - last >= quiet_s:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still {seen} requests and counting after {timeout_s} s")
+            time.sleep(0.1)
+
     def _log(self, entry: Logged) -> None:
         with self._lock:
             self._log_entries.append(entry)
+            self._last_request = time.monotonic()
 
     # -- internals --------------------------------------------------------------------------
     def _open_upstream(self) -> http.client.HTTPConnection:
