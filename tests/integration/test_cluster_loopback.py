@@ -29,7 +29,7 @@ from tests.support.s3_server import credentials_env, start_s3_server
 
 pytestmark = pytest.mark.integration
 
-ROWS = 96
+ROWS = 48
 
 
 @pytest.fixture(scope="module")
