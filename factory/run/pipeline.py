@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ray
 import ray.data
@@ -500,14 +500,16 @@ def local_cpus(logical_cpus: float | None) -> int:
 
 
 def init_ray(address: str | None, *, logical_cpus: float | None = None,
-             dashboard: bool = True) -> str | None:
+             dashboard: bool = True, env_vars: Mapping[str, str] | None = None) -> str | None:
     """Connect to a cluster, or start a local Ray of our own; return the dashboard's URL.
 
     A local Ray gets at least as many logical CPUs as the job's actor pools ask for, plus one
     for the read, validate and sink tasks; they time-share the real cores. Its dashboard
     (``dashboard``) listens on 127.0.0.1 only, behind Ray's token authentication. The terminal
     gets the factory's lines and the warnings and errors of Ray and the stages; Ray's INFO
-    chatter stays in the session's logs (``factory.core.console``).
+    chatter stays in the session's logs (``factory.core.console``). ``env_vars``: variables
+    this driver's workers get on top of the environment their node started with (Ray's
+    runtime env; with ``address``).
     """
     from factory.core.console import quiet_ray, quiet_ray_data, spend_restart_advisory
 
@@ -516,6 +518,8 @@ def init_ray(address: str | None, *, logical_cpus: float | None = None,
     quiet_ray()
     # Every worker runs quiet_ray_worker first: Ray Data's console there as on this driver.
     runtime_env = {"worker_process_setup_hook": "factory.core.console.quiet_ray_worker"}
+    if env_vars:
+        runtime_env["env_vars"] = dict(env_vars)
     if address:
         context = ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:

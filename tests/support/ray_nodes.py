@@ -121,13 +121,14 @@ def node_env(token: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_head(env: dict[str, str], *, num_cpus: int, num_gpus: int = 0) -> Node:
+def start_head(env: dict[str, str], *, num_cpus: int, num_gpus: int = 0,
+               dashboard: bool = True) -> Node:
     temp_dir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # AF_UNIX paths stay short
     gcs, dash, client, node, objects, agent, agent_grpc, metrics, renv = free_ports(9)
     log = temp_dir / "node.log"
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--include-dashboard={str(dashboard).lower()}",
          f"--ray-client-server-port={client}", f"--node-manager-port={node}",
          f"--object-manager-port={objects}", f"--dashboard-agent-listen-port={agent}",
          f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
@@ -153,6 +154,15 @@ def start_worker(name: str, gcs_address: str, env: dict[str, str], *, num_cpus: 
          f"--num-gpus={num_gpus}", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     return Node(name, proc, temp_dir, node, log)
+
+
+def wait_started(node: Node, timeout: float = 120.0) -> None:
+    """Wait until the blocking ``ray start`` says its node is up (drivers can connect)."""
+    deadline = time.monotonic() + timeout
+    while b"Ray runtime started" not in node.log.read_bytes():
+        if node.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{node.name} did not start: {node.log.read_text()[-3000:]}")
+        time.sleep(0.1)
 
 
 def wait_for_nodes(gcs_address: str, env: dict[str, str], count: int,
