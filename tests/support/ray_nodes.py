@@ -128,7 +128,8 @@ def start_head(env: dict[str, str], *, num_cpus: int, num_gpus: int = 0,
     log = temp_dir / "node.log"
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--include-dashboard={str(dashboard).lower()}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--include-dashboard={str(dashboard).lower()}",
          f"--ray-client-server-port={client}", f"--node-manager-port={node}",
          f"--object-manager-port={objects}", f"--dashboard-agent-listen-port={agent}",
          f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
