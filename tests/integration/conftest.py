@@ -49,7 +49,9 @@ def _node(env: dict[str, str]):
         cleanup([node])
     # its own throwaway token (as a local Ray has); stopped without draining
     base = {k: v for k, v in _BASE.items() if k in env}
-    node = start_head({**base, **_auth(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
+    # no prestarted workers, as the factory's own local Ray (``LOCAL_RAY_CONFIG``)
+    node = start_head({**base, **_auth(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                       "RAY_prestart_worker_first_driver": "0"},
                       num_cpus=local_cpus(4), dashboard=False)
     wait_started(node)
     _SHARED.update(node=node, env=base)

@@ -62,6 +62,30 @@ def total(series, name: str, **match: str) -> float:
                if all(dict(tags).get(k) == want for k, want in match.items()))
 
 
+def worker_processes() -> list:
+    """The Ray worker processes of this driver's local node (the raylet's children but its
+    agents), by their titles."""
+    import psutil
+    import ray
+
+    node = ray._private.worker.global_worker.node
+    raylet = next(p for p in psutil.Process().children(recursive=True)
+                  if p.name() == "raylet" and node.session_name in " ".join(p.cmdline()))
+    agents = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # the node's, not workers
+    return [" ".join(p.cmdline()).strip() for p in raylet.children()
+            if not " ".join(p.cmdline()).startswith(agents)]
+
+
+def test_a_local_ray_starts_no_worker_no_run_can_use(ray_with_dashboard):
+    """Ray prestarts idle workers without a runtime env when a driver connects; a run's tasks
+    and actors all have one, so the factory's local Ray starts only the worker Ray starts for
+    the driver's own runtime env."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert len(worker_processes()) <= 1, worker_processes()
+        time.sleep(0.25)
+
+
 def test_metrics_on_the_node_endpoint_match_the_lineage(ray_with_dashboard, tmp_path,
                                                         models_dir):
     from factory.run.pipeline import run_job
