@@ -116,7 +116,10 @@ def node_env(token: str, extra: dict[str, str] | None = None) -> dict[str, str]:
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
                # the GCS finds a killed raylet in about 3 s instead of 15 (3 failed checks,
                # 1 s apart; a live but busy raylet still has each check's 10 s to answer)
-               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
+               RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
+               # no idle workers prestarted for a driver: a run's tasks and actors carry a
+               # runtime env such a worker lacks (as on the factory's local Ray)
+               RAY_prestart_worker_first_driver="0")
     env.update(extra or {})
     return env
 
