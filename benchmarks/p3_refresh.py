@@ -73,9 +73,8 @@ def main() -> None:
     manifest = catalog(directory, args.rows)
     if args.chain == "sim":
         stages, output = sim_stages(args.time_scale, args.side)
-        make_job = lambda: job(directory, manifest, stages,  # noqa: E731
-                               output={"uri": str(directory / "out"), **output})
-        full_job = make_job()
+        extra = {"output": {"uri": str(directory / "out"), **output}}
+        full_job = job(directory, manifest, stages, **extra)
         start_sim_ray(full_job)
         label = (f"the simulated five-stage chain (device times x{args.time_scale:g}, "
                  f"{args.side} px), local Ray, 1 logical GPU")
@@ -84,8 +83,8 @@ def main() -> None:
         from stages.tiny.models import make_all
 
         make_all(settings.models_dir())
-        make_job = lambda: job(directory, manifest, STAGES)  # noqa: E731
-        full_job = make_job()
+        stages, extra = STAGES, {}
+        full_job = job(directory, manifest, stages)
         start_ray(full_job)
         label = "tiny generate + recolor, local Ray"
     from factory.run.pipeline import run_job
@@ -102,7 +101,7 @@ def main() -> None:
     with manifest.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
     started = time.perf_counter()
-    report = refresh(make_job())
+    report = refresh(job(directory, manifest, stages, **extra))  # the catalog read again
     refresh_s = time.perf_counter() - started
     print(f"P3 incremental refresh, {args.rows} SKUs, {label}")
     print(f"  full run:  {full_s:7.1f} s ({full.counts.assets} assets)")
