@@ -491,7 +491,8 @@ def local_cpus(logical_cpus: float | None) -> int:
 #: A local Ray's settings. Ray prestarts idle workers when the first driver connects, with no
 #: runtime env; every task and actor of a run has one (``init_ray``), so none of them could
 #: take such a worker, and each one's start cost about a CPU second while the run's actors
-#: import their libraries (a four-row local run: 21.7 -> 19.5 CPU s in all processes, medians of three).
+#: import their libraries (a four-row local run: 21.7 -> 19.5 CPU s in all processes,
+#: medians of three).
 LOCAL_RAY_CONFIG = {"prestart_worker_first_driver": False}
 
 

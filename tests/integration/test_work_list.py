@@ -19,9 +19,11 @@ def test_read_validate_and_existence_check_run_as_one_task_per_split(tmp_path, l
 
     catalog = write_catalog(tmp_path / "catalog.csv", 600)  # rows 11, 21, 31 are bad
     job = parse_job({
-        "name": "fused", "manifest": {"uri": str(catalog)}, "output": {"uri": str(tmp_path / "out")},
+        "name": "fused", "manifest": {"uri": str(catalog)},
+        "output": {"uri": str(tmp_path / "out")},
         "prompt": {"template": "a {{ color }} {{ title }}"},
-        "stages": [{"kind": "generate", "model": "synthetic", "params": {"width": 16, "height": 16}}]})
+        "stages": [{"kind": "generate", "model": "synthetic",
+                    "params": {"width": 16, "height": 16}}]})
     info = scan(job.manifest_uri, job.manifest_format, default_variant=job.variant)
     work = _work_list(job, info, Store(job.output.uri), limit=None)
     splits = ManifestDatasource(job.manifest_uri, job.manifest_format).num_read_tasks()
