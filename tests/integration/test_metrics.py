@@ -76,10 +76,10 @@ def worker_processes() -> list:
             if not " ".join(p.cmdline()).startswith(agents)]
 
 
-def test_a_local_ray_starts_no_worker_no_run_can_use(ray_with_dashboard):
+def test_a_local_ray_prestarts_no_worker_a_run_cannot_use(ray_with_dashboard):
     """Ray prestarts idle workers without a runtime env when a driver connects; a run's tasks
     and actors all have one, so the factory's local Ray starts only the worker Ray starts for
-    the driver's own runtime env."""
+    the driver's own runtime env. (First in this module: a run leaves idle workers behind.)"""
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         assert len(worker_processes()) <= 1, worker_processes()
