@@ -41,8 +41,7 @@ def models_dir(tmp_path_factory) -> Path:
     from factory.core import settings
     from stages.tiny.models import make_all
 
-    directory = tmp_path_factory.mktemp("models")
-    make_all(directory)
+    directory = _build_once(tmp_path_factory, make_all)
     previous = os.environ.get(settings.MODELS_DIR)
     os.environ[settings.MODELS_DIR] = str(directory)
     yield directory
@@ -50,6 +49,24 @@ def models_dir(tmp_path_factory) -> Path:
         os.environ.pop(settings.MODELS_DIR, None)
     else:
         os.environ[settings.MODELS_DIR] = previous
+
+
+def _build_once(tmp_path_factory, make_all) -> Path:
+    """The models directory: one per test run, shared by its test processes (xdist workers
+    share the parent of their base temp dirs); the first to take the lock builds it, the
+    others find it complete (``make_all`` builds only what is missing)."""
+    import fcntl
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        directory = tmp_path_factory.mktemp("models")
+        make_all(directory)
+        return directory
+    root = tmp_path_factory.getbasetemp().parent
+    directory = root / "models"
+    with open(root / "models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        make_all(directory)
+    return directory
 
 
 @pytest.fixture(scope="module")

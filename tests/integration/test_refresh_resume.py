@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from factory.catalog.demo import write_catalog
+from factory.cli.exits import EXIT_PARTIAL
+from factory.cli.main import main
 from factory.store.run_tables import read_lineage, read_rejects
 from factory.spec.job import parse_job
 from factory.store.storage import Store
@@ -117,9 +120,10 @@ def test_season_is_chosen_by_date(tmp_path):
     assert job.with_season(None, today=date(2026, 4, 1)).season is None
 
 
-def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
-    """SIGKILL the driver mid-run; run the same run id again: exact accounting, and the SKUs
-    finished before the kill get no model call."""
+def test_resume_after_the_driver_is_killed(tmp_path, local_ray, models_dir):
+    """SIGKILL the driver mid-run, and the local Ray it started; run the same run id again
+    (on this process's Ray): exact accounting, and the SKUs finished before the kill get no
+    model call."""
     catalog = write_catalog(tmp_path / "catalog.csv", 48)  # 3 bad rows
     out = tmp_path / "out"
     spec = tmp_path / "job.yaml"
@@ -156,8 +160,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, models_dir):
     assert 10 <= len(done_before) < 45
     assert not (out / "runs" / "r" / "lineage.parquet").exists()  # never committed
 
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1, again.stderr[-2000:]  # partial: the 3 bad rows
+    again = CliRunner().invoke(main, command[3:], catch_exceptions=False)
+    assert again.exit_code == EXIT_PARTIAL, again.output[-2000:]  # partial: the 3 bad rows
     lineage, summary = read_lineage(Store(str(out)), "r")
     rejects = read_rejects(Store(str(out)), "r")
     assert lineage.num_rows + rejects.num_rows == 48 and summary["assets"] == 45
