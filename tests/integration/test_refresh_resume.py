@@ -52,12 +52,12 @@ def test_refresh_renders_exactly_the_changed_skus(tmp_path, local_ray, models_di
     from factory.run.pipeline import run_job
     from factory.run.refresh import refresh
 
-    catalog = write_catalog(tmp_path / "catalog.csv", 1000, bad_rows=False)
+    catalog = write_catalog(tmp_path / "catalog.csv", 200, bad_rows=False)
     job = parse_job(spec_dict(catalog, tmp_path / "out"))
     full = run_job(job)
-    assert full.counts.assets == 1000
+    assert full.counts.assets == 200
 
-    changed = {f"SKU-{i:05d}" for i in range(0, 1000, 100)}  # 1%: 10 SKUs
+    changed = {f"SKU-{i:05d}" for i in range(0, 200, 20)}  # 5%: 10 SKUs
 
     def edit(rows):
         header, body = rows[0], rows[1:]
@@ -72,10 +72,10 @@ def test_refresh_renders_exactly_the_changed_skus(tmp_path, local_ray, models_di
     rewrite(catalog, edit)
     report = refresh(parse_job(spec_dict(catalog, tmp_path / "out")))
     assert report.previous_run == full.run_id
-    assert (report.changed, report.new, report.removed, report.unchanged) == (10, 3, 2, 988)
+    assert (report.changed, report.new, report.removed, report.unchanged) == (10, 3, 2, 188)
     lineage, _ = read_lineage(Store(str(tmp_path / "out")), report.result.run_id)
     assert rendered(lineage) == changed | {"NEW-0", "NEW-1", "NEW-2"}  # nothing else ran
-    assert report.result.counts.written == 13 and report.result.counts.assets == 1001
+    assert report.result.counts.written == 13 and report.result.counts.assets == 201
 
 
 def test_a_season_switch_re_renders_only_what_its_overlay_touches(tmp_path, local_ray,
