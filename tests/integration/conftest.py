@@ -40,7 +40,7 @@ def _node(env: dict[str, str]):
     its processes have. It starts with the environment the session started with, so a module's
     own variables (credentials, a stand-in's address) reach only that module's workers."""
     from factory.run.pipeline import local_cpus
-    from tests.support.ray_nodes import cleanup, start_head, wait_started
+    from tests.support.ray_nodes import cleanup, local_ray_env, start_head, wait_started
 
     node = _SHARED.get("node")
     if node is not None and node.proc.poll() is None and _SHARED["env"].keys() <= env.keys():
@@ -49,9 +49,8 @@ def _node(env: dict[str, str]):
         cleanup([node])
     # its own throwaway token (as a local Ray has); stopped without draining
     base = {k: v for k, v in _BASE.items() if k in env}
-    # no prestarted workers, as the factory's own local Ray (``LOCAL_RAY_CONFIG``)
     node = start_head({**base, **_auth(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-                       "RAY_prestart_worker_first_driver": "0"},
+                       **local_ray_env()},
                       num_cpus=local_cpus(4), dashboard=False)
     wait_started(node)
     _SHARED.update(node=node, env=base)

@@ -21,6 +21,15 @@ from pathlib import Path
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def local_ray_env() -> dict[str, str]:
+    """The factory's local Ray settings (``LOCAL_RAY_CONFIG``) as a ``ray start`` node's
+    environment (Ray reads ``RAY_<setting>``): test nodes start as a user's local Ray does."""
+    from factory.run.pipeline import LOCAL_RAY_CONFIG
+
+    return {f"RAY_{name}": str(int(value) if isinstance(value, bool) else value)
+            for name, value in LOCAL_RAY_CONFIG.items()}
+
+
 #: Ports ``free_ports`` has handed out in this process (never handed out twice).
 _HANDED_OUT: set[int] = set()
 #: Each test process's own block of ports (pytest-xdist names them gw0, gw1, ...).
@@ -117,9 +126,7 @@ def node_env(token: str, extra: dict[str, str] | None = None) -> dict[str, str]:
                # the GCS finds a killed raylet in about 3 s instead of 15 (3 failed checks,
                # 1 s apart; a live but busy raylet still has each check's 10 s to answer)
                RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3",
-               # no idle workers prestarted for a driver: a run's tasks and actors carry a
-               # runtime env such a worker lacks (as on the factory's local Ray)
-               RAY_prestart_worker_first_driver="0")
+               **local_ray_env())
     env.update(extra or {})
     return env
 
