@@ -12,6 +12,7 @@ from the validated job (``Job.keys``, ``Job.pools``), never derived here again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -259,7 +260,8 @@ def _named(runtime: type, stage_name: str) -> type:
 
 def run_job(job: Job, *, limit: int | None = None,
             on_progress: Callable[[Counts, int], None] | None = None,
-            on_count: Callable[[WorkCount], None] | None = None) -> RunResult:
+            on_count: Callable[[WorkCount], None] | None = None,
+            previous_run: str | None = None) -> RunResult:
     """Run a validated job on the connected Ray and commit its run. Needs ``ray.init`` first.
 
     The manifest is scanned (and fingerprinted) and the store probed before any model loads;
@@ -272,12 +274,16 @@ def run_job(job: Job, *, limit: int | None = None,
 
     With ``notify:``, the run's end is announced to the job's webhooks after its commit (a
     failure after it raised), and the result records each delivery (``factory.run.notified``).
+
+    ``previous_run``: an earlier committed run of the job in the same store (a refresh's); the
+    report links its thumbnails of the assets both runs hold (``factory.run.report``).
     """
     if job.notify is not None:  # this same run, announced once it ends
         from factory.run.notified import run_notified
 
         return run_notified(job, lambda: run_job(replace(job, notify=None), limit=limit,
-                                                 on_progress=on_progress, on_count=on_count))
+                                                 on_progress=on_progress, on_count=on_count,
+                                                 previous_run=previous_run))
     started = time.perf_counter()
     # Ordered execution keeps each stage's batches the same from run to run: batched float
     # maths is then bit-identical too, so the same job yields the same bytes on the same machine.
@@ -339,11 +345,16 @@ def run_job(job: Job, *, limit: int | None = None,
             if on_progress is not None:
                 on_progress(recorder.counts, info.rows)
 
-        for ds, role in zip(build_datasets(job, work, store, render=counted.to_render > 0,
-                                           labels=labels, budget=budget,
-                                           rows=counted.to_render), ("finished", "render")):
-            if role == "finished" and counted.to_render == counted.rows:
-                continue  # every row renders: no execution (and its start-up) for none
+        plans = list(zip(build_datasets(job, work, store, render=counted.to_render > 0,
+                                        labels=labels, budget=budget,
+                                        rows=counted.to_render), ("finished", "render")))
+        if counted.to_render == counted.rows:
+            plans = plans[1:]  # every row renders: no execution (and its start-up) for none
+        elif len(plans) == 2 and budget is None:
+            # one execution, in the same order: the pools start and render while the driver
+            # records the finished rows (a refresh's are most of its rows)
+            plans = [(plans[0][0].union(plans[1][0]), "finished+render")]
+        for ds, role in plans:
             ds.set_name(f"{run_id}:{role}")
             # with a budget each batch is handed over as it arrives (Ray's prefetch would hold
             # it until the next one is in): the gate waits on what the driver records
@@ -387,7 +398,7 @@ def run_job(job: Job, *, limit: int | None = None,
         log.warning("run %s was committed by a concurrent run first; reporting its result",
                     run_id)
         return committed_result(job, run_id, inputs, store, paths)
-    result = replace(result, report_path=_write_report(store, run_id))
+    result = replace(result, report_path=_write_report(store, run_id, previous_run))
     if job.publish is not None:  # the committed run in its catalog's formats (factory.publish)
         from factory.run.published import publish_committed
 
@@ -436,13 +447,13 @@ def qa_retries(job: Job, recorder: RunRecorder, work: ray.data.Dataset) -> QaRet
                      columns=work.schema().names, on_cost=recorder.on_cost)
 
 
-def _write_report(store: Store, run_id: str) -> str:
+def _write_report(store: Store, run_id: str, earlier: str | None = None) -> str:
     """The committed run's HTML report; a report that cannot be written is logged, never
     a reason to call the committed run failed (``factory runs open`` writes it later)."""
     from factory.run.report import write_report
 
     try:
-        return write_report(store, run_id)
+        return write_report(store, run_id, earlier=earlier)
     except Exception as exc:  # noqa: BLE001 - the run is committed either way
         log.warning("run %s: the report could not be written (%s); `factory runs open %s` "
                     "tries again", run_id, exc, run_id)
@@ -483,8 +494,6 @@ def _add_stage_ms(counts: Counts, batch, stages: list[str]) -> None:
 def local_cpus(logical_cpus: float | None) -> int:
     """Logical CPUs of the factory's own local Ray: at least the cores, and enough for the
     job's actor pools plus the read, validate and sink tasks (they time-share the cores)."""
-    import os
-
     return max(os.cpu_count() or 1, int(logical_cpus or 0) + int(TASK_CPUS) + 1)
 
 

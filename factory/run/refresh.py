@@ -73,7 +73,8 @@ def refresh(job: Job, *, run_id: str | None = None, limit: int | None = None,
         before = dict(zip(_units(table), table["output_key"].to_pylist()))
     if run_id:
         job = job.with_overrides(run_id=run_id)
-    result = run_job(job, limit=limit, on_progress=on_progress, on_count=on_count)
+    result = run_job(job, limit=limit, on_progress=on_progress, on_count=on_count,
+                     previous_run=previous)
     lineage, _ = read_lineage(store, result.run_id)
     rejected_skus = set(read_rejects(store, result.run_id)["sku"].to_pylist())
     now = set()

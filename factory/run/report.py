@@ -12,6 +12,11 @@ plus the cards shown: the contact sheet holds the ``max_cards`` lowest-numbered 
 so. Thumbnails are made from the committed assets (an asset that was already in the store
 before the run is still there). The report is written create-only, like the run's tables: it
 is derived from a committed run, which never changes.
+
+``runs/<run id>/thumbs.json`` says which thumbnail shows which asset key. A report told of an
+earlier run of the same store (a refresh's: most of its assets are that run's) links the
+thumbnails that run's report made or linked for the same keys, at the same size, instead of
+making them again: one asset key is one object in the store, so its thumbnail is the same.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 
 REPORT = "report.html"
 THUMBS = "thumbs"
+#: Which thumbnail shows which asset: ``{"px": size, "thumbs": {asset key: thumbnail key}}``.
+THUMB_INDEX = "thumbs.json"
 TEMPLATE = Path(__file__).with_name("report_template.html")
 #: Cards on the contact sheet (the lowest row numbers); a page of a million cards would not open.
 MAX_CARDS = 2_000
@@ -84,7 +91,7 @@ class StageTimes:
 
 
 def write_report(store: Store, run_id: str, *, max_cards: int = MAX_CARDS,
-                 thumb_px: int = THUMB_PX, threads: int = 8) -> str:
+                 thumb_px: int = THUMB_PX, threads: int = 8, earlier: str | None = None) -> str:
     """Write the report of committed run ``run_id`` and its thumbnails; return where it is.
 
     Args:
@@ -93,6 +100,8 @@ def write_report(store: Store, run_id: str, *, max_cards: int = MAX_CARDS,
         max_cards: cards on the contact sheet, the lowest row numbers first.
         thumb_px: the longer side of a thumbnail.
         threads: concurrent asset reads and thumbnail writes (S3 round trips).
+        earlier: an earlier committed run of this store whose report's thumbnails this one
+            links where they show the same asset keys (``THUMB_INDEX``); None: makes them all.
 
     Returns:
         ``store.path(report_key(run_id))``: a local path or an ``s3://`` URI.
@@ -110,8 +119,14 @@ def write_report(store: Store, run_id: str, *, max_cards: int = MAX_CARDS,
         scan = _scan_lineage(lineage, stages, max_cards)
     rejects, rejects_total = _read_rejects(store, f"{prefix}/{REJECTS}")
     cards = scan.cards.to_pylist()
+    known = _thumb_index(store, earlier, thumb_px) if earlier else {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        thumbs = list(pool.map(lambda c: _thumbnail(store, run_id, c, thumb_px), cards))
+        thumbs = list(pool.map(lambda c: _thumbnail(store, run_id, c, thumb_px, known),
+                               cards))
+    index = {"px": thumb_px, "thumbs": {c["output_key"]: key for c, key in zip(cards, thumbs)
+                                        if key}}
+    store.put_if_absent(f"{prefix}/{THUMB_INDEX}", json.dumps(index, sort_keys=True).encode(),
+                        content_type="application/json")
     context = {
         "run_id": run_id,
         "summary": summary,
@@ -119,7 +134,7 @@ def write_report(store: Store, run_id: str, *, max_cards: int = MAX_CARDS,
         "stages": [_stage_cost(_stage_times(s, scan), summary) for s in stages],
         "failures": scan.failures, "failures_total": scan.failed,
         "rejects": rejects, "rejects_total": rejects_total,
-        "cards": [_card(c, t, stages) for c, t in zip(cards, thumbs)],
+        "cards": [_card(c, _href(prefix, t), stages) for c, t in zip(cards, thumbs)],
         "lineage_rows": scan.rows,
         "routes": sorted(summary.get("routes") or {}),  # factory.spec.routes: a filter per route
         "inputs": sorted((k, _text(v)) for k, v in (summary.get("inputs") or {}).items()),
@@ -294,12 +309,49 @@ def _card(row: dict[str, Any], thumb: str | None, stages: list[str]) -> dict[str
     }
 
 
-def _thumbnail(store: Store, run_id: str, row: dict[str, Any], size: int) -> str | None:
-    """Make and store one card's thumbnail; its link relative to the report, or None."""
+def _thumb_index(store: Store, run_id: str, size: int) -> dict[str, str]:
+    """Thumbnail keys by asset key from run ``run_id``'s report, where it made them at
+    ``size``; empty where it has none (an older report, another size, an unreadable index)."""
+    try:
+        index = json.loads(store.read_bytes(f"runs/{run_id}/{THUMB_INDEX}"))
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:  # not JSON: thumbnails are made again, the report is written
+        log.warning("report: the thumbnail index of run %s is unreadable: %s", run_id, exc)
+        return {}
+    if not isinstance(index, dict) or index.get("px") != size:
+        return {}
+    thumbs = index.get("thumbs")
+    return {asset: key for asset, key in (thumbs.items() if isinstance(thumbs, dict) else ())
+            if isinstance(asset, str) and isinstance(key, str) and _is_thumb_key(key)}
+
+
+def _is_thumb_key(key: str) -> bool:
+    """``runs/<run id>/thumbs/<name>.webp``: an index may point there and nowhere else."""
+    parts = key.split("/")
+    return (len(parts) == 4 and parts[0] == "runs" and parts[2] == THUMBS
+            and parts[3].endswith(".webp") and not {"", ".", ".."} & set(parts))
+
+
+def _href(prefix: str, key: str | None) -> str | None:
+    """A thumbnail's link from the report at ``prefix``: its own, or an earlier run's."""
+    if key is None:
+        return None
+    if key.startswith(prefix + "/"):
+        return key[len(prefix) + 1:]
+    return "../../" + quote(key)
+
+
+def _thumbnail(store: Store, run_id: str, row: dict[str, Any], size: int,
+               known: dict[str, str]) -> str | None:
+    """One card's thumbnail key in the store: an earlier report's for the same asset
+    (``known``), else one made and stored now; None without an asset."""
     from PIL import Image, UnidentifiedImageError
 
     if row.get("status") != "ok" or not row.get("output_key"):
         return None
+    if row["output_key"] in known:
+        return known[row["output_key"]]
     try:
         data = store.read_bytes(row["output_key"])
     except FileNotFoundError:  # deleted from the store since the run: the card says so
@@ -315,9 +367,9 @@ def _thumbnail(store: Store, run_id: str, row: dict[str, Any], size: int) -> str
     buffer = io.BytesIO()
     thumb.save(buffer, format="WEBP", quality=80, method=0)  # fastest: 2 vs 4 ms a thumbnail
     channel = row.get("channel") or ""
-    store.put_if_absent(thumb_key(run_id, row["row"], channel), buffer.getvalue(),
-                        content_type="image/webp")
-    return _thumb_name(row["row"], channel)
+    key = thumb_key(run_id, row["row"], channel)
+    store.put_if_absent(key, buffer.getvalue(), content_type="image/webp")
+    return key
 
 
 def _ms(value: float) -> str:

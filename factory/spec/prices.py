@@ -40,6 +40,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -256,6 +257,18 @@ class CostModel:
             units: Mapping[str, float | None] = MappingProxyType({})) -> dict[str, Any]:
         """Cost columns of one asset from its ``ms_<stage>`` values (None or 0: not rendered
         here) and, for hosted stages, the units the provider billed (``<stage>_billed_units``)."""
+        if not any(ms.values()) and not any(units.values()):
+            # nothing rendered here (an asset already in the store: most rows of a refresh)
+            return dict(self._unrendered)
+        return self._priced(ms, units)
+
+    @cached_property
+    def _unrendered(self) -> dict[str, Any]:
+        """The cost columns of a row no stage rendered, priced once."""
+        return self._priced({}, {})
+
+    def _priced(self, ms: Mapping[str, float | None],
+                units: Mapping[str, float | None]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         total = Decimal(0)
         for s in self.shares:

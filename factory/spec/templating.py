@@ -163,16 +163,43 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(sorted(meta.find_undeclared_variables(parsed)))
 
 
+#: A template of plain text and bare fields (``photo of a {{ color }} {{ title }}``).
+_PLAIN = re.compile(r"(?:[^{}]|\{\{ *[A-Za-z_][A-Za-z0-9_]* *\}\})*")
+_PLAIN_FIELD = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+
+
+@lru_cache(maxsize=64)
+def _plain_parts(template: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """A plain template's text pieces and the fields between them (``pieces[0] field[0]
+    pieces[1] ...``), or None: anything else (a filter, a tag, a brace in the text) renders
+    through jinja2."""
+    if not _PLAIN.fullmatch(template):
+        return None
+    pieces = _PLAIN_FIELD.split(template)
+    return tuple(pieces[0::2]), tuple(pieces[1::2])
+
+
 def render(template: str, fields: Mapping[str, str | None], *, name: str = "prompt") -> str:
     """Render for one row; a missing or empty field the template uses, or anything rendering
     raises on the row's values, is a ``TemplateError`` (``name``: the template's output
-    column, named by errors that are not one field's)."""
+    column, named by errors that are not one field's).
+
+    A plain template (text and bare fields, ``_plain_parts``) of string values is joined
+    directly, as jinja2 would render it: the same text, at a fraction of the cost per row."""
     if not template:
         return ""
     for field in template_fields(template):
         value = fields.get(field)
         if value is None or (isinstance(value, str) and not value.strip()):
             raise TemplateError(f"missing value for prompt field '{field}'", field=field)
+    plain = _plain_parts(template)
+    if plain is not None and all(isinstance(fields[f], str) for f in plain[1]):
+        text = plain[0][0] + "".join(fields[f] + piece for f, piece in zip(*[plain[1],
+                                                                              plain[0][1:]]))
+        if len(text) > MAX_TEXT:
+            raise TemplateError(f"the rendered {name} is over {MAX_TEXT} characters",
+                                field=name)
+        return " ".join(text.split())
     try:
         parts, size = [], 0
         for chunk in _compiled(template).generate(**fields):

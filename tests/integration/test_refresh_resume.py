@@ -76,6 +76,11 @@ def test_refresh_renders_exactly_the_changed_skus(tmp_path, local_ray, models_di
     lineage, _ = read_lineage(Store(str(tmp_path / "out")), report.result.run_id)
     assert rendered(lineage) == changed | {"NEW-0", "NEW-1", "NEW-2"}  # nothing else ran
     assert report.result.counts.written == 13 and report.result.counts.assets == 201
+    # its report made thumbnails of the 13 new assets and links the full run's for the rest
+    run_dir = tmp_path / "out" / "runs" / report.result.run_id
+    assert len(list((run_dir / "thumbs").iterdir())) == 13
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert page.count(f'src="../../runs/{full.run_id}/thumbs/') == 188
 
 
 def test_a_season_switch_re_renders_only_what_its_overlay_touches(tmp_path, local_ray,

@@ -108,7 +108,7 @@ def check_run(server, job, prefix: str, run_id: str) -> list[dict]:
     assert len(keys) == len(set(keys))
     assert Counter(k.split("/")[1] for k in keys if k.startswith("assets/")) == Counter(
         r["sku"] for r in ok)  # one object per SKU: no duplicates
-    run_files = {"lineage.parquet", "rejects.parquet", "report.html"}
+    run_files = {"lineage.parquet", "rejects.parquet", "report.html", "thumbs.json"}
     run_files |= {f"thumbs/{r['row']}.webp" for r in ok}  # the report's contact sheet
     assert {t.split("/", 2)[2] for t in tables} <= run_files, tables
     client = server.client()

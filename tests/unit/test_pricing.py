@@ -205,3 +205,22 @@ def test_plan_command_prints_stages_and_totals(tmp_path) -> None:
     empty = CliRunner().invoke(main, ["plan", str(tmp_path / "job.yaml"), "--probe", "0",
                                       "--output", str(tmp_path / "elsewhere")])
     assert empty.exit_code == 2 and "run with --probe N" in empty.output
+
+
+@pytest.mark.parametrize("ms, units", [({}, {}), ({"generate": None, "recolor": 0.0}, {}),
+                                       ({"generate": 0.0}, {"edit": None}),
+                                       ({"generate": 12.5}, {}), ({}, {"edit": 3.0})])
+def test_a_row_no_stage_rendered_prices_exactly_as_one_priced_stage_by_stage(ms, units) -> None:
+    """Rows found in the store (most of a refresh) take the priced-once zero row: the same
+    columns, values and decimal exponents as pricing them stage by stage."""
+    from factory.spec.prices import StageShare
+
+    shares = (StageShare("generate", "generate/sd-tiny", 0.5, 1.0),
+              StageShare("recolor", "recolor/lab", 0.0, 2.0),
+              StageShare("edit", "edit/hosted", 0.0, 0.0, 0.04))
+    model = CostModel(Prices(gpu="l4", usd_per_hour={**DEFAULT_USD_PER_HOUR, "l4": 0.8}),
+                      shares)
+    fast, slow = model.row(ms, units), model._priced(ms, units)
+    assert fast == slow and [str(v) for v in fast.values()] == [str(v) for v in slow.values()]
+    fast["cost_usd"] = Decimal(1)  # a caller's copy: the next row's columns are untouched
+    assert model.row({}, {})["cost_usd"] == 0

@@ -315,3 +315,48 @@ def test_runs_open_without_a_browser_prints_the_path(tmp_path, monkeypatch) -> N
 def test_runs_open_of_an_unknown_run_exits_5(tmp_path) -> None:
     result = CliRunner().invoke(main, ["runs", "open", "nope", "--output", str(tmp_path)])
     assert result.exit_code == EXIT_NO_RUN and "not committed" in result.output
+
+
+def _thumb_srcs(path: Path) -> dict[int, str]:
+    page = Page(path.read_text())
+    cards, srcs = page.cards(), []
+    for tag, attrs in page.elements:
+        if tag == "img":
+            srcs.append(attrs["src"])
+    assert len(srcs) == len(cards)
+    return {int(c["data-row"]): s for c, s in zip(cards, srcs)}
+
+
+def test_a_report_links_the_thumbnails_an_earlier_report_made_of_the_same_assets(tmp_path):
+    store = commit_run(tmp_path, run_id="r1", n=5)
+    report.write_report(store, "r1")
+    commit_run(tmp_path, run_id="r2", n=6, reused={1, 2, 3, 4, 5})  # row 6 is new
+    path2 = Path(report.write_report(store, "r2", earlier="r1"))
+    srcs = _thumb_srcs(path2)
+    assert srcs == {**{i: f"../../runs/r1/thumbs/{i}.webp" for i in range(1, 6)},
+                    6: "thumbs/6.webp"}
+    assert all((path2.parent / s).resolve().is_file() for s in srcs.values())
+    assert sorted(p.name for p in (path2.parent / "thumbs").iterdir()) == ["6.webp"]
+    # a third report links where the thumbnails are, not to the run that linked them
+    commit_run(tmp_path, run_id="r3", n=6, reused=set(range(1, 7)))
+    path3 = Path(report.write_report(store, "r3", earlier="r2"))
+    assert _thumb_srcs(path3) == {**{i: f"../../runs/r1/thumbs/{i}.webp" for i in range(1, 6)},
+                                  6: "../../runs/r2/thumbs/6.webp"}
+    assert not (path3.parent / "thumbs").exists()
+    # another thumbnail size: made again, not linked
+    commit_run(tmp_path, run_id="r4", n=2, reused={1, 2})
+    path4 = Path(report.write_report(store, "r4", earlier="r3", thumb_px=64))
+    assert _thumb_srcs(path4) == {1: "thumbs/1.webp", 2: "thumbs/2.webp"}
+
+
+@pytest.mark.parametrize("index", [b"not json", b'["a"]', b'{"px": 128, "thumbs": 3}',
+                                   b'{"px": 128, "thumbs": {"ASSET": "assets/x.png"}}',
+                                   b'{"px": 128, "thumbs": {"ASSET": "runs/../../x.webp"}}',
+                                   b'{"px": 128, "thumbs": {"ASSET": "runs/r0/../thumbs/1.webp"}}'])
+def test_an_earlier_thumbnail_index_that_is_not_one_makes_the_thumbnails(tmp_path, index):
+    store = commit_run(tmp_path, run_id="r1", n=2)
+    key = next(iter(sorted(k for k in (tmp_path / "out" / "assets").rglob("*.png"))))
+    asset = key.relative_to(tmp_path / "out").as_posix()
+    store.put_if_absent("runs/r0/thumbs.json", index.replace(b"ASSET", asset.encode()))
+    path = Path(report.write_report(store, "r1", earlier="r0"))
+    assert _thumb_srcs(path) == {1: "thumbs/1.webp", 2: "thumbs/2.webp"}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from factory.core import images
 from factory.spec.keys import asset_key
 from factory.store.storage import Store
-from factory.spec.templating import TemplateError, render, template_fields
+from factory.spec.templating import MAX_TEXT, TemplateError, render, template_fields
 
 
 def test_template_renders_row_fields_and_collapses_whitespace():
@@ -141,3 +143,37 @@ def test_a_store_failure_in_the_sink_is_not_a_per_sku_failure(tmp_path):
     bad_pixels = {**batch, "image": np.zeros((1, 4, 4, 7), np.uint8)}  # no such image mode
     out = write_assets(bad_pixels, config=good)
     assert out["status"][0] == "failed" and out["failed_stage"][0] == "sink"
+
+
+_NAME = st.sampled_from(["title", "color", "sku", "_x", "Size2"])
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}"),
+                max_size=12)
+_VALUE = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(
+    str.strip)
+
+
+@given(pieces=st.lists(st.tuples(_TEXT, _NAME, st.sampled_from(["", " ", "  "])), max_size=4),
+       tail=_TEXT, values=st.fixed_dictionaries({n: _VALUE for n in
+                                                  ("title", "color", "sku", "_x", "Size2")}))
+def test_a_plain_template_renders_what_jinja_renders(pieces, tail, values):
+    """Text and bare fields are joined without jinja2: the same prompt, value for value
+    (braces, newlines and any Unicode in the values included)."""
+    from factory.spec import templating
+
+    template = "".join(f"{text}{{{{{pad}{name}{pad}}}}}" for text, name, pad in pieces) + tail
+    assert templating._plain_parts(template) is not None
+    fast = render(template, values)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(templating, "_plain_parts", lambda _: None)  # jinja2's rendering
+        assert render(template, values) == fast
+
+
+def test_a_plain_template_keeps_the_size_bound_and_other_templates_use_jinja():
+    from factory.spec import templating
+
+    with pytest.raises(TemplateError, match=f"over {MAX_TEXT} characters"):
+        render("{{ a }} {{ b }}", {"a": "x" * MAX_TEXT, "b": "y"})
+    for template in ("{{ a|upper }}", "{% if a %}x{% endif %}", "{{ a }} }", "{{- a }}",
+                     "{# c #}{{ a }}", "{{ a.b }}", "{{ a['b'] }}"):
+        assert templating._plain_parts(template) is None, template
+    assert render("{{ a|upper }} {{ b }}", {"a": "red", "b": "mug"}) == "RED mug"
