@@ -176,6 +176,8 @@ def _plain_parts(template: str) -> tuple[tuple[str, ...], tuple[str, ...]] | Non
     if not _PLAIN.fullmatch(template):
         return None
     pieces = _PLAIN_FIELD.split(template)
+    if not set(pieces[1::2]) <= set(template_fields(template)):
+        return None  # a name jinja2 reads as a constant (``none``, ``true``), not a field
     return tuple(pieces[0::2]), tuple(pieces[1::2])
 
 
@@ -194,8 +196,8 @@ def render(template: str, fields: Mapping[str, str | None], *, name: str = "prom
             raise TemplateError(f"missing value for prompt field '{field}'", field=field)
     plain = _plain_parts(template)
     if plain is not None and all(isinstance(fields[f], str) for f in plain[1]):
-        text = plain[0][0] + "".join(fields[f] + piece for f, piece in zip(*[plain[1],
-                                                                              plain[0][1:]]))
+        pieces, names = plain
+        text = pieces[0] + "".join(fields[f] + piece for f, piece in zip(names, pieces[1:]))
         if len(text) > MAX_TEXT:
             raise TemplateError(f"the rendered {name} is over {MAX_TEXT} characters",
                                 field=name)

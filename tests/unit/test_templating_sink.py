@@ -177,3 +177,6 @@ def test_a_plain_template_keeps_the_size_bound_and_other_templates_use_jinja():
                      "{# c #}{{ a }}", "{{ a.b }}", "{{ a['b'] }}"):
         assert templating._plain_parts(template) is None, template
     assert render("{{ a|upper }} {{ b }}", {"a": "red", "b": "mug"}) == "RED mug"
+    for constant, text in (("none", "None"), ("true", "True"), ("False", "False")):
+        assert templating._plain_parts(f"{{{{ {constant} }}}} {{{{ a }}}}") is None
+        assert render(f"{{{{ {constant} }}}} {{{{ a }}}}", {"a": "mug"}) == f"{text} mug"
