@@ -2,9 +2,9 @@
 
 Writes a catalog of ``--rows`` rows in both formats (quoted titles with commas and quotes,
 a palette on some rows), then in a fresh process per format: ``scan`` (one streaming pass:
-row count, duplicates, fingerprint), the read split planning, and the work list (read by
-several tasks → validate → look up existing assets → materialise) with the fate of every row
-counted, as ``run_job`` does before any stage starts. Prints the times and the driver's peak
+row count, duplicates, fingerprint), the read split planning, and the work list's first pass
+(read by several tasks → validate → look up existing assets → settle, streamed to the driver)
+with the fate of every row counted, as ``run_job`` does before any stage starts. Prints the times and the driver's peak
 RSS (goal: under 1 GiB) and the Ray object store's peak in use.
 
     python benchmarks/scan_1m.py [--rows 1000000] [--formats csv parquet]
@@ -54,7 +54,8 @@ def child(manifest: Path) -> None:
     times: dict[str, float] = {}
     with MemorySampler() as peaks:
         from factory.catalog.manifest import ManifestDatasource, scan
-        from factory.run.pipeline import _work_list
+        from factory.run.pipeline import sink_task
+        from factory.run.work import FirstPass, settled, work_list
         from factory.store.storage import Store
 
         started = time.perf_counter()
@@ -66,12 +67,14 @@ def child(manifest: Path) -> None:
         tasks = ManifestDatasource(the_job.manifest_uri, the_job.manifest_format).num_read_tasks()
         times["split_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        work = _work_list(the_job, info, Store(the_job.output.uri), limit=None)
-        fates: dict[str, int] = {}
-        for batch in work.select_columns(["status"]).iter_batches(batch_size=None,
-                                                                   batch_format="numpy"):
-            for status in batch["status"]:
-                fates[status] = fates.get(status, 0) + 1
+        store = Store(the_job.output.uri)
+        work = work_list(the_job, info, store, limit=None)
+        first = FirstPass()  # the run's first pass: every fate counted, nothing rendered
+        for batch in settled(work, *sink_task(the_job, store)).iter_batches(
+                batch_size=None, batch_format="pyarrow"):
+            first.take(batch)
+        fates = {"rejected": first.rejected, "exists": first.existing,
+                 "to render": first.to_render}
         times["work_list_s"] = time.perf_counter() - started
     assert sum(fates.values()) == info.rows, (fates, info.rows)
     report(peaks, rows=info.rows, read_tasks=tasks, fates=fates,
@@ -97,8 +100,8 @@ def main() -> None:
         path = paths[fmt]
         r = run_child(Path(__file__), [str(path)])
         print(f"  {fmt:8} {path.stat().st_size / (1 << 20):6.0f} MiB: scan {r['scan_s']} s, "
-              f"split planning {r['split_s']} s ({r['read_tasks']} read tasks), read+validate+"
-              f"existence check+materialise {r['work_list_s']} s; driver peak RSS "
+              f"split planning {r['split_s']} s ({r['read_tasks']} read tasks), first pass "
+              f"(read+validate+existence check+settle) {r['work_list_s']} s; driver peak RSS "
               f"{mib(r['driver_rss'])} (goal < 1 GiB), object store peak {mib(r['object_store'])}"
               f" (spilled {mib(r['spilled'])}); fates {r['fates']}")
 

@@ -41,13 +41,17 @@ from factory.catalog.bounded_text import (
 from factory.catalog.manifest_pin import ManifestPin, check_pin, pin_manifest
 from factory.spec.keys import normal_form
 from factory.catalog.records import ManifestError, Record
+from factory.catalog.row_set import RowSet
 from factory.store.s3 import S3Options, is_s3, pyarrow_filesystem
 
 #: Rows per Arrow block from the reader. Small blocks spread work over a stage's actors and
 #: fix each stage's batch composition by the manifest alone (deterministic bytes per run).
 CHUNK_ROWS = 32
 #: Rows per read task (about): a large manifest is read by several tasks, a small one by one.
-READ_TASK_ROWS = 65_536
+#: Each task's output is one block, so this also bounds what a read holds in the object store
+#: (a 100,000-row CSV: 13 tasks; both cores validate from the first, where 64k-row splits left
+#: a 50,000-row catalog to one task).
+READ_TASK_ROWS = 8_192
 #: Bytes per read from a manifest file (on S3, one ranged GET).
 READ_BUFFER = 1 << 20
 
@@ -525,8 +529,10 @@ def _jsonl_marks(stream: Any, every: int, limit: int | None
 
 def read_split(uri: str, fmt: str, split: Split, *, limit: int | None = None,
                s3_options: S3Options | None = None, catalog: CatalogOptions | None = None,
-               pin: ManifestPin | None = None) -> Iterator[pa.Table]:
-    """One split's rows as Arrow tables of ``CHUNK_ROWS`` rows.
+               pin: ManifestPin | None = None, rows: RowSet | None = None
+               ) -> Iterator[pa.Table]:
+    """One split's rows as Arrow tables of ``CHUNK_ROWS`` rows; with ``rows``, only those
+    (the others are parsed to find where each row starts, and go no further).
 
     With a ``pin`` the manifest is checked against it before the first row and after the last
     (``check_pin``): a manifest changed since the scan is a ``ManifestError``, never rows the
@@ -534,20 +540,22 @@ def read_split(uri: str, fmt: str, split: Split, *, limit: int | None = None,
     """
     if pin is not None:
         check_pin(uri, pin, s3_options)
-    yield from _split_tables(uri, fmt, split, limit, s3_options, catalog)
+    yield from _split_tables(uri, fmt, split, limit, s3_options, catalog, rows)
     if pin is not None:
         check_pin(uri, pin, s3_options)
 
 
 def _split_tables(uri: str, fmt: str, split: Split, limit: int | None,
-                  s3_options: S3Options | None, catalog: CatalogOptions | None
-                  ) -> Iterator[pa.Table]:
+                  s3_options: S3Options | None, catalog: CatalogOptions | None,
+                  rows: RowSet | None = None) -> Iterator[pa.Table]:
     chunk: list[Record] = []
     for record in iter_records(uri, fmt, s3_options, split=split, catalog=catalog):
         if limit is not None and record.row > limit:
             break
         if record.skip:
             continue  # not a manifest row (``ManifestInfo.skipped``)
+        if rows is not None and record.row not in rows:
+            continue
         chunk.append(record)
         if len(chunk) >= CHUNK_ROWS:
             yield _to_table(chunk)
@@ -565,15 +573,17 @@ class ManifestDatasource(Datasource):
     not Ray's requested parallelism, so pass ``override_num_blocks=num_read_tasks()``.
 
     Every read task checks the manifest against ``pin`` (pass the scan's, ``ManifestInfo.pin``;
-    without one the source pins the file when it plans its splits).
+    without one the source pins the file when it plans its splits). With ``rows``, the tasks
+    yield only those rows (``RowSet``).
     """
 
     def __init__(self, uri: str, fmt: str, *, limit: int | None = None,
                  s3_options: S3Options | None = None,
                  rows_per_task: int = READ_TASK_ROWS,
                  catalog: CatalogOptions | None = None,
-                 pin: ManifestPin | None = None) -> None:
+                 pin: ManifestPin | None = None, rows: RowSet | None = None) -> None:
         self.uri, self.fmt, self.limit, self.s3_options = uri, fmt, limit, s3_options
+        self.rows = rows
         self.catalog = catalog
         self.rows_per_task = rows_per_task
         self.pin = pin
@@ -600,7 +610,7 @@ class ManifestDatasource(Datasource):
         for split in self.splits():
             read = functools.partial(read_split, self.uri, self.fmt, split, limit=self.limit,
                                      s3_options=self.s3_options, catalog=self.catalog,
-                                     pin=self.pin)
+                                     pin=self.pin, rows=self.rows)
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
                                  input_files=(self.uri,))
             tasks.append(ReadTask(read, meta, schema=_SCHEMA))

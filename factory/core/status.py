@@ -10,3 +10,6 @@ STATUS_REJECTED = "rejected"
 STATUS_EXISTS = "exists"
 #: A row the budget left for a later run (``factory.cost.budget``).
 STATUS_DEFERRED = "deferred"
+#: A valid row still to render, as the work list's first pass hands it to the driver
+#: (``factory.run.work``): it is counted and read again, never recorded.
+STATUS_TO_RENDER = "to_render"

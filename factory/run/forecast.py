@@ -105,7 +105,7 @@ def tally_work(job: Job, *, limit: int | None = None
     """``count_work``'s scan and fates, and the rows to render per route (empty without
     routes)."""
     from factory.catalog.manifest import plan_splits, read_split, scan
-    from factory.run.pipeline import row_rules
+    from factory.run.work import row_rules
     from factory.run.rows import validate_batch
     from factory.sink.assets import list_existing, mark_existing
 

@@ -2,9 +2,10 @@
 CPU stages: ``stages.chain``) → sink → the run's tables.
 
 ``run_job`` scans the manifest (its fingerprint is part of the run's identity,
-``factory.run.identity``), materialises the validated work list, counts its rows by fate, then
-executes the lazy Ray Data plans of ``build_datasets``, streaming the sink's rows into a
-``RunRecorder`` and committing the run at the end. Ray does the scheduling, backpressure and
+``factory.run.identity``), streams the work list's first pass (every row's fate; the rows
+found in the store and the rejected ones recorded as they arrive: ``factory.run.work``), then
+executes the lazy Ray Data plan of ``build_datasets`` over the rows to render, streaming the
+sink's rows into a ``RunRecorder`` and committing the run at the end. Ray does the scheduling, backpressure and
 actor restarts; nothing here queues or retries on its own. Asset keys and the pool layout come
 from the validated job (``Job.keys``, ``Job.pools``), never derived here again.
 """
@@ -28,21 +29,20 @@ from factory.run.identity import RunInputs, budget_text
 from factory.spec.keys import asset_key
 from factory.core.metrics import RunLabels
 from factory.spec.prices import CostModel, CostTotals, StageShare, stage_shares
-from factory.catalog.manifest import ManifestDatasource, ManifestInfo, scan
+from factory.catalog.manifest import scan
 from factory.run.placement import (
-    TASK_CPUS, alive_nodes, check_output_reach, check_resources, driver_node_label,
+    TASK_CPUS, alive_nodes, check_output_reach, check_resources,
 )
 from factory.core.provenance import ModelUse, Provenance
 from factory.spec.qa import QaRetries, check_batch
 from factory.spec.routes import route_stages
-from factory.store.s3 import is_s3
-from factory.run.rows import RowRules, key_room, validate_batch
-from factory.run.result import RunResult, WorkCount, committed_result, count_fates
+from factory.run.result import RunResult, WorkCount, committed_result
 from factory.store.run_tables import LINEAGE, REJECTS, is_committed
 from factory.run.recorder import Counts, RunRecorder
-from factory.run.sources import SourceConfig, fetch_sources, manifest_folder, sources_digest
+from factory.run.sources import sources_digest
+from factory.run.work import FirstPass, materialised, render_list, settled, source_plan, work_list
 from factory.sink.assets import (
-    IntermediateConfig, SinkConfig, list_existing, mark_existing, select_rows, write_assets, write_intermediates,
+    IntermediateConfig, SinkConfig, select_rows, write_assets, write_intermediates,
 )
 from factory.spec.job import Job
 from factory.store.storage import Store
@@ -55,17 +55,6 @@ log = logging.getLogger(__name__)
 
 #: Rows per sink task: encoding is the sink's real cost, so small batches spread it.
 SINK_BATCH = 8
-#: Rows per block for photo fetches: network waits, spread over many small tasks. Without
-#: photos, a work-list block is a read split (``ManifestDatasource``) and the read, the row
-#: validation and the existence check run as one task per split: Ray Data fuses the three, so
-#: no block crosses between tasks and nothing waits for an operator downstream (a million-row
-#: CSV: 54.7 s with the blocks cut again into 64 before validating, 36.1 s fused).
-SOURCE_BLOCK_ROWS = 256
-#: A work-list task (validate, then the existence check) holds a whole logical CPU: it is
-#: CPU-bound Python, and at a quarter CPU each, four times as many ran at once, each in a worker
-#: process of its own, time-sharing the cores (a 200,000-row list: 20.9 s, 17.8 s at one CPU
-#: each). Photo fetches wait on the network and keep a quarter.
-PREPARE_TASK_CPUS = 1.0
 
 
 def fingerprint(job: Job, *, route: str | None = None) -> str:
@@ -78,57 +67,6 @@ def chain_of(job: Job, route: str | None = None) -> tuple[StagePlan, ...]:
     return job.stages if route is None else route_stages(job.stages, job.routes.get(route))
 
 
-def row_rules(job: Job, info: ManifestInfo) -> RowRules:
-    """What every manifest row of this job must satisfy, and how its asset key is derived.
-
-    With channels a row is looked up by its last channel's key (``factory.sink.channel_assets``);
-    with routes, by its route's chain (``ChainKeys.lookup``)."""
-    route_keys = {name: keys.lookup for name, keys in job.keys.routes.items()}
-    chain, ext = job.keys.chain().lookup
-    source = source_plan(job)
-    return RowRules(key_room=key_room(job), seed=job.seed, variant=job.variant,
-                    prompt_template=job.prompt_template,
-                    negative_template=job.negative_template,
-                    duplicate_rejects=info.duplicate_rejects, chain_fingerprint=chain,
-                    image_ext=ext, routes=job.routes, route_keys=route_keys,
-                    photo_column=source.params.column if source is not None else "")
-
-
-def source_plan(job: Job) -> StagePlan | None:
-    """The job's source stage (its first, ``stages.source_photo``), or None."""
-    return job.stages[0] if job.stages and job.stages[0].card.kind == "source" else None
-
-
-def _work_list(job: Job, info: ManifestInfo, store: Store, *,
-               limit: int | None, nodes: int = 1) -> ray.data.Dataset:
-    """read → validate → mark existing work, materialised once (rows of text, no pixels, in
-    the object store, not the driver): each row's fate is decided exactly once, so no row can
-    fall between the finished and the to-render plans, even while another run writes."""
-    source = ManifestDatasource(job.manifest_uri, job.manifest_format, limit=limit,
-                                s3_options=job.s3, catalog=job.catalog, pin=info.pin)
-    # A local manifest is where the driver is: on a multi-node Ray its read stays there.
-    pinned = driver_node_label() if nodes > 1 and not is_s3(job.manifest_uri) else None
-    # One read task per split of the file (row groups, or runs of ~64k records): Ray's own
-    # block count would cut every task's output again into pieces, and a read whose output is
-    # cut is not fused with the validation and existence check (``SOURCE_BLOCK_ROWS``).
-    ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks(),
-                                  label_selector=pinned)
-    rules = row_rules(job, info)
-    ds = ds.map_batches(validate_batch, fn_kwargs={"rules": rules},
-                        batch_size=None, batch_format="numpy", num_cpus=PREPARE_TASK_CPUS)
-    source = source_plan(job)
-    if source is not None:  # the photo's hash is part of the key: fetched before the lookup
-        ds = ds.repartition(target_num_rows_per_block=SOURCE_BLOCK_ROWS)
-        config = SourceConfig(store=store, params=source.params, s3=job.s3, rules=rules,
-                              base_dir=manifest_folder(job.manifest_uri))
-        ds = ds.map_batches(fetch_sources, fn_kwargs={"config": config}, batch_size=None,
-                            batch_format="numpy", num_cpus=0.25)
-    existing = list_existing(store, rows=info.rows)  # on S3, one LIST per 1,000 assets
-    ds = ds.map_batches(mark_existing, fn_kwargs={"store": store, "existing": existing},
-                        batch_size=None, batch_format="numpy", num_cpus=PREPARE_TASK_CPUS)
-    return ds.materialize()
-
-
 def pool_size(concurrency: int, rows: int | None, block: int) -> int:
     """Actors a pool starts: its ``concurrency``, or fewer when the run has fewer blocks of
     ``block`` rows to render than that (``rows``; None: not known). Every actor loads its
@@ -138,28 +76,20 @@ def pool_size(concurrency: int, rows: int | None, block: int) -> int:
     return max(1, min(concurrency, -(-rows // block)))
 
 
-def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bool = True,
+def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *,
                    labels: RunLabels = RunLabels(), budget: Budget | None = None,
-                   admitted: bool = False, rows: int | None = None
-                   ) -> tuple[ray.data.Dataset, ...]:
-    """Lazy Ray Data plans over one materialised work list: the rows whose assets already
-    exist or that were rejected (straight to the sink's lineage, no stage touches them) and,
-    when ``render``, the rows to render through the stages' actor pools (``stages.chain.pools``).
+                   admitted: bool = False, rows: int | None = None) -> ray.data.Dataset:
+    """The lazy Ray Data plan that renders the work list's rows to render through the stages'
+    actor pools (``stages.chain.pools``) into the sink.
 
-    Splitting keeps a refresh or a resume from pushing thousands of finished rows through every
-    actor pool; with nothing to render, no pool starts and no model loads. With a ``budget``,
-    its gate admits each block's rows before the first pool (``factory.cost.budget``), unless
-    they are ``admitted`` already (QA re-renders, admitted by the QA check), and the QA check
-    asks it before it sends a row back for another render. ``rows``, the rows to render where
-    known, caps each pool at the blocks there are (``pool_size``).
+    The rows found in the store or rejected never reach a pool: the work list's first pass
+    settled them (``factory.run.work``). With a ``budget``, its gate admits each block's rows
+    before the first pool (``factory.cost.budget``), unless they are ``admitted`` already (QA
+    re-renders, admitted by the QA check), and the QA check asks it before it sends a row back
+    for another render. ``rows``, the rows to render where known, caps each pool at the blocks
+    there are (``pool_size``).
     """
     sink, sink_settings = sink_task(job, store, labels)
-    done = work.map_batches(select_rows, fn_kwargs={"render": False}, batch_size=None,
-                            batch_format="numpy", num_cpus=0.25)
-    done = done.map_batches(sink, fn_kwargs={"config": sink_settings},
-                            batch_size=None, batch_format="numpy", num_cpus=0.25)
-    if not render:
-        return (done,)
     ds = work.map_batches(select_rows, fn_kwargs={"render": True}, batch_size=None,
                           batch_format="numpy", num_cpus=0.25)
     # Blocks of one batch of the largest-batch stage: every actor of a pool gets work, and each
@@ -207,7 +137,7 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *, render: bo
                         batch_size=SINK_BATCH if budget is None else min(SINK_BATCH,
                                                                          block_rows(job)),
                         batch_format="numpy", num_cpus=0.5)
-    return done, ds
+    return ds
 
 
 def sink_config(job: Job, store: Store, labels: RunLabels = RunLabels()) -> SinkConfig:
@@ -303,7 +233,7 @@ def run_job(job: Job, *, limit: int | None = None,
         check_output_reach(job, nodes)
         check_resources(job)
         store = store.preflight(run_id)
-        work = _work_list(job, info, store, limit=limit, nodes=nodes)
+        work = work_list(job, info, store, limit=limit, nodes=nodes)
         inputs = replace(inputs, sources_sha256=sources_digest(work))
         run_id = job.run_id or inputs.derived_run_id(job.name)
     paths = {"lineage_path": store.path(f"runs/{run_id}/{LINEAGE}"),
@@ -326,15 +256,11 @@ def run_job(job: Job, *, limit: int | None = None,
     budget = Budget.start(job, store) if job.budget_usd is not None else None
     try:
         if work is None:
-            work = _work_list(job, info, store, limit=limit, nodes=nodes)
-        work.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each plan
-        counted = count_fates(work, run_id, inputs, info.skipped)
-        if on_count is not None:
-            on_count(counted)
+            work = work_list(job, info, store, limit=limit, nodes=nodes)
         stage_names = [p.name for p in job.stages]
         qa = qa_retries(job, recorder, work)
 
-        def record(batch) -> None:
+        def record(batch, progress: bool = True) -> None:
             if batch.num_rows:
                 kept = qa.take(batch) if qa is not None else batch  # rows to render again: held
                 recorder.add(kept)
@@ -342,20 +268,29 @@ def run_job(job: Job, *, limit: int | None = None,
                 if budget is not None:
                     budget.record(qa.settled(batch) if qa is not None else batch,
                                   recorder.counts.cost.total_usd)
-            if on_progress is not None:
+            if progress and on_progress is not None:
                 on_progress(recorder.counts, info.rows)
 
-        plans = list(zip(build_datasets(job, work, store, render=counted.to_render > 0,
-                                        labels=labels, budget=budget,
-                                        rows=counted.to_render), ("finished", "render")))
-        if counted.to_render == counted.rows:
-            plans = plans[1:]  # every row renders: no execution (and its start-up) for none
-        elif len(plans) == 2 and budget is None:
-            # one execution, in the same order: the pools start and render while the driver
-            # records the finished rows (a refresh's are most of its rows)
-            plans = [(plans[0][0].union(plans[1][0]), "finished+render")]
-        for ds, role in plans:
-            ds.set_name(f"{run_id}:{role}")
+        # the first pass: every row's fate, the finished rows recorded as they arrive
+        first = FirstPass(channels=max(len(job.channels), 1))
+        settling = settled(work, *sink_task(job, store, labels))
+        settling.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each
+        for batch in settling.iter_batches(batch_size=None, batch_format="pyarrow",
+                                           prefetch_batches=0 if budget else 1):
+            record(first.take(batch), progress=False)
+        counted = WorkCount(run_id=run_id, inputs=inputs, rows=inputs.manifest_rows,
+                            rejected=first.rejected, existing=first.existing,
+                            to_render=first.to_render, skipped=dict(info.skipped))
+        if on_count is not None:
+            on_count(counted)
+        if on_progress is not None and recorder.counts.outcomes:
+            on_progress(recorder.counts, info.rows)
+        if counted.to_render:  # the second pass: the rows to render, through the pools
+            todo = work if materialised(job) else render_list(job, info, store, first.rows(),
+                                                              limit=limit, nodes=nodes)
+            ds = build_datasets(job, todo, store, labels=labels, budget=budget,
+                                rows=counted.to_render)
+            ds.set_name(f"{run_id}:render")
             # with a budget each batch is handed over as it arrives (Ray's prefetch would hold
             # it until the next one is in): the gate waits on what the driver records
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
@@ -363,7 +298,7 @@ def run_job(job: Job, *, limit: int | None = None,
                 record(batch)
         if qa is not None:  # the QA gate's retries: the same pools again, a pass per attempt
             qa.run(lambda rows: build_datasets(job, rows, store, labels=labels, budget=budget,
-                                               admitted=True)[-1], record, name=run_id)
+                                               admitted=True), record, name=run_id)
         result = RunResult(run_id=run_id, manifest_rows=info.rows, counts=recorder.counts,
                            wall_s=time.perf_counter() - started, output_uri=job.output.uri,
                            write_mode=store.write_mode,

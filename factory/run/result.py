@@ -9,13 +9,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import ray.data
-
-from factory.core.status import STATUS_OK, STATUS_REJECTED
 from factory.notify.delivery import Notification
 from factory.run.identity import RunInputs, RunInputsMismatch
 from factory.run.recorder import Counts
-from factory.sink.assets import STATUS_EXISTS
 from factory.spec.job import Job
 from factory.store.run_tables import read_summary
 from factory.store.storage import Store
@@ -107,26 +103,6 @@ class RunResult:
                 **({"routes": c.routes_summary()} if c.route_assets else {}),
                 **({"budget": dict(self.budget)} if self.budget else {}),
                 **({"qa": dict(self.qa)} if self.qa else {})}
-
-
-def count_fates(work: ray.data.Dataset, run_id: str, inputs: RunInputs,
-                skipped: Mapping[str, int]) -> WorkCount:
-    """Count the work list's fates (one light pass over its status column)."""
-    tally: dict[str, int] = {}
-    for batch in work.select_columns(["status"]).iter_batches(batch_size=None,
-                                                               batch_format="pyarrow"):
-        for status, n in zip(*_value_counts(batch["status"])):
-            tally[status] = tally.get(status, 0) + n
-    return WorkCount(run_id=run_id, inputs=inputs, rows=inputs.manifest_rows,
-                   rejected=tally.get(STATUS_REJECTED, 0), existing=tally.get(STATUS_EXISTS, 0),
-                   to_render=tally.get(STATUS_OK, 0), skipped=dict(skipped))
-
-
-def _value_counts(column) -> tuple[list[str], list[int]]:
-    import pyarrow.compute as pc
-
-    counts = pc.value_counts(column)
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
 def committed_result(job: Job, run_id: str, inputs: RunInputs, store: Store,

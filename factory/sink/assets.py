@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import Any, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from factory.core.status import STATUS_EXISTS
 from factory.spec.keys import intermediate_key, work_hash
 from factory.core.metrics import RunLabels
 from factory.store.storage import Store
-from factory.core.status import STATUS_FAILED, STATUS_OK
+from factory.core.status import STATUS_FAILED, STATUS_OK, STATUS_TO_RENDER
 from stages.product import PRODUCT
 
 WORK_META = "factory-work"
@@ -130,6 +131,20 @@ def mark_existing(batch: dict[str, np.ndarray], *, store: Store,
             if head is not None:
                 status[i], size[i] = STATUS_EXISTS, head.size
     return {**batch, "status": status, "sha256": np.full(n, "", dtype=object), "bytes": size}
+
+
+#: A listing of no assets: ``mark_existing`` looks nothing up (rows whose fate is decided).
+NOTHING_LISTED = ExistingAssets(np.array([], dtype="S16"), np.array([], dtype=np.int64))
+
+
+def settle_batch(batch: dict[str, np.ndarray], *, sink: Callable[..., dict[str, np.ndarray]],
+                 config: Any) -> dict[str, np.ndarray]:
+    """Ray Data task: the work list's finished rows (found in the store, rejected, a photo
+    that could not be fetched) as ``sink``'s lineage rows; each row to render as one row of
+    status ``to_render`` with no asset key, for the driver to count (``factory.run.work``)."""
+    status = batch["status"].astype(object)
+    status[status == STATUS_OK] = STATUS_TO_RENDER
+    return sink({**batch, "status": status}, config=config)
 
 
 def select_rows(batch: dict[str, np.ndarray], *, render: bool) -> dict[str, np.ndarray]:

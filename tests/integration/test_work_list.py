@@ -1,9 +1,9 @@
-"""The work list a run decides every row's fate on: one fused task per read split."""
+"""The work list a run decides every row's fate on: a first pass of one fused task per read
+split that settles the finished rows, and a second that reads only the rows to render."""
 
 from __future__ import annotations
 
-from collections import Counter
-
+import numpy as np
 import pytest
 
 from factory.catalog.demo import write_catalog
@@ -14,21 +14,82 @@ from factory.store.storage import Store
 pytestmark = pytest.mark.integration
 
 
-def test_read_validate_and_existence_check_run_as_one_task_per_split(tmp_path, local_ray):
-    from factory.run.pipeline import _work_list
+SYNTHETIC = {"kind": "generate", "model": "synthetic", "params": {"width": 16, "height": 16}}
 
+
+def _job(tmp_path, *, stages=(SYNTHETIC,), **extra):
     catalog = write_catalog(tmp_path / "catalog.csv", 600)  # rows 11, 21, 31 are bad
-    job = parse_job({
+    return parse_job({
         "name": "fused", "manifest": {"uri": str(catalog)},
         "output": {"uri": str(tmp_path / "out")},
         "prompt": {"template": "a {{ color }} {{ title }}"},
-        "stages": [{"kind": "generate", "model": "synthetic",
-                    "params": {"width": 16, "height": 16}}]})
+        "stages": list(stages), **extra})
+
+
+def _first_pass(job, info, store):
+    from factory.run.pipeline import sink_task
+    from factory.run.work import FirstPass, settled, work_list
+
+    work = work_list(job, info, store, limit=None)
+    first = FirstPass()
+    done = settled(work, *sink_task(job, store)).materialize()
+    for batch in done.iter_batches(batch_size=None, batch_format="pyarrow"):
+        first.take(batch)
+    return work, done, first
+
+
+def test_the_first_pass_runs_as_one_task_per_split_and_counts_every_fate(tmp_path, local_ray):
+    from ray.data.dataset import MaterializedDataset
+
+    job = _job(tmp_path)
     info = scan(job.manifest_uri, job.manifest_format, default_variant=job.variant)
-    work = _work_list(job, info, Store(job.output.uri), limit=None)
+    work, done, first = _first_pass(job, info, Store(job.output.uri))
+    assert not isinstance(work, MaterializedDataset)  # streamed, never held whole
     splits = ManifestDatasource(job.manifest_uri, job.manifest_format).num_read_tasks()
-    assert splits == 1 and work.num_blocks() == splits  # blocks are never cut again
+    assert splits == 1 and done.num_blocks() == splits  # blocks are never cut again
     assert ("ReadReadManifest->MapBatches(validate_batch)->MapBatches(mark_existing)"
-            in work.stats())
-    fates = Counter(work.to_pandas()["status"])
-    assert sum(fates.values()) == 600 and fates["rejected"] == 3, fates
+            "->MapBatches(settle_batch)" in done.stats())
+    assert (first.rejected, first.existing, first.to_render) == (3, 0, 597)
+    rows = first.rows()  # the second read drops the rejected rows, the shorter list
+    assert rows is not None and not rows.keep and rows.rows.tolist() == [11, 21, 31]
+
+
+def test_the_second_pass_reads_only_the_rows_left_to_render_with_the_same_keys(
+        tmp_path, local_ray):
+    from factory.run.work import render_list
+
+    job = _job(tmp_path)
+    store = Store(job.output.uri)
+    info = scan(job.manifest_uri, job.manifest_format, default_variant=job.variant)
+    every = render_list(job, info, store, None, limit=None).to_pandas()
+    valid = every[every["status"] == "ok"]
+    assert len(valid) == 597
+    found = valid.iloc[[0, 5, 100, 596]]  # their assets are in the store already
+    for key in found["output_key"]:
+        store.put_if_absent(key, b"asset", content_type="image/png")
+
+    _, _, first = _first_pass(job, info, store)
+    assert (first.rejected, first.existing, first.to_render) == (3, 4, 593)
+    rows = first.rows()
+    assert rows is not None and not rows.keep and len(rows.rows) == 7  # the shorter list
+    todo = render_list(job, info, store, rows, limit=None)
+    again = todo.to_pandas()
+    expected = valid[~valid["row"].isin(found["row"])]
+    assert list(again["row"]) == list(expected["row"])
+    assert list(again["output_key"]) == list(expected["output_key"])
+    assert set(again["status"]) == {"ok"} and not again["bytes"].any()
+    assert "ReadReadManifest->MapBatches(validate_batch)->MapBatches(mark_existing)" in todo.stats()
+
+
+def test_a_job_with_a_qa_gate_materialises_its_work_list_once(tmp_path, local_ray):
+    from ray.data.dataset import MaterializedDataset
+
+    from factory.run.work import work_list
+
+    recolor = {"kind": "recolor", "model": "lab", "params": {"palette": ["#C8553D"]}}
+    job = _job(tmp_path, stages=(SYNTHETIC, recolor),
+               qa={"thresholds": {"delta_e_after": {"max": 12}}})
+    info = scan(job.manifest_uri, job.manifest_format, default_variant=job.variant)
+    work = work_list(job, info, Store(job.output.uri), limit=None)
+    assert isinstance(work, MaterializedDataset)
+    assert np.unique(work.to_pandas()["status"]).tolist() == ["ok", "rejected"]

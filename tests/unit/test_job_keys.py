@@ -13,7 +13,8 @@ import pytest
 
 from factory.catalog.manifest import ManifestInfo
 from factory.core import settings
-from factory.run.pipeline import fingerprint, row_rules, sink_config, sink_task
+from factory.run.pipeline import fingerprint, sink_config, sink_task
+from factory.run.work import row_rules
 from factory.spec.job import parse_job
 from factory.spec.keys import asset_key
 from factory.store.storage import Store

@@ -105,7 +105,7 @@ def rows_batch(tiers: list[str | None]) -> dict[str, np.ndarray]:
 
 def validated(job, tiers: list[str | None]) -> dict[str, np.ndarray]:
     from factory.catalog.manifest import ManifestInfo
-    from factory.run.pipeline import row_rules
+    from factory.run.work import row_rules
 
     info = ManifestInfo(rows=len(tiers), columns=(), duplicate_rejects={})
     return validate_batch(rows_batch(tiers), rules=row_rules(job, info))
@@ -140,7 +140,7 @@ def test_each_route_keys_its_assets_by_its_own_chain() -> None:
     batch = rows_batch([None, None])
     batch["fields"] = np.array([json.dumps(f) for f in fields])
     from factory.catalog.manifest import ManifestInfo
-    from factory.run.pipeline import row_rules
+    from factory.run.work import row_rules
 
     out = validate_batch(batch, rules=row_rules(job, ManifestInfo(2, (), {})))
     assert out["output_key"][0] != out["output_key"][1]
