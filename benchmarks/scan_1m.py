@@ -1,11 +1,11 @@
 """A million-row manifest (CSV and Parquet) scanned, validated and planned, nothing rendered.
 
-Writes a catalog of ``--rows`` rows in both formats (quoted titles with commas and quotes,
-a palette on some rows), then in a fresh process per format: ``scan`` (one streaming pass:
-row count, duplicates, fingerprint), the read split planning, and the work list's first pass
-(read by several tasks → validate → look up existing assets → settle, streamed to the driver)
-with the fate of every row counted, as ``run_job`` does before any stage starts. Prints the times and the driver's peak
-RSS (goal: under 1 GiB) and the Ray object store's peak in use.
+Writes a catalog of ``--rows`` rows in both formats (quoted titles with commas and quotes, a
+palette on some rows), then in a fresh process per format: ``scan`` (one streaming pass: row
+count, duplicates, fingerprint), the read split planning, and the work list's first pass (read
+by several tasks → validate → look up existing assets → settle, streamed to the driver) with the
+fate of every row counted, as ``run_job`` does before any stage starts. Prints the times and the
+driver's peak RSS (goal: under 1 GiB) and the Ray object store's peak in use.
 
     python benchmarks/scan_1m.py [--rows 1000000] [--formats csv parquet]
 """

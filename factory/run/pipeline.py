@@ -2,12 +2,12 @@
 CPU stages: ``stages.chain``) → sink → the run's tables.
 
 ``run_job`` scans the manifest (its fingerprint is part of the run's identity,
-``factory.run.identity``), streams the work list's first pass (every row's fate; the rows
-found in the store and the rejected ones recorded as they arrive: ``factory.run.work``), then
-executes the lazy Ray Data plan of ``build_datasets`` over the rows to render, streaming the
-sink's rows into a ``RunRecorder`` and committing the run at the end. Ray does the scheduling, backpressure and
-actor restarts; nothing here queues or retries on its own. Asset keys and the pool layout come
-from the validated job (``Job.keys``, ``Job.pools``), never derived here again.
+``factory.run.identity``), streams the work list's first pass (every row's fate; the rows found
+in the store and the rejected ones recorded as they arrive: ``factory.run.work``), then executes
+the lazy Ray Data plan of ``build_datasets`` over the rows to render, streaming the sink's rows
+into a ``RunRecorder`` and committing the run at the end. Ray does the scheduling, backpressure
+and actor restarts; nothing here queues or retries on its own. Asset keys and the pool layout
+come from the validated job (``Job.keys``, ``Job.pools``), never derived here again.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def run_job(job: Job, *, limit: int | None = None,
         # the first pass: every row's fate, the finished rows recorded as they arrive
         first = FirstPass(channels=max(len(job.channels), 1))
         settling = settled(work, *sink_task(job, store, labels))
-        settling.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names each
+        settling.set_name(f"{run_id}:work-list")  # the dashboard's Ray Data table names plans
         for batch in settling.iter_batches(batch_size=None, batch_format="pyarrow",
                                            prefetch_batches=0 if budget else 1):
             record(first.take(batch), progress=False)

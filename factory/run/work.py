@@ -7,10 +7,11 @@ in the store and rejected rows become the sink's lineage rows in the same task
 the settled rows as they arrive, counts every fate and keeps the row numbers to render
 (``FirstPass``); nothing of the list is held in the object store beyond the blocks in flight.
 
-The second pass reads again only the rows the first left to render (``RowSet``: the read
-tasks drop a split's other rows as they parse them, before any is decoded or validated), validates them with the same rules (the same keys)
-and looks nothing up: their fate was decided by the first pass. The manifest's pin
-(``factory.catalog.manifest_pin``) stops a run whose file changed between the two reads.
+The second pass reads again only the rows the first left to render (``RowSet``: the read tasks
+drop a split's other rows as they parse them, before any is decoded or validated), validates
+them with the same rules (the same keys) and looks nothing up: their fate was decided by the
+first pass. The manifest's pin (``factory.catalog.manifest_pin``) stops a run whose file changed
+between the two reads.
 
 A job that fetches product photos (the photo's hash is part of each key, and the photos are
 an input of the run's identity) or has a QA gate (its retries render rows of the list again)

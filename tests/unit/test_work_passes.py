@@ -12,7 +12,9 @@ from factory.catalog.demo import write_catalog
 from factory.catalog.manifest import plan_splits, read_split
 from factory.catalog.row_set import RowSet
 from factory.run.work import FirstPass
-from factory.sink.assets import NOTHING_LISTED, SinkConfig, mark_existing, settle_batch, write_assets
+from factory.sink.assets import (
+    NOTHING_LISTED, SinkConfig, mark_existing, settle_batch, write_assets,
+)
 from factory.store.storage import Store
 
 
@@ -53,8 +55,9 @@ def _work(n: int = 4) -> dict[str, np.ndarray]:
 
 def test_settling_records_found_and_rejected_rows_and_marks_the_rest_without_writing(tmp_path):
     store = Store(str(tmp_path))
-    out = settle_batch(_work(), sink=write_assets, config=SinkConfig(store=store, image_format="png", quality=90,
-                                                               png_compression=1, chain_fingerprint="f"))
+    config = SinkConfig(store=store, image_format="png", quality=90, png_compression=1,
+                        chain_fingerprint="f")
+    out = settle_batch(_work(), sink=write_assets, config=config)
     assert out["status"].tolist() == [STATUS_TO_RENDER, "ok", "rejected", STATUS_TO_RENDER]
     assert out["output_key"].tolist() == ["", "assets/k1/v.png", "", ""]
     assert out["bytes"].tolist() == [0, 5, 0, 0] and not out["written"].any()
