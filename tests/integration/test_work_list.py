@@ -93,3 +93,25 @@ def test_a_job_with_a_qa_gate_materialises_its_work_list_once(tmp_path, local_ra
     work = work_list(job, info, Store(job.output.uri), limit=None)
     assert isinstance(work, MaterializedDataset)
     assert np.unique(work.to_pandas()["status"]).tolist() == ["ok", "rejected"]
+
+
+def test_a_manifest_changed_between_the_two_passes_stops_the_run_uncommitted(
+        tmp_path, local_ray):
+    import os
+
+    from factory.run.pipeline import run_job
+
+    job = _job(tmp_path)
+    manifest = tmp_path / "catalog.csv"
+
+    def edit(counted) -> None:  # after the first pass, before the second reads
+        assert counted.to_render == 597
+        text = manifest.read_text(encoding="utf-8")
+        manifest.write_text(text.replace("mug", "cup", 1), encoding="utf-8")
+        stat = manifest.stat()
+        os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+    with pytest.raises(Exception, match=r"catalog\.csv' changed after the run scanned it"):
+        run_job(job, on_count=edit)
+    assert not list((tmp_path / "out").glob("runs/*/lineage.parquet"))  # not committed
+    assert not list((tmp_path / "out").glob("assets/**/*.png"))  # nothing rendered from it
