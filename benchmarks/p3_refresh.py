@@ -49,15 +49,16 @@ def sim_stages(time_scale: float, side: int) -> tuple[list[dict[str, Any]], dict
 
 
 def start_sim_ray(job_) -> None:
-    """A local Ray with one logical GPU (the simulated stages' shares add up to one)."""
+    """A local Ray with one logical GPU (the simulated stages' shares add up to one), with the
+    settings of the factory's own local Ray."""
     import ray
     import ray.data
 
-    from factory.run.pipeline import local_cpus
+    from factory.run.pipeline import LOCAL_RAY_CONFIG, local_cpus
     from factory.run.placement import logical_cpus_needed
 
     ray.init(address="local", num_cpus=local_cpus(logical_cpus_needed(job_)), num_gpus=1,
-             include_dashboard=False, logging_level="WARNING")
+             include_dashboard=False, logging_level="WARNING", _system_config=LOCAL_RAY_CONFIG)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 

@@ -115,3 +115,48 @@ def test_a_manifest_changed_between_the_two_passes_stops_the_run_uncommitted(
         run_job(job, on_count=edit)
     assert not list((tmp_path / "out").glob("runs/*/lineage.parquet"))  # not committed
     assert not list((tmp_path / "out").glob("assets/**/*.png"))  # nothing rendered from it
+
+
+
+
+def test_task_workers_outnumbering_the_logical_cpus_stay_between_two_passes(local_ray):
+    """A run's fractional-CPU tasks (the sink's, the render's reads) run more task workers at
+    once than a local Ray has logical CPUs. Ray's default kills the idle ones above that
+    count a second later, so the next pass starts processes again; a local Ray of the
+    factory keeps them (``LOCAL_RAY_CONFIG``) and the next pass runs in the same ones."""
+    import os
+    import time
+
+    ray = local_ray
+    logical = int(ray.cluster_resources()["CPU"])
+    at_once = logical + 2  # all running together, each on a share of a logical CPU
+
+    @ray.remote(num_cpus=0)
+    class Barrier:
+        def __init__(self) -> None:
+            self.arrived = 0
+
+        def arrive(self) -> None:
+            self.arrived += 1
+
+        def all_in(self) -> bool:
+            return self.arrived >= at_once
+
+    @ray.remote(num_cpus=round(logical / at_once - 0.00005, 4))
+    def pid(barrier) -> int:
+        ray.get(barrier.arrive.remote())
+        deadline = time.monotonic() + 60
+        while not ray.get(barrier.all_in.remote()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return os.getpid()
+
+    def pass_pids() -> set[int]:
+        barrier = Barrier.remote()
+        pids = set(ray.get([pid.remote(barrier) for _ in range(at_once)]))
+        ray.kill(barrier)
+        return pids
+
+    first = pass_pids()
+    time.sleep(3.0)  # Ray's default kills an idle worker above the logical CPUs after 1 s
+    second = pass_pids()
+    assert len(first) == at_once and second == first, (first, second)
