@@ -30,7 +30,6 @@ from factory.spec.keys import asset_key
 from factory.core.metrics import RunLabels
 from factory.spec.prices import CostModel, CostTotals, StageShare, stage_shares
 from factory.catalog.manifest import scan
-from factory.run.read_ahead import hold_read_ahead
 from factory.run.placement import (
     TASK_CPUS, alive_nodes, check_output_reach, check_resources,
 )
@@ -138,7 +137,7 @@ def build_datasets(job: Job, work: ray.data.Dataset, store: Store, *,
                         batch_size=SINK_BATCH if budget is None else min(SINK_BATCH,
                                                                          block_rows(job)),
                         batch_format="numpy", num_cpus=0.5)
-    return hold_read_ahead(ds)  # the read waits for the pools as they start (read_ahead)
+    return ds
 
 
 def sink_config(job: Job, store: Store, labels: RunLabels = RunLabels()) -> SinkConfig:
@@ -443,13 +442,14 @@ IDLE_WORKER_KEEP_MS = 30 * 60 * 1000
 #:   none of them could take such a worker, and each one's start cost about a CPU second while
 #:   the run's actors import their libraries (a four-row local run: 21.7 -> 19.5 CPU s in all
 #:   processes, medians of three).
-#: - ``idle_worker_killing_time_threshold_ms``: Ray kills a task worker idle for a second once
-#:   a node has more workers than logical CPUs, which a run's actor pools always make it have.
-#:   The work list's tasks, the render's reads and the sink's tasks then each start fresh
-#:   worker processes (about a CPU second each) while the pools' actors are starting. A local
-#:   Ray lives as long as its run, so its task workers stay until the run ends (bounded by the
-#:   task slots used at once). A 50,000-row refresh in the same process: 13.0-15.2 s with
-#:   Ray's default, 11.1 s with the workers kept (``benchmarks/p3_refresh.py``).
+#: - ``idle_worker_killing_time_threshold_ms``: Ray kills a task worker idle for a second while
+#:   its node has more of them than logical CPUs, which a run's tasks of a fraction of a CPU
+#:   (the sink's, the row selection's) make it have. The work list's tasks, the render's
+#:   reads and the sink's tasks then start fresh worker processes again (about a CPU second
+#:   each), while the pools' actors are starting. A local Ray lives as long as its run, so its
+#:   task workers stay until the run ends (no more than the tasks that ran at once). A 50,000-row refresh after a full run in the same process took
+#:   12.3-18.9 s with Ray's default (seven refreshes), 10.5-12.1 s with the workers kept
+#:   (three), its first pass ~5 s against ~3 s (``benchmarks/p3_refresh.py`` has its set-up).
 LOCAL_RAY_CONFIG = {"prestart_worker_first_driver": False,
                     "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}
 
