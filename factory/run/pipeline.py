@@ -447,9 +447,11 @@ IDLE_WORKER_KEEP_MS = 30 * 60 * 1000
 #:   (the sink's, the row selection's) make it have. The work list's tasks, the render's
 #:   reads and the sink's tasks then start fresh worker processes again (about a CPU second
 #:   each), while the pools' actors are starting. A local Ray lives as long as its run, so its
-#:   task workers stay until the run ends (no more than the tasks that ran at once). A 50,000-row refresh after a full run in the same process took
-#:   12.3-18.9 s with Ray's default (seven refreshes), 10.5-12.1 s with the workers kept
-#:   (three), its first pass ~5 s against ~3 s (``benchmarks/p3_refresh.py`` has its set-up).
+#:   task workers stay until the run ends (no more than the tasks that ran at once: 7 after a
+#:   200-row demo run, 5 with Ray's default). A 50,000-row refresh after a full run in the
+#:   same process took 12.3-18.9 s with Ray's default (seven refreshes), 10.5-12.1 s with the
+#:   workers kept (three), its first pass 3-5 s against about 2 s (``benchmarks/p3_refresh.py``
+#:   has its set-up).
 LOCAL_RAY_CONFIG = {"prestart_worker_first_driver": False,
                     "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}
 

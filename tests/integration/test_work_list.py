@@ -117,8 +117,6 @@ def test_a_manifest_changed_between_the_two_passes_stops_the_run_uncommitted(
     assert not list((tmp_path / "out").glob("assets/**/*.png"))  # nothing rendered from it
 
 
-
-
 def test_task_workers_outnumbering_the_logical_cpus_stay_between_two_passes(local_ray):
     """A run's fractional-CPU tasks (the sink's, the render's reads) run more task workers at
     once than a local Ray has logical CPUs. Ray's default kills the idle ones above that
