@@ -121,9 +121,10 @@ def test_task_workers_outnumbering_the_logical_cpus_stay_between_two_passes(loca
     """A run's fractional-CPU tasks (the sink's, the render's reads) run more task workers at
     once than a local Ray has logical CPUs. Ray's default kills the idle ones above that
     count a second later, so the next pass starts processes again; a local Ray of the
-    factory keeps them (``LOCAL_RAY_CONFIG``) and the next pass runs in the same ones."""
+    factory keeps them (``LOCAL_RAY_CONFIG``) and the next pass starts no process."""
     import os
     import time
+    from pathlib import Path
 
     ray = local_ray
     logical = int(ray.cluster_resources()["CPU"])
@@ -154,7 +155,15 @@ def test_task_workers_outnumbering_the_logical_cpus_stay_between_two_passes(loca
         ray.kill(barrier)
         return pids
 
+    def started(pid: int) -> float:
+        """When the process started, in clock ticks since boot (``/proc``)."""
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+
     first = pass_pids()
+    assert len(first) == at_once  # more task workers than logical CPUs, all at once
     time.sleep(3.0)  # Ray's default kills an idle worker above the logical CPUs after 1 s
+    second_began = float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK")
     second = pass_pids()
-    assert len(first) == at_once and second == first, (first, second)
+    new = {pid for pid in second if started(pid) >= second_began}
+    assert not new, (first, second)  # the second pass started no worker process
