@@ -27,6 +27,7 @@ from factory.sink.channel_assets import ChannelSinkConfig, write_channel_assets
 from factory.cost.budget import Budget
 from factory.run.identity import RunInputs, budget_text
 from factory.spec.keys import asset_key
+from factory.core.heap import HeapTrimmer
 from factory.core.metrics import RunLabels
 from factory.spec.prices import CostModel, CostTotals, StageShare, stage_shares
 from factory.catalog.manifest import scan
@@ -214,6 +215,17 @@ def run_job(job: Job, *, limit: int | None = None,
         return run_notified(job, lambda: run_job(replace(job, notify=None), limit=limit,
                                                  on_progress=on_progress, on_count=on_count,
                                                  previous_run=previous_run))
+    # what the driver frees while the run streams goes back to the system (factory.core.heap)
+    with HeapTrimmer():
+        return _run(job, limit=limit, on_progress=on_progress, on_count=on_count,
+                    previous_run=previous_run)
+
+
+def _run(job: Job, *, limit: int | None,
+         on_progress: Callable[[Counts, int], None] | None,
+         on_count: Callable[[WorkCount], None] | None,
+         previous_run: str | None) -> RunResult:
+    """``run_job`` without its announcement."""
     started = time.perf_counter()
     # Ordered execution keeps each stage's batches the same from run to run: batched float
     # maths is then bit-identical too, so the same job yields the same bytes on the same machine.

@@ -167,3 +167,21 @@ def test_task_workers_outnumbering_the_logical_cpus_stay_between_two_passes(loca
     second = pass_pids()
     new = {pid for pid in second if started(pid) >= second_began}
     assert not new, (first, second)  # the second pass started no worker process
+
+
+def test_a_run_gives_its_freed_heap_back_while_it_streams(tmp_path, local_ray, monkeypatch):
+    from factory.core.heap import HeapTrimmer
+    from factory.run import pipeline
+
+    made: list[HeapTrimmer] = []
+
+    class Recorded(HeapTrimmer):
+        def __init__(self) -> None:
+            super().__init__(interval=0.05)
+            made.append(self)
+
+    monkeypatch.setattr(pipeline, "HeapTrimmer", Recorded)
+    result = pipeline.run_job(_job(tmp_path))
+    assert result.counts.assets == 597
+    assert len(made) == 1 and made[0].trims >= 1  # trimmed while the run streamed
+    assert made[0]._thread is None or not made[0]._thread.is_alive()  # and stopped with it
