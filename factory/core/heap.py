@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 import threading
 from typing import Any, Callable
-
-log = logging.getLogger(__name__)
 
 #: Seconds between two trims while a run streams: a trim took 2-15 ms at 100,000 rows.
 TRIM_INTERVAL_S = 2.0
